@@ -1,0 +1,267 @@
+"""Command line: a thin layer over the stages (``neurosono --help``).
+
+Exit codes: 0 success; 1 the data failed validation; 2 bad input or arguments;
+3 the output exists or cannot be written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from neurosono import __version__
+
+EXIT_INVALID_DATA = 1
+EXIT_BAD_INPUT = 2
+EXIT_OUTPUT = 3
+
+app = typer.Typer(
+    name="neurosono",
+    help="Two-stage fetal neurosonography screening on TV/TC planes (research use only).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Dataset tools: check, split, export, preview.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _load_dataset(path: Path):
+    from neurosono.data.format import Dataset, DatasetFormatError
+
+    try:
+        return Dataset.load(path)
+    except DatasetFormatError as exc:
+        raise fail(f"{exc}\n(run 'neurosono data check {path}' for a full report)", EXIT_BAD_INPUT) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the neurosono version."""
+    out.print(f"neurosono {__version__}")
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="new folder for the cohort")],
+    cases: Annotated[int, typer.Option(help="number of cases (each one TV + one TC image)")] = 319,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same cohort")] = 1,
+    abnormal_fraction: Annotated[float, typer.Option(help="share of abnormal cases")] = 0.32,
+    centers: Annotated[int, typer.Option(help="number of centres (machine styles)")] = 9,
+    size: Annotated[int, typer.Option(help="image side in pixels")] = 512,
+    preview: Annotated[Path | None, typer.Option(help="also write a contact sheet PNG here")] = None,
+    workers: Annotated[int, typer.Option(help="worker processes (0: one per CPU core)")] = 0,
+) -> None:
+    """Generate a phantom cohort of paired TV/TC images with boxes, findings and measurements."""
+    from neurosono.data.atomic import OutputExistsError
+    from neurosono.phantom.cohort import CohortConfig, generate_cohort
+    from neurosono.progress import track
+
+    config = CohortConfig(cases, seed, abnormal_fraction, centers, size)
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    start = time.perf_counter()
+    try:
+        progress = iter(track(range(cases), "rendering cases", total=cases))
+        dataset = generate_cohort(
+            out_dir, config, workers=workers or None, on_case=lambda _: next(progress, None)
+        )
+    except (OutputExistsError, PermissionError) as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    elapsed = time.perf_counter() - start
+    n_abnormal = sum(c.label == "abnormal" for c in dataset.cases)
+    out.print(
+        f"wrote {len(dataset.cases)} cases ({n_abnormal} abnormal, {len(dataset.cases) - n_abnormal} normal) "
+        f"to {out_dir} in {elapsed:.1f} s ({len(dataset.cases) / elapsed:.1f} cases/s)"
+    )
+    if preview is not None:
+        from neurosono.data.preview import write_contact_sheet
+
+        write_contact_sheet(dataset, preview)
+        out.print(f"contact sheet: {preview}")
+
+
+@data_app.command("check")
+def data_check(
+    dataset: Annotated[Path, typer.Argument(help="dataset folder")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
+    max_shown: Annotated[int, typer.Option(help="problems to print (all go to --json)")] = 200,
+) -> None:
+    """Validate a dataset and list every problem with its file (and line). Modifies nothing."""
+    from neurosono.data.atomic import atomic_write_text
+    from neurosono.data.check import check_dataset
+
+    report = check_dataset(dataset, progress=True)
+    for problem in report.errors[:max_shown] + report.warnings[: max(0, max_shown - len(report.errors))]:
+        style = "red" if problem.severity == "error" else "yellow"
+        out.print(f"[{style}]{problem}[/]", highlight=False, soft_wrap=True)
+    if len(report.problems) > max_shown:
+        out.print(f"... {len(report.problems) - max_shown} more (use --json)")
+    out.print(
+        f"{dataset}: {report.n_cases} cases, {report.n_images} images, {report.n_boxes} boxes; "
+        f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+    )
+    if json_out:
+        atomic_write_text(
+            json_out,
+            json.dumps(
+                {
+                    "dataset": str(dataset),
+                    "ok": report.ok,
+                    "n_cases": report.n_cases,
+                    "n_images": report.n_images,
+                    "n_boxes": report.n_boxes,
+                    "problems": [p.__dict__ for p in report.problems],
+                },
+                indent=2,
+            ),
+        )
+    if not report.ok:
+        raise typer.Exit(EXIT_INVALID_DATA)
+
+
+@data_app.command("split")
+def data_split(
+    dataset: Annotated[Path, typer.Argument(help="dataset folder")],
+    scheme: Annotated[
+        str, typer.Option(help="holdout (65/20/15), kfold, or center (leave-one-centre-out)")
+    ] = "holdout",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    folds: Annotated[int, typer.Option(help="number of folds for kfold")] = 3,
+    fractions: Annotated[str, typer.Option(help="train,val,test fractions for holdout")] = "0.65,0.20,0.15",
+    overwrite: Annotated[
+        bool, typer.Option(help="replace an existing assignment (a backup is kept)")
+    ] = False,
+) -> None:
+    """Write case-level, label-stratified, group-aware splits into cases.csv."""
+    from neurosono.data.split import SplitError, make_split, summary
+
+    ds = _load_dataset(dataset)
+    column = "split" if scheme == "holdout" else "fold"
+    try:
+        parts = tuple(float(f) for f in fractions.split(","))
+        new_cases = make_split(ds.cases, scheme, seed, folds=folds, fractions=parts)  # type: ignore[arg-type]
+    except (SplitError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    existing = any(getattr(c, column) for c in ds.cases)
+    if existing and not overwrite:
+        raise fail(
+            f"{dataset / 'cases.csv'} already has a '{column}' assignment; pass --overwrite to replace it",
+            EXIT_OUTPUT,
+        )
+    if existing:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        backup = dataset / f"cases.csv.{stamp}.bak"
+        shutil.copy2(dataset / "cases.csv", backup)
+        out.print(f"previous cases.csv kept as {backup}")
+    ds.cases = new_cases
+    ds.write_cases()
+    table = Table(title=f"{scheme} split (seed {seed})")
+    for name in (column, "normal", "abnormal", "total"):
+        table.add_column(name, justify="right")
+    for part, counts in summary(new_cases, column).items():
+        table.add_row(part, str(counts["normal"]), str(counts["abnormal"]), str(sum(counts.values())))
+    out.print(table)
+
+
+@data_app.command("export-coco")
+def data_export_coco(
+    dataset: Annotated[Path, typer.Argument(help="dataset folder")],
+    out_file: Annotated[Path, typer.Option("--out", help="COCO JSON file to write")],
+    split: Annotated[str | None, typer.Option(help="only this split")] = None,
+) -> None:
+    """Write the dataset's boxes as COCO detection JSON."""
+    from neurosono.data.coco import export_coco
+    from neurosono.data.format import DatasetFormatError
+
+    ds = _load_dataset(dataset)
+    try:
+        coco = export_coco(ds, out_file, split)
+    except (DatasetFormatError, OSError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    out.print(f"wrote {len(coco['images'])} images, {len(coco['annotations'])} boxes to {out_file}")
+
+
+@data_app.command("preview")
+def data_preview(
+    dataset: Annotated[Path, typer.Argument(help="dataset folder")],
+    out_file: Annotated[Path, typer.Option("--out", help="PNG contact sheet to write")],
+    cases: Annotated[int, typer.Option(help="cases to show")] = 16,
+) -> None:
+    """Write a contact sheet: TV beside TC for each case, with boxes and findings."""
+    from neurosono.data.preview import write_contact_sheet
+
+    write_contact_sheet(_load_dataset(dataset), out_file, n_cases=cases)
+    out.print(f"contact sheet: {out_file}")
+
+
+@app.command()
+def run(
+    out_dir: Annotated[Path, typer.Option("--out", help="run folder (created; must be new or empty)")] = Path(
+        "runs/demo"
+    ),
+    cases: Annotated[int, typer.Option(help="phantom cases to generate")] = 319,
+    seed: Annotated[int, typer.Option(help="random seed")] = 1,
+    quick: Annotated[bool, typer.Option(help="small cohort at 256 px, for a fast end-to-end check")] = False,
+) -> None:
+    """The main job on its embedded default: generate a phantom cohort, check it, draw its contact sheet.
+
+    Later stages (detector, HexaNet, evaluation report) join this command as they land.
+    """
+    from neurosono.data.atomic import OutputExistsError
+    from neurosono.data.check import check_dataset
+    from neurosono.data.preview import write_contact_sheet
+    from neurosono.phantom.cohort import CohortConfig, generate_cohort
+    from neurosono.progress import track
+
+    config = CohortConfig(cases=48 if quick else cases, seed=seed, size=256 if quick else 512)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise fail(f"{out_dir}: already exists and is not empty; choose a new --out", EXIT_OUTPUT)
+    cohort_dir = out_dir / "cohort"
+    out.rule("1/3 phantom cohort")
+    start = time.perf_counter()
+    progress = iter(track(range(config.cases), "rendering cases", total=config.cases))
+    try:
+        dataset = generate_cohort(cohort_dir, config, on_case=lambda _: next(progress, None))
+    except (OutputExistsError, PermissionError) as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    out.print(f"{len(dataset.cases)} cases in {time.perf_counter() - start:.1f} s -> {cohort_dir}")
+    out.rule("2/3 data check")
+    report = check_dataset(cohort_dir, progress=True)
+    out.print(
+        f"{report.n_images} images, {report.n_boxes} boxes: {len(report.errors)} errors, "
+        f"{len(report.warnings)} warnings"
+    )
+    if not report.ok:
+        for problem in report.errors[:20]:
+            err.print(str(problem))
+        raise typer.Exit(EXIT_INVALID_DATA)
+    out.rule("3/3 contact sheet")
+    sheet = write_contact_sheet(dataset, out_dir / "contact_sheet.png")
+    out.print(f"contact sheet: {sheet}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
