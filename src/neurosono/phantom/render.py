@@ -497,6 +497,16 @@ def _sector_maps(g: SectorGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return to_cart_x, to_cart_y, col.astype(np.float32), row.astype(np.float32), inside
 
 
+def _kernel_gain(sigma_x: float, sigma_y: float) -> float:
+    """RMS envelope of unit complex white noise after cv2.GaussianBlur with these sigmas."""
+    energy = 1.0
+    for sigma in (sigma_x, sigma_y):
+        ksize = round(sigma * 8 + 1) | 1  # OpenCV's choice for float images
+        kernel = cv2.getGaussianKernel(ksize, sigma)
+        energy *= float((kernel**2).sum())
+    return math.sqrt(2 * energy)
+
+
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
     small = rng.standard_normal((cells, cells)).astype(np.float32)
     return cv2.resize(small, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
@@ -512,7 +522,7 @@ def form_image(canvas: Canvas, style: CenterStyle, rng: np.random.Generator) -> 
     E = canvas.E
     # Parenchymal texture: slow multiplicative variation of tissue echogenicity.
     tissue = canvas.L != 0
-    texture = np.exp(0.35 * _smooth_noise(rng, E.shape, 12) + 0.2 * _smooth_noise(rng, E.shape, 40))
+    texture = cv2.exp(0.35 * _smooth_noise(rng, E.shape, 12) + 0.2 * _smooth_noise(rng, E.shape, 40))
     E = np.where(tissue, E * texture, E)
     # Specular bone: brightest where the beam meets the skull at right angles.
     bone = canvas.L == SKULL
@@ -539,14 +549,14 @@ def form_image(canvas: Canvas, style: CenterStyle, rng: np.random.Generator) -> 
 
     # Bone attenuation: everything behind thick skull is shadowed.
     bone_p = (Lp == SKULL).astype(np.float32)
-    path = np.cumsum(bone_p, axis=0) * dr_mm
-    Ep = Ep * np.exp(-0.3 * path)
+    path = np.cumsum(bone_p, axis=0, dtype=np.float32) * np.float32(dr_mm)
+    Ep = Ep * cv2.exp(-0.3 * path)
 
     # Near-field reverberation: haze and bands below the near skull table.
     hit = bone_p.argmax(axis=0)
     has_bone = bone_p.max(axis=0) > 0
     rows = np.arange(g.n_r, dtype=np.float32)[:, None]
-    below = (rows - hit[None, :]) * dr_mm
+    below = (rows - hit[None, :].astype(np.float32)) * np.float32(dr_mm)
     head_depth = canvas.head_depth_mm
     period = float(rng.uniform(2.5, 4.5))
     haze = np.exp(-np.clip(below, 0, None) / (0.3 * head_depth)) * (
@@ -566,22 +576,20 @@ def form_image(canvas: Canvas, style: CenterStyle, rng: np.random.Generator) -> 
         sig_lat = max(0.3, style.speckle_lateral * growth / arc_mm)
         b_re = cv2.GaussianBlur(re, (0, 0), sigmaX=sig_lat, sigmaY=sig_ax)
         b_im = cv2.GaussianBlur(im, (0, 0), sigmaX=sig_lat, sigmaY=sig_ax)
-        envs.append(np.sqrt(b_re**2 + b_im**2))
-    # Blurring averages scatterers: restore the mean level so echogenicity stays calibrated.
-    ref = [
-        np.sqrt(np.mean(e[Lp == BRAIN] ** 2) / max(np.mean(Ep[Lp == BRAIN]), 1e-9))
-        if np.any(Lp == BRAIN)
-        else 1.0
-        for e in envs
-    ]
-    env = envs[0] / ref[0] * (1 - depth) + envs[1] / ref[1] * depth
+        # Blurring averages scatterers; divide by the kernel's energy so that the mean
+        # envelope power equals the echogenicity whatever the PSF.
+        envs.append(cv2.magnitude(b_re, b_im) / np.float32(_kernel_gain(sig_lat, sig_ax)))
+    env = envs[0] * (1 - depth) + envs[1] * depth
 
     # Time-gain compensation that is never quite flat.
     tgc = 1 + style.tgc_ripple * _smooth_noise(rng, (g.n_r, 1), 5)[:, :1]
     env = env * tgc * 10 ** (style.gain_db / 20)
-    db = 20 * np.log10(env + 1e-6)
+    db = np.float32(20 / np.log(10)) * cv2.log(env.astype(np.float32) + np.float32(1e-6))
     # Display window: bone near white, parenchyma low grey, fluid black.
-    img = np.clip((db + style.dynamic_range_db - 12.0) / style.dynamic_range_db, 0, 1) ** style.gamma
+    img = cv2.pow(
+        np.clip((db + np.float32(style.dynamic_range_db - 12.0)) / np.float32(style.dynamic_range_db), 0, 1),
+        style.gamma,
+    )
 
     cart = cv2.remap(
         img.astype(np.float32),

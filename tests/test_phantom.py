@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neurosono.data.check import check_dataset
+from neurosono.data.format import Dataset, read_labels
+from neurosono.phantom.anatomy import (
+    ABNORMAL_FINDINGS,
+    ATRIUM_MAX_MM,
+    CISTERNA_MAGNA_MAX_MM,
+    CISTERNA_MAGNA_MIN_MM,
+    FINDING_QUANTITY,
+    NORMAL_FINDINGS,
+    out_of_range,
+    sample_anatomy,
+)
+from neurosono.phantom.centers import sample_center
+from neurosono.phantom.cohort import CohortConfig, generate_cohort, plan_cohort, render_case
+from neurosono.phantom.render import PLANE_REGIONS, render_plane, sample_pose
+
+
+@pytest.mark.parametrize("finding", ABNORMAL_FINDINGS)
+def test_every_finding_crosses_its_threshold(finding: str) -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        anatomy = sample_anatomy(rng, finding)
+        assert anatomy.label == "abnormal"
+        assert FINDING_QUANTITY[finding] in out_of_range(anatomy), anatomy.measurements()
+
+
+@pytest.mark.parametrize("finding", NORMAL_FINDINGS)
+def test_every_normal_stays_inside_the_normal_range(finding: str) -> None:
+    rng = np.random.default_rng(12)
+    for _ in range(300):
+        anatomy = sample_anatomy(rng, finding)
+        assert anatomy.label == "normal"
+        assert out_of_range(anatomy) == [], anatomy.measurements()
+        assert 0.75 <= anatomy.cephalic_index <= 0.85
+        assert 19 <= anatomy.ga_weeks < 24
+
+
+def test_borderline_cases_exist_on_both_sides() -> None:
+    rng = np.random.default_rng(13)
+    upper = [sample_anatomy(rng, "normal_upper_limit") for _ in range(300)]
+    mild = [sample_anatomy(rng, "ventriculomegaly_mild") for _ in range(300)]
+    mega = [sample_anatomy(rng, "mega_cisterna_magna") for _ in range(300)]
+    assert any(ATRIUM_MAX_MM - 1.0 < a.atrium_mm < ATRIUM_MAX_MM for a in upper)
+    assert any(ATRIUM_MAX_MM <= a.atrium_mm < ATRIUM_MAX_MM + 0.5 for a in mild)
+    assert any(CISTERNA_MAGNA_MAX_MM - 1.0 < a.cisterna_magna_mm <= CISTERNA_MAGNA_MAX_MM for a in upper)
+    assert any(CISTERNA_MAGNA_MAX_MM < a.cisterna_magna_mm < CISTERNA_MAGNA_MAX_MM + 0.6 for a in mega)
+    chiari = [sample_anatomy(rng, "chiari_ii") for _ in range(100)]
+    assert all(a.cisterna_magna_mm < CISTERNA_MAGNA_MIN_MM and a.lemon_mm > 0 for a in chiari)
+
+
+def test_biometry_follows_gestational_age() -> None:
+    rng = np.random.default_rng(14)
+    early = [sample_anatomy(rng, "normal", ga_weeks=19.2) for _ in range(100)]
+    late = [sample_anatomy(rng, "normal", ga_weeks=23.7) for _ in range(100)]
+    assert 42 < np.mean([a.bpd_mm for a in early]) < 47
+    assert 55 < np.mean([a.bpd_mm for a in late]) < 60
+    assert np.mean([a.hc_mm for a in late]) - np.mean([a.hc_mm for a in early]) > 40
+    assert abs(np.mean([a.tcd_mm - a.ga_weeks for a in late])) < 1.0
+
+
+@pytest.mark.parametrize(
+    "finding", ["normal", "ventriculomegaly_severe", "holoprosencephaly", "chiari_ii", "dandy_walker"]
+)
+def test_boxes_lie_in_the_image_and_round_the_drawn_structure(finding: str) -> None:
+    size = 192
+    for seed in range(4):
+        rng = np.random.default_rng([seed, 99])
+        anatomy = sample_anatomy(rng, finding)
+        style = sample_center(seed, seed)
+        for plane in ("tv", "tc"):
+            pose = sample_pose(anatomy, style, size, rng)
+            rendered = render_plane(anatomy, plane, pose, style, size, rng, keep_structures=True)
+            assert rendered.image.shape[:2] == (size, size)
+            for region, (x0, y0, x1, y1) in rendered.boxes.items():
+                assert region in PLANE_REGIONS[plane]
+                assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
+                ys, xs = np.nonzero(rendered.region_mask(region))
+                assert len(xs) > 0
+                assert x0 <= xs.min() and xs.max() + 1 <= x1, region
+                assert y0 <= ys.min() and ys.max() + 1 <= y1, region
+                # Tight: the box is not much bigger than what it surrounds.
+                assert (x1 - x0) - (xs.max() + 1 - xs.min()) <= 2 * (0.6 / pose.spacing_mm + 0.5) + 1e-6
+
+
+def test_regions_present_or_absent_as_the_anatomy_says() -> None:
+    size = 256
+    rng = np.random.default_rng(21)
+    style = sample_center(0, 0)
+    normal = sample_anatomy(rng, "normal")
+    for plane in ("tv", "tc"):
+        boxes = render_plane(normal, plane, sample_pose(normal, style, size, rng), style, size, rng).boxes
+        assert set(boxes) == set(PLANE_REGIONS[plane]), plane
+    for finding in ("absent_csp_colpocephaly", "holoprosencephaly"):
+        anatomy = sample_anatomy(rng, finding)
+        boxes = render_plane(anatomy, "tv", sample_pose(anatomy, style, size, rng), style, size, rng).boxes
+        assert "csp" not in boxes and "lateral_ventricle" in boxes
+    chiari = sample_anatomy(rng, "chiari_ii")
+    chiari.cisterna_magna_mm = 0.3  # obliterated
+    boxes = render_plane(chiari, "tc", sample_pose(chiari, style, size, rng), style, size, rng).boxes
+    assert "cisterna_magna" not in boxes and "cerebellum" in boxes
+
+
+def test_cisterna_magna_box_grows_with_its_depth() -> None:
+    size = 256
+    style = sample_center(0, 1)
+    widths = {}
+    for depth in (3.0, 14.0):
+        rng = np.random.default_rng(5)
+        anatomy = sample_anatomy(rng, "normal", ga_weeks=21)
+        anatomy.cisterna_magna_mm = depth
+        pose = sample_pose(anatomy, style, size, rng)
+        x0, y0, x1, y1 = render_plane(anatomy, "tc", pose, style, size, rng).boxes["cisterna_magna"]
+        widths[depth] = max(x1 - x0, y1 - y0) * pose.spacing_mm
+    assert widths[14.0] > widths[3.0]
+
+
+def test_case_rendering_is_deterministic_and_seed_dependent() -> None:
+    jobs = plan_cohort(CohortConfig(cases=3, seed=8, size=96))
+    first = render_case(jobs[1])
+    second = render_case(jobs[1])
+    assert first[0] == second[0]
+    for plane in ("tv", "tc"):
+        assert np.array_equal(first[2][plane], second[2][plane])
+    other = render_case(plan_cohort(CohortConfig(cases=3, seed=9, size=96))[1])
+    assert not np.array_equal(first[2]["tv"], other[2]["tv"])
+
+
+def _digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_cohort_is_identical_whatever_the_worker_count(tmp_path: Path) -> None:
+    config = CohortConfig(cases=6, seed=3, centers=2, size=96)
+    generate_cohort(tmp_path / "one", config, workers=1)
+    generate_cohort(tmp_path / "two", config, workers=2)
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+
+
+def test_cohort_is_valid_and_records_truth(tiny_cohort: Path) -> None:
+    assert check_dataset(tiny_cohort).ok
+    dataset = Dataset.load(tiny_cohort)
+    assert sum(c.label == "abnormal" for c in dataset.cases) == round(12 * 0.32)
+    assert {c.split for c in dataset.cases} == {"train", "val", "test"}
+    assert len({c.center for c in dataset.cases}) > 1
+    for case in dataset.cases:
+        for column in ("bpd_mm", "hc_mm", "atrium_mm", "tcd_mm", "cisterna_magna_mm", "csp_width_mm"):
+            assert float(case.extra[column]) >= 0
+        for plane in ("tv", "tc"):
+            assert 0.2 < case.spacing_mm(plane) < 1.5  # 128 px images of a ~60 mm head
+            assert f"{plane}_angle_deg" in case.extra
+            boxes = read_labels(dataset.label_path(case.image(plane)))
+            allowed = dataset.spec.plane_region_ids(plane)
+            assert boxes and all(b.class_id in allowed for b in boxes)
+
+
+def test_refuses_to_overwrite_an_existing_folder(tmp_path: Path) -> None:
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "mine.txt").write_text("user data")
+    with pytest.raises(FileExistsError):
+        generate_cohort(target, CohortConfig(cases=2, size=64), workers=1)
+    assert (target / "mine.txt").read_text() == "user data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no partial folder left
