@@ -174,7 +174,7 @@ def data_split(
         out.print(f"previous cases.csv kept as {backup}")
     ds.cases = new_cases
     ds.write_cases()
-    table = Table(title=f"{scheme} split (seed {seed})")
+    table = Table(title=f"{scheme} split" + (f" (seed {seed})" if scheme != "center" else ""))
     for name in (column, "normal", "abnormal", "total"):
         table.add_column(name, justify="right")
     for part, counts in summary(new_cases, column).items():
