@@ -32,6 +32,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Dataset tools: check, split, export, preview.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+detect_app = typer.Typer(help="Stage 1: the six-region YOLOv5 detector.", no_args_is_help=True)
+app.add_typer(detect_app, name="detect")
 
 out = Console()
 err = Console(stderr=True)
@@ -211,6 +213,150 @@ def data_preview(
 
     write_contact_sheet(_load_dataset(dataset), out_file, n_cases=cases)
     out.print(f"contact sheet: {out_file}")
+
+
+def _split_model_arg(paths: list[Path], what: str) -> tuple[Path | None, list[Path]]:
+    """[MODEL] REST...: the first path is the model if it is a run folder or a .pt file."""
+    if len(paths) > 1 and (paths[0].is_dir() or paths[0].suffix == ".pt"):
+        return paths[0], paths[1:]
+    if not paths:
+        raise fail(f"give {what}", EXIT_BAD_INPUT)
+    return None, paths
+
+
+def _load_detector(model: Path | None):
+    from neurosono.detect.model import DetectorFileError, load_detector
+    from neurosono.models import DEFAULT_DETECTOR
+
+    path = model or DEFAULT_DETECTOR
+    try:
+        return load_detector(path)
+    except DetectorFileError as exc:
+        hint = (
+            ""
+            if model
+            else " (the shipped phantom detector is missing; train one with 'neurosono detect train')"
+        )
+        raise fail(f"{exc}{hint}", EXIT_BAD_INPUT) from None
+
+
+@detect_app.command("train")
+def detect_train(
+    dataset: Annotated[Path, typer.Argument(help="dataset folder (train and val splits are used)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="new run folder")],
+    model: Annotated[
+        str, typer.Option(help="yolov5n or yolov5s (built from its yaml, from scratch)")
+    ] = "yolov5n",
+    imgsz: Annotated[int, typer.Option(help="training image size (multiple of 32)")] = 512,
+    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 60,
+    batch: Annotated[int, typer.Option(help="batch size")] = 16,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    time_hours: Annotated[
+        float | None, typer.Option(help="wall-clock budget in hours (fits the epochs)")
+    ] = None,
+) -> None:
+    """Train the six-region YOLOv5 detector from scratch, fully offline."""
+    from neurosono.data.atomic import OutputExistsError
+    from neurosono.data.format import DatasetFormatError
+    from neurosono.detect.train import DatasetInvalidError, DetectTrainConfig, train_detector
+
+    config = DetectTrainConfig(
+        model=model, imgsz=imgsz, epochs=epochs, batch=batch, seed=seed, time_hours=time_hours
+    )
+    try:
+        config.validate()
+        run_dir = train_detector(dataset, out_dir, config)
+    except (OutputExistsError, PermissionError) as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    except DatasetInvalidError as exc:
+        raise fail(str(exc), EXIT_INVALID_DATA) from None
+    except (DatasetFormatError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    m = metrics["map50"]
+    out.print(
+        f"run: {run_dir}  validation mAP@0.5 {m['value']:.3f} (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})"
+    )
+
+
+@detect_app.command("eval")
+def detect_eval(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="[MODEL] DATASET", help="model (run folder or .pt; default: shipped) and dataset"
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="split to evaluate ('all' for every case)")] = "test",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write metrics.json here")] = None,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 1000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+) -> None:
+    """mAP@0.5 (overall, per region, per plane), mAP@0.5:0.95, precision, recall, with 95% CIs."""
+    from neurosono.data.atomic import atomic_write_text
+    from neurosono.detect.evaluate import evaluate_detector
+    from neurosono.detect.model import RegionMismatchError
+
+    model, rest = _split_model_arg(paths, "a dataset folder")
+    if len(rest) != 1:
+        raise fail("expected [MODEL] DATASET", EXIT_BAD_INPUT)
+    detector = _load_detector(model)
+    dataset = _load_dataset(rest[0])
+    try:
+        metrics = evaluate_detector(
+            detector, dataset, None if split == "all" else split, n_boot=n_boot, seed=seed
+        )
+    except RegionMismatchError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    table = Table(title=f"detector on {dataset.spec.name}, split {split}: {metrics['n_images']} images")
+    for column in ("metric", "value", "95% CI"):
+        table.add_column(column)
+
+    def row(name: str, m: dict) -> None:
+        table.add_row(name, f"{m['value']:.3f}", f"{m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}")
+
+    for key in ("map50", "map50_95", "precision", "recall"):
+        row(key, metrics[key])
+    for region, m in metrics["per_region"].items():
+        row(f"AP50 {region}", m["map50"])
+    for plane, m in metrics["per_plane"].items():
+        row(f"mAP50 {plane.upper()} plane", m["map50"])
+    out.print(table)
+    out.print(f"CI method: {metrics['map50']['method']}")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(metrics, indent=2))
+        out.print(f"metrics: {json_out}")
+
+
+@detect_app.command("predict")
+def detect_predict(
+    paths: Annotated[
+        list[Path], typer.Argument(metavar="[MODEL] IMAGE...", help="model (optional) and images")
+    ],
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the detections as JSON")] = None,
+    conf: Annotated[float, typer.Option(help="confidence threshold")] = 0.25,
+) -> None:
+    """Boxes (pixels), region names and confidences for each image."""
+    from neurosono.data.atomic import atomic_write_text
+    from neurosono.detect.predict import ImageInputError, detect_regions
+
+    model, images = _split_model_arg(paths, "one or more images")
+    detector = _load_detector(model)
+    try:
+        records = detect_regions(detector, images, conf=conf)
+    except ImageInputError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    for record in records:
+        found = (
+            ", ".join(f"{d['region']} {d['confidence']:.2f}" for d in record["detections"])
+            or "no region found"
+        )
+        out.print(f"{record['image']}: {found}", highlight=False)
+    if json_out:
+        payload = {"model": str(detector.path), "model_sha256": detector.sha256, "images": records}
+        atomic_write_text(json_out, json.dumps(payload, indent=2))
 
 
 @app.command()

@@ -1,0 +1,55 @@
+"""Run ultralytics fully offline, quietly, on every CPU core, writing nothing to the user's home.
+
+Import this module before ``ultralytics``: the library reads its environment at import.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def config_dir() -> Path:
+    """The folder neurosono lends ultralytics for settings and fonts (never the home folder)."""
+    base = os.environ.get("NEUROSONO_CACHE_DIR") or os.path.join(
+        tempfile.gettempdir(), f"neurosono-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    )
+    return Path(base) / "ultralytics"
+
+
+def cpu_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_ultralytics() -> Path:
+    """Set the offline environment, install a font, turn settings sync off; idempotent."""
+    folder = config_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "0"
+    os.environ["YOLO_CONFIG_DIR"] = str(folder)
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    os.environ.setdefault("MPLCONFIGDIR", str(folder / "matplotlib"))
+    import ultralytics.utils as yolo_utils
+    import ultralytics.utils.torch_utils as yolo_torch
+
+    # ultralytics downloads Arial.ttf for its plots into its settings folder (YOLO_CONFIG_DIR
+    # plus a sub-folder of its own); matplotlib ships DejaVuSans, which serves.
+    font = Path(yolo_utils.USER_CONFIG_DIR) / "Arial.ttf"
+    if not font.exists():
+        import matplotlib
+
+        source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        font.parent.mkdir(parents=True, exist_ok=True)
+        tmp = font.parent / f".Arial.{os.getpid()}.ttf"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, font)
+    yolo_utils.SETTINGS.update({"sync": False})
+    # ultralytics sets torch to cores-1 threads on CPU; use them all.
+    yolo_torch.NUM_THREADS = cpu_cores()
+    return folder

@@ -1,0 +1,322 @@
+"""Train the six-region YOLOv5 detector from scratch (no pretrained weights exist offline).
+
+The run folder holds everything needed to trust and reuse the model::
+
+    RUN/
+      detector.pt       weights as plain tensors (loadable with weights_only=True)
+      detector.json     regions, planes, training args, seed, dataset hash, versions, metrics
+      metrics.json      validation-split metrics (neurosono's evaluation, with CIs)
+      MODEL_CARD.md     trained on what, for what, limits
+      view/             symlinks to the dataset's images and labels, ultralytics' data.yaml
+      ultralytics/      ultralytics' own logs (results.csv, args.yaml)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from neurosono import __version__
+from neurosono.data.atomic import atomic_write_text, staged_directory
+from neurosono.data.check import check_dataset
+from neurosono.data.format import Dataset
+from neurosono.detect.env import configure_ultralytics, cpu_cores
+from neurosono.detect.model import WEIGHTS_NAME, save_detector
+
+MODELS = ("yolov5n", "yolov5s")
+
+# Augmentation for grey ultrasound: flips, small rotation and scale, gain/brightness;
+# no hue or saturation jitter (meaningless on grey, harmful on sepia machine maps).
+ULTRASOUND_AUGMENTATION = {
+    "hsv_h": 0.0,
+    "hsv_s": 0.0,
+    "hsv_v": 0.35,
+    "degrees": 10.0,
+    "translate": 0.08,
+    "scale": 0.25,
+    "shear": 0.0,
+    "perspective": 0.0,
+    "flipud": 0.0,
+    "fliplr": 0.5,
+    "mosaic": 1.0,
+    "mixup": 0.0,
+}
+
+
+class DatasetInvalidError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DetectTrainConfig:
+    model: str = "yolov5n"
+    imgsz: int = 512
+    epochs: int = 60
+    batch: int = 16
+    seed: int = 0
+    patience: int = 30
+    close_mosaic: int = 10
+    workers: int = 2
+    time_hours: float | None = None  # wall-clock budget; ultralytics fits the epochs to it
+    # ultralytics warms up for max(warmup_epochs x batches, 100) iterations; tiny runs need 0.
+    warmup_epochs: float = 3.0
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"--model must be one of {MODELS}")
+        if self.imgsz < 32 or self.imgsz % 32:
+            raise ValueError("--imgsz must be a multiple of 32 (the YOLOv5 stride)")
+        if self.epochs < 1:
+            raise ValueError("--epochs must be at least 1")
+
+
+def dataset_hash(dataset: Dataset, splits: tuple[str, ...]) -> str:
+    """SHA-256 over dataset.yaml, and the bytes of every image and labels file in these splits."""
+    digest = hashlib.sha256((dataset.root / "dataset.yaml").read_bytes())
+    for case in sorted(dataset.cases, key=lambda c: c.case_id):
+        if case.split not in splits:
+            continue
+        for plane, rel in case.images():
+            digest.update(f"{case.case_id}/{plane}/{case.label}".encode())
+            digest.update(dataset.image_path(rel).read_bytes())
+            label = dataset.label_path(rel)
+            digest.update(label.read_bytes() if label.exists() else b"<no labels>")
+    return digest.hexdigest()
+
+
+def build_view(dataset: Dataset, folder: Path, splits: tuple[str, ...] = ("train", "val")) -> Path:
+    """An ultralytics data.yaml over symlinks to the dataset: no copies, and ultralytics'
+    label cache lands in the run folder, never in the user's dataset."""
+    images_dir, labels_dir = folder / "images", folder / "labels"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    lists: dict[str, list[str]] = {s: [] for s in splits}
+    for case in dataset.cases:
+        if case.split not in splits:
+            continue
+        for _, rel in case.images():
+            label = dataset.label_path(rel)
+            if not label.exists():
+                continue  # classification-only image: nothing to learn boxes from
+            name = Path(rel).name
+            link = images_dir / name
+            if not link.exists():
+                os.symlink(dataset.image_path(rel).resolve(), link)
+                os.symlink(label.resolve(), labels_dir / (Path(name).stem + ".txt"))
+            lists[case.split].append(str(link.absolute()))
+    for split, paths in lists.items():
+        if not paths:
+            raise DatasetInvalidError(f"{dataset.root}: no annotated images in split {split!r}")
+        (folder / f"{split}.txt").write_text("\n".join(sorted(paths)) + "\n")
+    data_yaml = folder / "data.yaml"
+    data_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "path": str(folder.absolute()),
+                "train": str((folder / "train.txt").absolute()),
+                "val": str((folder / "val.txt").absolute()),
+                "names": dict(enumerate(dataset.spec.regions)),
+            },
+            sort_keys=False,
+        )
+    )
+    return data_yaml
+
+
+def package_versions() -> dict[str, str]:
+    import numpy
+    import torch
+    import torchvision
+    import ultralytics
+
+    return {
+        "neurosono": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "ultralytics": ultralytics.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def train_detector(
+    dataset_path: str | Path,
+    out: str | Path,
+    config: DetectTrainConfig = DetectTrainConfig(),
+    progress: bool = True,
+) -> Path:
+    """Train on the dataset's train split, validate on val, and write a complete run folder."""
+    config.validate()
+    dataset = Dataset.load(dataset_path)
+    report = check_dataset(dataset.root)
+    if not report.ok:
+        first = "\n".join(str(p) for p in report.errors[:5])
+        raise DatasetInvalidError(
+            f"{dataset.root}: {len(report.errors)} error(s) in the dataset; run "
+            f"'neurosono data check {dataset.root}'. First:\n{first}"
+        )
+    configure_ultralytics()
+    import torch
+    from ultralytics import YOLO
+
+    out = Path(out)
+    with staged_directory(out) as run:
+        data_yaml = build_view(dataset, run / "view")
+        torch.manual_seed(config.seed)
+        torch.set_num_threads(cpu_cores())
+        model = YOLO(f"{config.model}.yaml", task="detect")
+        bar = _EpochProgress(config.epochs, progress)
+        model.add_callback("on_train_epoch_end", bar.update)
+        model.add_callback("on_fit_epoch_end", bar.update_fitness)
+        started = time.perf_counter()
+        try:
+            model.train(
+                data=str(data_yaml),
+                epochs=config.epochs,
+                imgsz=config.imgsz,
+                batch=config.batch,
+                seed=config.seed,
+                deterministic=True,
+                device="cpu",
+                workers=config.workers,
+                project=str((run / "ultralytics").absolute()),
+                name="train",
+                exist_ok=True,
+                pretrained=False,
+                amp=False,
+                plots=False,
+                verbose=False,
+                patience=config.patience,
+                close_mosaic=min(config.close_mosaic, max(0, config.epochs - 1)),
+                time=config.time_hours,
+                warmup_epochs=config.warmup_epochs,
+                **ULTRASOUND_AUGMENTATION,
+            )
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - started
+        trainer = model.trainer
+        best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
+        # Our own, trusted file: take the EMA weights ultralytics saved, keep plain tensors.
+        from ultralytics.nn.tasks import load_checkpoint
+
+        trained, _ = load_checkpoint(str(best))
+        planes = {name: list(spec.regions) for name, spec in dataset.spec.planes.items()}
+        save_detector(run / WEIGHTS_NAME, trained, dataset.spec.regions, planes, config.imgsz)
+        shutil.rmtree(best.parent, ignore_errors=True)  # pickled checkpoints are not shipped
+
+        from neurosono.detect.evaluate import evaluate_detector
+        from neurosono.detect.model import load_detector
+
+        detector = load_detector(run / WEIGHTS_NAME)
+        metrics = evaluate_detector(detector, dataset, split="val", n_boot=200, seed=config.seed)
+        atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=2))
+        record = {
+            "kind": "neurosono detector run",
+            "regions": dataset.spec.regions,
+            "planes": planes,
+            "config": asdict(config),
+            "augmentation": ULTRASOUND_AUGMENTATION,
+            "seed": config.seed,
+            "dataset": {
+                "path": str(dataset.root.resolve()),
+                "name": dataset.spec.name,
+                "source": dataset.spec.source,
+                "licence": dataset.spec.licence,
+                "sha256_train_val": dataset_hash(dataset, ("train", "val")),
+                "n_train_cases": len(dataset.split("train")),
+                "n_val_cases": len(dataset.split("val")),
+            },
+            "epochs_run": int(trainer.epoch) + 1,
+            "train_seconds": round(seconds, 1),
+            "cpu_cores": cpu_cores(),
+            "versions": package_versions(),
+            "val_metrics": {k: metrics[k] for k in ("map50", "map50_95", "precision", "recall", "n_images")},
+        }
+        atomic_write_text(run / "detector.json", json.dumps(record, indent=2))
+        atomic_write_text(run / "MODEL_CARD.md", model_card(record))
+    return out
+
+
+def model_card(record: dict) -> str:
+    ds = record["dataset"]
+    val = record["val_metrics"]["map50"]
+    versions = record["versions"]
+    synthetic = "phantom" in (ds["source"] + ds["name"]).lower()
+    limits = (
+        "Trained on synthetic phantoms only: it has never seen a real ultrasound image and its "
+        "figures say nothing about real scans. Not for clinical use."
+        if synthetic
+        else "Validated only on the split named here. Not for clinical use."
+    )
+    return f"""# Stage-1 detector: {record["config"]["model"]}, {len(record["regions"])} regions
+
+**For:** finding the regions {", ".join(record["regions"])} on transventricular (TV) and
+transcerebellar (TC) planes of the second-trimester fetal brain scan, as stage 1 of neurosono.
+
+**Trained on:** {ds["name"]} ({ds["source"]}; licence: {ds["licence"]}),
+{ds["n_train_cases"]} training cases, {ds["n_val_cases"]} validation cases (both planes each),
+dataset hash `{ds["sha256_train_val"][:16]}...`.
+
+**Training:** from scratch (no pretrained weights), {record["epochs_run"]} epochs at
+{record["config"]["imgsz"]} px, seed {record["seed"]}, {record["train_seconds"]:.0f} s on
+{record["cpu_cores"]} CPU cores; ultralytics {versions["ultralytics"]}, torch {versions["torch"]}.
+
+**Validation split:** mAP@0.5 {val["value"]:.3f} (95% CI {val["ci95"][0]:.3f}-{val["ci95"][1]:.3f},
+{val["method"]}), over {record["val_metrics"]["n_images"]} images.
+The validation split chose the best epoch, so this figure is optimistic; see a held-out test evaluation.
+
+**Limits:** {limits}
+"""
+
+
+class _EpochProgress:
+    """A rich progress bar over epochs, fed by ultralytics callbacks."""
+
+    def __init__(self, epochs: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.fitness = ""
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            from neurosono.progress import _console
+
+            self.progress = Progress(
+                TextColumn("[bold]training detector"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("epochs eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=_console,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=epochs, info="")
+
+    def update(self, trainer) -> None:
+        if not self.enabled:
+            return
+        tloss = getattr(trainer, "tloss", None)
+        if isinstance(tloss, dict):  # newer ultralytics: named loss items
+            loss = sum(float(v) for v in tloss.values())
+        else:
+            loss = float(tloss.sum()) if tloss is not None else float("nan")
+        self.progress.update(self.task, completed=trainer.epoch + 1, info=f"loss {loss:.3f} {self.fitness}")
+
+    def update_fitness(self, trainer) -> None:
+        metrics = getattr(trainer, "metrics", {}) or {}
+        value = metrics.get("metrics/mAP50(B)")
+        if value is not None:
+            self.fitness = f"val mAP50 {value:.3f}"
+
+    def close(self) -> None:
+        if self.enabled:
+            self.progress.stop()

@@ -1,0 +1,251 @@
+"""Stage 1 end to end on a tiny cohort, offline; COCO vs ultralytics AP agreement; bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from neurosono.cli import app
+from neurosono.data.format import Dataset
+from neurosono.detect.env import config_dir
+from neurosono.detect.evaluate import IOU_THRESHOLDS, ImageResult, coco_map, match, matched_ap
+from neurosono.detect.model import RegionMismatchError, load_detector
+from neurosono.detect.predict import ImageInputError, detect_regions
+from neurosono.detect.train import DetectTrainConfig, train_detector
+from neurosono.phantom.cohort import CohortConfig, generate_cohort
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """24 cases at 128 px, 8 epochs, trained with every network call made to fail."""
+    root = tmp_path_factory.mktemp("detect")
+    generate_cohort(root / "cohort", CohortConfig(cases=24, seed=3, size=128), workers=2)
+    attempts: list[str] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(repr(args[:2]))
+        raise OSError("network disabled in tests")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket, "getaddrinfo", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        train_detector(
+            root / "cohort",
+            root / "run",
+            DetectTrainConfig(imgsz=128, epochs=8, batch=4, close_mosaic=0, warmup_epochs=0),
+            progress=False,
+        )
+    return root / "cohort", root / "run", attempts
+
+
+def test_training_makes_no_network_call(tiny_run) -> None:
+    _, _, attempts = tiny_run
+    assert attempts == []
+
+
+def test_run_folder_is_complete(tiny_run) -> None:
+    cohort, run, _ = tiny_run
+    assert {"detector.pt", "detector.json", "metrics.json", "MODEL_CARD.md"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert not list(run.rglob("*.pt"))[1:], "only our own weights file is kept"
+    payload = torch.load(run / "detector.pt", map_location="cpu", weights_only=True)
+    assert payload["regions"] == Dataset.load(cohort).spec.regions
+    assert (run / "detector.pt").stat().st_size < 20e6
+    record = json.loads((run / "detector.json").read_text())
+    assert record["seed"] == 0 and len(record["dataset"]["sha256_train_val"]) == 64
+    assert {"torch", "ultralytics", "neurosono"} <= set(record["versions"])
+    assert record["epochs_run"] == 8
+    assert "synthetic phantoms" in (run / "MODEL_CARD.md").read_text()
+    # ultralytics' settings and font live in the folder neurosono controls, not in the home folder.
+    assert list(config_dir().rglob("Arial.ttf"))
+    assert not str(config_dir()).startswith(str(Path.home()))
+
+
+def test_training_lowers_the_validation_loss(tiny_run) -> None:
+    _, run, _ = tiny_run
+    import csv
+
+    with (run / "ultralytics" / "train" / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    # Too short to find regions from scratch, long enough that the held-out loss must fall.
+    losses = [float(r["val/box_loss"]) for r in rows]
+    assert len(losses) == 8 and losses[-1] < 0.97 * losses[0]
+
+
+def _assert_metric(m: dict) -> None:
+    assert set(m) >= {"value", "ci95", "method"}
+    lo, hi = m["ci95"]
+    assert lo <= m["value"] <= hi
+    assert "bootstrap" in m["method"]
+
+
+def test_eval_cli_writes_complete_metrics(tiny_run, tmp_path: Path) -> None:
+    cohort, run, _ = tiny_run
+    out = tmp_path / "metrics.json"
+    result = runner.invoke(
+        app, ["detect", "eval", str(run), str(cohort), "--json", str(out), "--n-boot", "100"]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert {"map50", "map50_95", "precision", "recall", "per_region", "per_plane", "n_images"} <= set(metrics)
+    for key in ("map50", "map50_95", "precision", "recall"):
+        _assert_metric(metrics[key])
+    assert set(metrics["per_plane"]) == {"tv", "tc"}
+    for entry in list(metrics["per_region"].values()) + list(metrics["per_plane"].values()):
+        _assert_metric(entry["map50"])
+    assert metrics["n_images"] == 2 * len(Dataset.load(cohort).split("test"))
+    again = tmp_path / "again.json"
+    runner.invoke(app, ["detect", "eval", str(run), str(cohort), "--json", str(again), "--n-boot", "100"])
+    assert json.loads(again.read_text()) == metrics  # seeded bootstrap: reproducible
+
+
+def test_predict_returns_boxes_per_image(tiny_run, tmp_path: Path) -> None:
+    cohort, run, _ = tiny_run
+    images = sorted((cohort / "images").glob("*.png"))[:3]
+    out = tmp_path / "pred.json"
+    result = runner.invoke(
+        app, ["detect", "predict", str(run), *map(str, images), "--json", str(out), "--conf", "0.0"]
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert [r["image"] for r in payload["images"]] == [str(p) for p in images]
+    assert len(payload["model_sha256"]) == 64
+    for record in payload["images"]:
+        for det in record["detections"]:
+            x0, y0, x1, y1 = det["box"]
+            assert 0 <= x0 <= x1 <= 128 and 0 <= y0 <= y1 <= 128
+            assert det["region"] in Dataset.load(cohort).spec.regions
+
+
+def test_corrupt_image_is_a_clear_error(tiny_run, tmp_path: Path) -> None:
+    _, run, _ = tiny_run
+    fake = tmp_path / "scan.png"
+    fake.write_text("not an image")
+    with pytest.raises(ImageInputError, match=r"scan\.png"):
+        detect_regions(load_detector(run), [fake])
+    result = runner.invoke(app, ["detect", "predict", str(run), str(fake)])
+    assert result.exit_code == 2 and "scan.png" in result.output
+
+
+def test_training_refuses_a_dataset_with_a_corrupt_image(tiny_run, tmp_path: Path) -> None:
+    cohort, _, _ = tiny_run
+    broken = tmp_path / "broken"
+    shutil.copytree(cohort, broken)
+    next((broken / "images").glob("*.png")).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = runner.invoke(
+        app, ["detect", "train", str(broken), "--out", str(tmp_path / "r"), "--imgsz", "64"]
+    )
+    assert result.exit_code == 1 and "truncated image" in result.output and "_t" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_mismatched_regions_are_a_clear_error(tiny_run, tmp_path: Path) -> None:
+    cohort, run, _ = tiny_run
+    other = tmp_path / "other"
+    shutil.copytree(cohort, other)
+    spec = yaml.safe_load((other / "dataset.yaml").read_text())
+    spec["regions"][0] = "cavum"
+    for plane in spec["planes"].values():
+        plane["regions"] = ["cavum" if r == "csp" else r for r in plane["regions"]]
+    (other / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    from neurosono.detect.evaluate import evaluate_detector
+
+    with pytest.raises(RegionMismatchError, match="cavum"):
+        evaluate_detector(load_detector(run), Dataset.load(other), n_boot=10)
+    result = runner.invoke(app, ["detect", "eval", str(run), str(other)])
+    assert result.exit_code == 2 and "do not match" in result.output
+
+
+def _fixture_results(seed: int = 0, n_images: int = 40, n_classes: int = 3) -> tuple[dict, list[ImageResult]]:
+    """Ground truth with jittered, missed and false detections, as COCO and as ImageResults."""
+    rng = np.random.default_rng(seed)
+    images, annotations, results = [], [], []
+    for image_id in range(1, n_images + 1):
+        images.append(
+            {"id": image_id, "file_name": f"{image_id}.png", "width": 200, "height": 200, "plane": "tv"}
+        )
+        gt_cls = rng.choice(n_classes, size=rng.integers(1, 4), replace=False)
+        gt = []
+        for c in gt_cls:
+            x, y = rng.uniform(10, 140, 2)
+            w, h = rng.uniform(15, 50, 2)
+            gt.append([x, y, x + w, y + h])
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(c) + 1,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+        gt = np.array(gt)
+        dets, cls, scores = [], [], []
+        for c, box in zip(gt_cls, gt, strict=True):
+            if rng.random() < 0.85:  # found, with localisation noise
+                dets.append(box + rng.normal(0, 4, 4))
+                cls.append(c)
+                scores.append(rng.uniform(0.3, 1.0))
+        for _ in range(rng.integers(0, 3)):  # false positives
+            x, y = rng.uniform(0, 150, 2)
+            dets.append([x, y, x + 30, y + 30])
+            cls.append(rng.integers(n_classes))
+            scores.append(rng.uniform(0.0, 0.7))
+        results.append(
+            ImageResult(
+                image_id,
+                "tv",
+                gt_cls,
+                gt,
+                np.array(cls, dtype=int),
+                np.array(scores),
+                np.array(dets).reshape(-1, 4),
+            )
+        )
+    categories = [{"id": k + 1, "name": f"r{k}"} for k in range(n_classes)]
+    return {"images": images, "annotations": annotations, "categories": categories}, results
+
+
+def test_coco_eval_and_ultralytics_validator_agree_on_map50() -> None:
+    from ultralytics.utils.metrics import ap_per_class
+
+    coco, results = _fixture_results()
+    coco_value = coco_map(coco, results)["map50"]
+    # ultralytics' validator path: its greedy matching (match_predictions) and ap_per_class.
+    from ultralytics.models.yolo.detect.val import DetectionValidator
+
+    validator = DetectionValidator.__new__(DetectionValidator)
+    validator.iouv = torch.tensor(IOU_THRESHOLDS, dtype=torch.float32)
+    from ultralytics.utils.metrics import box_iou
+
+    tps, confs, pred_cls, target_cls = [], [], [], []
+    for r in results:
+        order = np.argsort(-r.det_scores)
+        det, cls, score = r.det_boxes[order], r.det_classes[order], r.det_scores[order]
+        iou = box_iou(torch.tensor(r.gt_boxes, dtype=torch.float32), torch.tensor(det, dtype=torch.float32))
+        tp = validator.match_predictions(torch.tensor(cls), torch.tensor(r.gt_classes), iou).numpy()
+        tps.append(tp)
+        confs.append(score)
+        pred_cls.append(cls)
+        target_cls.append(r.gt_classes)
+    out = ap_per_class(
+        np.concatenate(tps), np.concatenate(confs), np.concatenate(pred_cls), np.concatenate(target_cls)
+    )
+    ultralytics_value = float(out[5][:, 0].mean())
+    ours = float(np.nanmean(matched_ap(match(results, 3), np.arange(len(results)), 3)[:, 0]))
+    assert coco_value > 0.5
+    assert abs(coco_value - ultralytics_value) < 0.01
+    assert abs(coco_value - ours) < 0.01  # the bootstrap's AP reproduces COCOeval's
