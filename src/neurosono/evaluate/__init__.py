@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics with honest confidence intervals, and reports."""
