@@ -1,0 +1,112 @@
+"""Mini-ResNet and HexaNet.
+
+HexaNet reads, for each region, a small grey crop and a few scalars (present,
+detector confidence, box width and height), embeds each crop with its own
+Mini-ResNet branch (or one shared branch with ``share_branches``), concatenates
+the embeddings with the scalars, and a small MLP gives the logit of P(abnormal).
+A region the detector did not find arrives as an empty (zero) crop with
+present = 0: a missing CSP is itself a sign, so absence must reach the decision.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+N_SCALARS = 4  # present, confidence, width, height
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class MiniResNet(nn.Module):
+    """Three residual stages (16-32-64 channels by default) and global average pooling."""
+
+    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        stages, cin = [], widths[0]
+        for i, width in enumerate(widths):
+            stages.append(BasicBlock(cin, width, stride=1 if i == 0 else 2))
+            cin = width
+        self.stages = nn.Sequential(*stages)
+        self.out_features = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.stages(self.stem(x)), 1), 1)
+
+
+class HexaNet(nn.Module):
+    def __init__(
+        self,
+        n_regions: int = 6,
+        share_branches: bool = False,
+        widths: tuple[int, ...] = (16, 32, 64),
+        hidden: int = 64,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        self.n_regions = n_regions
+        self.share_branches = share_branches
+        n_branches = 1 if share_branches else n_regions
+        self.branches = nn.ModuleList(MiniResNet(1, widths) for _ in range(n_branches))
+        embed = self.branches[0].out_features
+        # A shared branch needs to know which region it is looking at.
+        self.region_embedding = nn.Embedding(n_regions, embed) if share_branches else None
+        self.head = nn.Sequential(
+            nn.Linear(n_regions * (embed + N_SCALARS), hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, crops: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        """crops [B, R, 1, H, W], scalars [B, R, 4] -> logits [B]."""
+        if crops.shape[1] != self.n_regions or scalars.shape[1] != self.n_regions:
+            raise ValueError(f"expected {self.n_regions} regions, got crops {tuple(crops.shape)}")
+        features = []
+        for r in range(self.n_regions):
+            branch = self.branches[0 if self.share_branches else r]
+            emb = branch(crops[:, r])
+            if self.region_embedding is not None:
+                emb = emb + self.region_embedding.weight[r]
+            features.append(torch.cat([emb, scalars[:, r]], dim=1))
+        return self.head(torch.cat(features, dim=1)).squeeze(1)
+
+
+@torch.no_grad()
+def drop_one_region_attribution(model: HexaNet, crops: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+    """[B, R]: how much P(abnormal) falls when each region is removed (empty crop, absent).
+
+    Positive: the region pushed the decision towards abnormal; negative: towards normal.
+    """
+    model.eval()
+    base = torch.sigmoid(model(crops, scalars))
+    out = torch.zeros(crops.shape[0], model.n_regions)
+    for r in range(model.n_regions):
+        c, s = crops.clone(), scalars.clone()
+        c[:, r] = 0
+        s[:, r] = 0
+        out[:, r] = base - torch.sigmoid(model(c, s))
+    return out
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

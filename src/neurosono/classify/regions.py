@@ -1,0 +1,119 @@
+"""From a case's images and the detector's boxes to HexaNet's input.
+
+For each region, the best box is taken from the plane(s) where the region
+belongs (``dataset.yaml`` planes). The CSP and the thalami appear in both TV and
+TC: we take the more confident of the two detections, because the view in which
+the detector is surest is the better-seen structure, and a region counts as
+absent only when neither plane shows it (absence is itself a finding).
+
+Each region becomes a square grey crop (box plus a context margin, resized to
+``CROP`` pixels, standardised per crop so that machine gain does not matter) and
+four scalars: present, detector confidence, and box width and height in mm / 20
+when the pixel spacing is known, otherwise relative to the head's extent (the
+span of all detected regions in that image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+CROP = 64
+MARGIN = 0.25  # context on each side, as a fraction of the box size
+MM_SCALE = 20.0  # sizes in mm are divided by this to sit near 1
+
+
+@dataclass(frozen=True)
+class Detection:
+    plane: str
+    class_id: int
+    confidence: float
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+
+def load_grey(path: str | Path) -> np.ndarray:
+    with Image.open(path) as image:
+        if image.mode in ("I;16", "I;16B", "I"):
+            array = np.asarray(image, dtype=np.float32)
+            span = max(float(array.max() - array.min()), 1.0)
+            return ((array - array.min()) / span * 255).astype(np.uint8)
+        return np.asarray(image.convert("L"))
+
+
+def select_regions(
+    detections: list[Detection], regions: list[str], planes: dict[str, list[str]]
+) -> list[Detection | None]:
+    """Best detection of each region from the planes where it belongs (None: not found)."""
+    chosen: list[Detection | None] = []
+    for class_id, region in enumerate(regions):
+        allowed = {p for p, names in planes.items() if region in names}
+        candidates = [d for d in detections if d.class_id == class_id and d.plane in allowed]
+        chosen.append(max(candidates, key=lambda d: d.confidence) if candidates else None)
+    return chosen
+
+
+def crop_box(
+    image: np.ndarray,
+    box: tuple[float, float, float, float],
+    size: int = CROP,
+    margin: float = MARGIN,
+    jitter: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Square crop round a box with context, resized and standardised (float32 [size, size])."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
+    if jitter and rng is not None:
+        cx += rng.normal(0, jitter) * (x1 - x0)
+        cy += rng.normal(0, jitter) * (y1 - y0)
+        side *= float(np.exp(rng.normal(0, jitter)))
+    side = max(side, 4.0)
+    # An affine warp crops and resizes in one step, padding with black outside the image.
+    scale = size / side
+    matrix = np.array([[scale, 0, size / 2 - scale * cx], [0, scale, size / 2 - scale * cy]], np.float32)
+    crop = cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    )
+    crop = crop.astype(np.float32)
+    return (crop - crop.mean()) / (crop.std() + 1e-3)
+
+
+def head_extent(detections: list[Detection], plane: str) -> float | None:
+    boxes = [d.box for d in detections if d.plane == plane]
+    if not boxes:
+        return None
+    arr = np.asarray(boxes)
+    return float(np.hypot(arr[:, 2].max() - arr[:, 0].min(), arr[:, 3].max() - arr[:, 1].min()))
+
+
+def region_inputs(
+    images: dict[str, np.ndarray],
+    detections: list[Detection],
+    regions: list[str],
+    planes: dict[str, list[str]],
+    spacing_mm: dict[str, float | None],
+    jitter: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[Detection | None]]:
+    """crops [R, CROP, CROP], scalars [R, 4] and the chosen detection of each region."""
+    chosen = select_regions(detections, regions, planes)
+    crops = np.zeros((len(regions), CROP, CROP), np.float32)
+    scalars = np.zeros((len(regions), 4), np.float32)
+    for r, det in enumerate(chosen):
+        if det is None or det.plane not in images:
+            continue
+        crops[r] = crop_box(images[det.plane], det.box, jitter=jitter, rng=rng)
+        w, h = det.box[2] - det.box[0], det.box[3] - det.box[1]
+        spacing = spacing_mm.get(det.plane)
+        if spacing:
+            size = (w * spacing / MM_SCALE, h * spacing / MM_SCALE)
+        else:
+            extent = head_extent(detections, det.plane) or max(images[det.plane].shape)
+            size = (w / extent, h / extent)
+        scalars[r] = (1.0, det.confidence, *size)
+    return crops, scalars, chosen

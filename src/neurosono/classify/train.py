@@ -1,0 +1,276 @@
+"""Train HexaNet on the detector's own regions (so training matches inference).
+
+Training crops come from the detector's predictions on the training cases; with
+probability ``gt_box_fraction`` a case is instead cropped round its ground-truth
+boxes with jitter, as extra augmentation. The loss is weighted for the class
+imbalance; early stopping keeps the epoch with the best validation AUC; the
+operating threshold is chosen on the validation split (Youden, or a target
+sensitivity) and stored with the model. The test split is never touched here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from neurosono.classify.model import HexaNet, count_parameters
+from neurosono.classify.regions import Detection, load_grey, region_inputs
+from neurosono.data.atomic import atomic_write_bytes, atomic_write_text, staged_directory
+from neurosono.data.check import check_dataset
+from neurosono.data.format import Case, Dataset, read_labels
+from neurosono.detect.evaluate import predict_paths
+from neurosono.detect.model import Detector, load_detector
+from neurosono.evaluate.metrics import choose_threshold, classification_metrics
+from neurosono.progress import track
+
+FORMAT = "neurosono-hexanet-v1"
+WEIGHTS_NAME = "classifier.pt"
+DETECTION_CONF = 0.05  # low: a faint region is still evidence, its confidence goes in as a scalar
+
+
+@dataclass(frozen=True)
+class ClassifyTrainConfig:
+    seed: int = 0
+    epochs: int = 60
+    batch: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 12
+    share_branches: bool = False
+    target_sensitivity: float | None = None
+    gt_box_fraction: float = 0.5
+    jitter: float = 0.08
+
+
+@dataclass
+class CaseInputs:
+    """Everything HexaNet needs from one case, loaded once."""
+
+    case: Case
+    label: int
+    images: dict[str, np.ndarray]
+    spacing: dict[str, float | None]
+    detections: list[Detection]
+    truth: list[Detection] = field(default_factory=list)
+
+
+def gather_cases(
+    dataset: Dataset, detector: Detector, cases: list[Case], progress: bool = False, with_truth: bool = False
+) -> list[CaseInputs]:
+    """Load images and run the detector once per image."""
+    paths, owners = [], []
+    for index, case in enumerate(cases):
+        for plane, rel in case.images():
+            paths.append(dataset.image_path(rel))
+            owners.append((index, plane, rel))
+    predictions = []
+    batch = 16
+    for start in track(
+        range(0, len(paths), batch), "detecting regions", total=-(-len(paths) // batch), enabled=progress
+    ):
+        predictions.extend(predict_paths(detector, paths[start : start + batch], conf=DETECTION_CONF))
+    inputs = [
+        CaseInputs(c, int(c.label == "abnormal"), {}, {p: c.spacing_mm(p) for p in ("tv", "tc")}, [])
+        for c in cases
+    ]
+    for (index, plane, rel), (classes, scores, boxes) in zip(owners, predictions, strict=True):
+        item = inputs[index]
+        item.images[plane] = load_grey(dataset.image_path(rel))
+        item.detections += [
+            Detection(plane, int(c), float(s), tuple(float(v) for v in b))
+            for c, s, b in zip(classes, scores, boxes, strict=True)
+        ]
+        label_file = dataset.label_path(rel)
+        if with_truth and label_file.exists():
+            height, width = item.images[plane].shape
+            item.truth += [
+                Detection(plane, b.class_id, 1.0, b.to_xyxy(width, height)) for b in read_labels(label_file)
+            ]
+    return inputs
+
+
+def make_batch(
+    items: list[CaseInputs],
+    regions: list[str],
+    planes: dict[str, list[str]],
+    train: bool,
+    rng: np.random.Generator,
+    config: ClassifyTrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    crops, scalars = [], []
+    for item in items:
+        detections, jitter = item.detections, 0.0
+        if train and item.truth and rng.random() < config.gt_box_fraction:
+            # Ground-truth boxes with jitter, and a plausible confidence rather than 1.0.
+            detections = [
+                Detection(d.plane, d.class_id, float(rng.uniform(0.5, 1.0)), d.box) for d in item.truth
+            ]
+            jitter = config.jitter
+        elif train:
+            jitter = config.jitter / 2
+        c, s, _ = region_inputs(item.images, detections, regions, planes, item.spacing, jitter, rng)
+        if train:
+            flip = rng.random(len(regions)) < 0.5
+            c[flip] = c[flip, :, ::-1]
+            c = c + rng.normal(0, 0.1, c.shape).astype(np.float32)
+        crops.append(c)
+        scalars.append(s)
+    return (
+        torch.from_numpy(np.stack(crops)[:, :, None].copy()),
+        torch.from_numpy(np.stack(scalars)),
+        torch.tensor([i.label for i in items], dtype=torch.float32),
+    )
+
+
+@torch.no_grad()
+def predict_scores(
+    model: HexaNet, items: list[CaseInputs], regions: list[str], planes: dict[str, list[str]], batch: int = 32
+) -> np.ndarray:
+    model.eval()
+    rng = np.random.default_rng(0)
+    scores = []
+    for start in range(0, len(items), batch):
+        crops, scalars, _ = make_batch(
+            items[start : start + batch], regions, planes, False, rng, ClassifyTrainConfig()
+        )
+        scores.append(torch.sigmoid(model(crops, scalars)).numpy())
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def save_classifier(path: Path, model: HexaNet, meta: dict) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "state_dict": model.state_dict(), **meta}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def train_classifier(
+    dataset_path: str | Path,
+    detector_path: str | Path,
+    out: str | Path,
+    config: ClassifyTrainConfig = ClassifyTrainConfig(),
+    progress: bool = True,
+) -> Path:
+    dataset = Dataset.load(dataset_path)
+    report = check_dataset(dataset.root)
+    if not report.ok:
+        raise ValueError(f"{dataset.root}: {len(report.errors)} error(s); run 'neurosono data check'")
+    detector = load_detector(detector_path)
+    detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
+    regions = dataset.spec.regions
+    planes = {name: list(spec.regions) for name, spec in dataset.spec.planes.items()}
+    train_items = gather_cases(dataset, detector, dataset.split("train"), progress, with_truth=True)
+    val_items = gather_cases(dataset, detector, dataset.split("val"), progress)
+    train_labels = np.array([i.label for i in train_items])
+    val_labels = np.array([i.label for i in val_items])
+    for name, labels in (("train", train_labels), ("val", val_labels)):
+        if labels.min(initial=1) == labels.max(initial=0):
+            raise ValueError(f"{dataset.root}: the {name} split needs both normal and abnormal cases")
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = HexaNet(len(regions), share_branches=config.share_branches)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
+    # About 2:1 normal:abnormal: weight the positives by the ratio so both count equally.
+    pos_weight = torch.tensor(
+        (train_labels == 0).sum() / max(1, (train_labels == 1).sum()), dtype=torch.float32
+    )
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    best = {"auc": -1.0, "epoch": -1, "state": None}
+    history = []
+    started = time.perf_counter()
+    for epoch in track(range(config.epochs), "training HexaNet", total=config.epochs, enabled=progress):
+        model.train()
+        order = rng.permutation(len(train_items))
+        losses = []
+        for start in range(0, len(order), config.batch):
+            batch_items = [train_items[i] for i in order[start : start + config.batch]]
+            if len(batch_items) < 2:
+                continue  # batch norm needs two samples
+            crops, scalars, labels = make_batch(batch_items, regions, planes, True, rng, config)
+            loss = loss_fn(model(crops, scalars), labels)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss))
+        scheduler.step()
+        val_scores = predict_scores(model, val_items, regions, planes)
+        auc = float(roc_auc_score(val_labels, val_scores))
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_auc": auc})
+        if auc > best["auc"]:
+            best = {
+                "auc": auc,
+                "epoch": epoch + 1,
+                "state": {k: v.clone() for k, v in model.state_dict().items()},
+            }
+        elif epoch + 1 - best["epoch"] >= config.patience:
+            break
+    model.load_state_dict(best["state"])
+    val_scores = predict_scores(model, val_items, regions, planes)
+    threshold = choose_threshold(val_labels, val_scores, config.target_sensitivity)
+    val_metrics = classification_metrics(val_labels, val_scores, threshold, n_boot=1000, seed=config.seed)
+
+    from neurosono.detect.train import dataset_hash, package_versions
+
+    with staged_directory(out) as run:
+        meta = {
+            "regions": regions,
+            "planes": planes,
+            "share_branches": config.share_branches,
+            "threshold": threshold,
+            "threshold_rule": (
+                "Youden's J on the validation split"
+                if config.target_sensitivity is None
+                else f"highest threshold reaching sensitivity {config.target_sensitivity} on validation"
+            ),
+            "detector_sha256": detector.sha256,
+        }
+        save_classifier(run / WEIGHTS_NAME, model, meta)
+        record = {
+            "kind": "neurosono HexaNet run",
+            **meta,
+            "config": asdict(config),
+            "detector": str(Path(detector.path).resolve()) if detector.path else None,
+            "parameters": count_parameters(model),
+            "best_epoch": best["epoch"],
+            "history": history,
+            "train_seconds": round(time.perf_counter() - started, 1),
+            "dataset": {
+                "name": dataset.spec.name,
+                "source": dataset.spec.source,
+                "sha256_train_val": dataset_hash(dataset, ("train", "val")),
+                "n_train_cases": len(train_items),
+                "n_val_cases": len(val_items),
+            },
+            "versions": package_versions(),
+            "val_metrics": val_metrics,
+        }
+        atomic_write_text(run / "classifier.json", json.dumps(record, indent=2))
+    return Path(out)
+
+
+def load_classifier(path: str | Path) -> tuple[HexaNet, dict]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise ValueError(f"{path}: no HexaNet file here")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a neurosono HexaNet file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a neurosono HexaNet file (format {FORMAT!r} expected)")
+    model = HexaNet(len(payload["regions"]), share_branches=payload["share_branches"])
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model, meta
