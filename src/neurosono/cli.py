@@ -34,6 +34,10 @@ data_app = typer.Typer(help="Dataset tools: check, split, export, preview.", no_
 app.add_typer(data_app, name="data")
 detect_app = typer.Typer(help="Stage 1: the six-region YOLOv5 detector.", no_args_is_help=True)
 app.add_typer(detect_app, name="detect")
+classify_app = typer.Typer(
+    help="Stage 2: HexaNet, the six-region normal/abnormal classifier.", no_args_is_help=True
+)
+app.add_typer(classify_app, name="classify")
 
 out = Console()
 err = Console(stderr=True)
@@ -357,6 +361,97 @@ def detect_predict(
     if json_out:
         payload = {"model": str(detector.path), "model_sha256": detector.sha256, "images": records}
         atomic_write_text(json_out, json.dumps(payload, indent=2))
+
+
+@classify_app.command("train")
+def classify_train(
+    dataset: Annotated[Path, typer.Argument(help="dataset folder (train and val splits are used)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="new run folder")],
+    detector: Annotated[Path | None, typer.Option(help="stage-1 detector (default: shipped)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    epochs: Annotated[int, typer.Option(help="maximum epochs (early stopping on validation AUC)")] = 60,
+    share_branches: Annotated[bool, typer.Option(help="one Mini-ResNet shared by all regions")] = False,
+    target_sensitivity: Annotated[
+        float | None, typer.Option(help="choose the threshold for this validation sensitivity (screening)")
+    ] = None,
+) -> None:
+    """Train HexaNet on the detector's regions; the threshold is chosen on validation data."""
+    from neurosono.classify.train import ClassifyTrainConfig, train_classifier
+    from neurosono.data.atomic import OutputExistsError
+    from neurosono.detect.model import DetectorFileError, RegionMismatchError
+    from neurosono.models import DEFAULT_DETECTOR
+
+    config = ClassifyTrainConfig(
+        seed=seed, epochs=epochs, share_branches=share_branches, target_sensitivity=target_sensitivity
+    )
+    try:
+        run_dir = train_classifier(dataset, detector or DEFAULT_DETECTOR, out_dir, config)
+    except (OutputExistsError, PermissionError) as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    except (DetectorFileError, RegionMismatchError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    record = json.loads((run_dir / "classifier.json").read_text())
+    auc = record["val_metrics"]["auc"]
+    out.print(
+        f"run: {run_dir}  best epoch {record['best_epoch']}, validation AUC {auc['value']:.3f} "
+        f"(95% CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f}), threshold {record['threshold']:.3f}"
+    )
+
+
+@classify_app.command("eval")
+def classify_eval(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="HexaNet run folder")],
+    dataset: Annotated[Path, typer.Argument(help="dataset folder")],
+    split: Annotated[str, typer.Option(help="split to evaluate ('all' for every case)")] = "test",
+    detector: Annotated[
+        Path | None, typer.Option(help="stage-1 detector (default: the one it was trained with)")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write metrics.json here")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--out", help="folder for metrics, predictions, ROC, reliability")
+    ] = None,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples")] = 1000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+) -> None:
+    """AUC, sensitivity, specificity, F1, accuracy, PPV, NPV with bootstrap, Wilson and DeLong CIs."""
+    from neurosono.classify.evaluate import evaluate_classifier
+    from neurosono.data.atomic import atomic_write_text
+    from neurosono.detect.model import RegionMismatchError
+
+    record_file = run_dir / "classifier.json"
+    if not record_file.exists():
+        raise fail(f"{run_dir}: not a HexaNet run folder (no classifier.json)", EXIT_BAD_INPUT)
+    trained_with = json.loads(record_file.read_text()).get("detector")
+    det = _load_detector(detector or (Path(trained_with) if trained_with else None))
+    ds = _load_dataset(dataset)
+    try:
+        metrics = evaluate_classifier(
+            run_dir, ds, det, None if split == "all" else split, n_boot, seed, report_dir
+        )
+    except (RegionMismatchError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    table = Table(
+        title=f"HexaNet on {ds.spec.name}, split {split}: "
+        f"{metrics['n_abnormal']} abnormal, {metrics['n_normal']} normal"
+    )
+    for column in ("metric", "value", "count", "95% CI (bootstrap)", "Wilson / DeLong"):
+        table.add_column(column)
+    for key in ("auc", "sensitivity", "specificity", "f1", "accuracy", "ppv", "npv"):
+        m = metrics.get(key)
+        if not m or m["value"] is None:
+            continue
+        other = m.get("ci95_wilson") or m.get("ci95_delong")
+        table.add_row(
+            key,
+            f"{m['value']:.3f}",
+            m.get("count", ""),
+            f"{m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}",
+            f"{other[0]:.3f}-{other[1]:.3f}" if other else "",
+        )
+    out.print(table)
+    out.print(f"threshold {metrics['threshold']:.3f} ({metrics['threshold_rule']})")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(metrics, indent=2))
 
 
 @app.command()
