@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,32 @@ def cohort_copy(tiny_cohort: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "copy"
     shutil.copytree(tiny_cohort, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """A detector trained on 24 cases at 128 px for 8 epochs, with every network call made to fail.
+
+    Returns (cohort, run folder, network attempts).
+    """
+    from neurosono.detect.train import DetectTrainConfig, train_detector
+
+    root = tmp_path_factory.mktemp("detect")
+    generate_cohort(root / "cohort", CohortConfig(cases=24, seed=3, size=128), workers=2)
+    attempts: list[str] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(repr(args[:2]))
+        raise OSError("network disabled in tests")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket, "getaddrinfo", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        train_detector(
+            root / "cohort",
+            root / "run",
+            DetectTrainConfig(imgsz=128, epochs=8, batch=4, close_mosaic=0, warmup_epochs=0),
+            progress=False,
+        )
+    return root / "cohort", root / "run", attempts

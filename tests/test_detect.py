@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +18,8 @@ from neurosono.detect.env import config_dir
 from neurosono.detect.evaluate import IOU_THRESHOLDS, ImageResult, coco_map, match, matched_ap
 from neurosono.detect.model import RegionMismatchError, load_detector
 from neurosono.detect.predict import ImageInputError, detect_regions
-from neurosono.detect.train import DetectTrainConfig, train_detector
-from neurosono.phantom.cohort import CohortConfig, generate_cohort
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
-    """24 cases at 128 px, 8 epochs, trained with every network call made to fail."""
-    root = tmp_path_factory.mktemp("detect")
-    generate_cohort(root / "cohort", CohortConfig(cases=24, seed=3, size=128), workers=2)
-    attempts: list[str] = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(repr(args[:2]))
-        raise OSError("network disabled in tests")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", refuse)
-        patch.setattr(socket, "getaddrinfo", refuse)
-        patch.setattr(socket, "create_connection", refuse)
-        train_detector(
-            root / "cohort",
-            root / "run",
-            DetectTrainConfig(imgsz=128, epochs=8, batch=4, close_mosaic=0, warmup_epochs=0),
-            progress=False,
-        )
-    return root / "cohort", root / "run", attempts
 
 
 def test_training_makes_no_network_call(tiny_run) -> None:

@@ -128,19 +128,82 @@ def make_batch(
     )
 
 
-@torch.no_grad()
 def predict_scores(
     model: HexaNet, items: list[CaseInputs], regions: list[str], planes: dict[str, list[str]], batch: int = 32
 ) -> np.ndarray:
+    def batches(chunk: list[CaseInputs], train: bool, rng: np.random.Generator):
+        crops, scalars, labels = make_batch(chunk, regions, planes, False, rng, ClassifyTrainConfig())
+        return (crops, scalars), labels
+
+    return _scores(model, items, batches, batch)
+
+
+def fit_binary(
+    model: torch.nn.Module,
+    train_items: list,
+    val_items: list,
+    batches,
+    config: ClassifyTrainConfig,
+    progress: bool,
+    description: str,
+) -> tuple[dict, list[dict]]:
+    """Class-weighted BCE, AdamW with cosine decay, early stopping on validation AUC.
+
+    ``batches(items, train, rng)`` returns ``(model inputs tuple, labels)``. The model is
+    left holding the weights of its best validation epoch.
+    """
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    train_labels = np.array([i.label for i in train_items])
+    val_labels = np.array([i.label for i in val_items])
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
+    # About 2:1 normal:abnormal: weight the positives by the ratio so both count equally.
+    pos_weight = torch.tensor(
+        (train_labels == 0).sum() / max(1, (train_labels == 1).sum()), dtype=torch.float32
+    )
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    best: dict = {"auc": -1.0, "epoch": -1, "state": None}
+    history = []
+    for epoch in track(range(config.epochs), description, total=config.epochs, enabled=progress):
+        model.train()
+        order = rng.permutation(len(train_items))
+        losses = []
+        for start in range(0, len(order), config.batch):
+            chunk = [train_items[i] for i in order[start : start + config.batch]]
+            if len(chunk) < 2:
+                continue  # batch norm needs two samples
+            inputs, labels = batches(chunk, True, rng)
+            loss = loss_fn(model(*inputs), labels)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        scheduler.step()
+        val_scores = _scores(model, val_items, batches)
+        auc = float(roc_auc_score(val_labels, val_scores))
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_auc": auc})
+        if auc > best["auc"]:
+            best = {
+                "auc": auc,
+                "epoch": epoch + 1,
+                "state": {k: v.clone() for k, v in model.state_dict().items()},
+            }
+        elif epoch + 1 - best["epoch"] >= config.patience:
+            break
+    model.load_state_dict(best["state"])
+    return best, history
+
+
+@torch.no_grad()
+def _scores(model: torch.nn.Module, items: list, batches, size: int = 32) -> np.ndarray:
     model.eval()
     rng = np.random.default_rng(0)
-    scores = []
-    for start in range(0, len(items), batch):
-        crops, scalars, _ = make_batch(
-            items[start : start + batch], regions, planes, False, rng, ClassifyTrainConfig()
-        )
-        scores.append(torch.sigmoid(model(crops, scalars)).numpy())
-    return np.concatenate(scores) if scores else np.zeros(0)
+    out = [
+        torch.sigmoid(model(*batches(items[s : s + size], False, rng)[0])).numpy()
+        for s in range(0, len(items), size)
+    ]
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def save_classifier(path: Path, model: HexaNet, meta: dict) -> None:
@@ -174,46 +237,14 @@ def train_classifier(
         if labels.min(initial=1) == labels.max(initial=0):
             raise ValueError(f"{dataset.root}: the {name} split needs both normal and abnormal cases")
 
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     model = HexaNet(len(regions), share_branches=config.share_branches)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
-    # About 2:1 normal:abnormal: weight the positives by the ratio so both count equally.
-    pos_weight = torch.tensor(
-        (train_labels == 0).sum() / max(1, (train_labels == 1).sum()), dtype=torch.float32
-    )
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    best = {"auc": -1.0, "epoch": -1, "state": None}
-    history = []
+
+    def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
+        crops, scalars, labels = make_batch(items, regions, planes, train, rng, config)
+        return (crops, scalars), labels
+
     started = time.perf_counter()
-    for epoch in track(range(config.epochs), "training HexaNet", total=config.epochs, enabled=progress):
-        model.train()
-        order = rng.permutation(len(train_items))
-        losses = []
-        for start in range(0, len(order), config.batch):
-            batch_items = [train_items[i] for i in order[start : start + config.batch]]
-            if len(batch_items) < 2:
-                continue  # batch norm needs two samples
-            crops, scalars, labels = make_batch(batch_items, regions, planes, True, rng, config)
-            loss = loss_fn(model(crops, scalars), labels)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss))
-        scheduler.step()
-        val_scores = predict_scores(model, val_items, regions, planes)
-        auc = float(roc_auc_score(val_labels, val_scores))
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_auc": auc})
-        if auc > best["auc"]:
-            best = {
-                "auc": auc,
-                "epoch": epoch + 1,
-                "state": {k: v.clone() for k, v in model.state_dict().items()},
-            }
-        elif epoch + 1 - best["epoch"] >= config.patience:
-            break
-    model.load_state_dict(best["state"])
+    best, history = fit_binary(model, train_items, val_items, batches, config, progress, "training HexaNet")
     val_scores = predict_scores(model, val_items, regions, planes)
     threshold = choose_threshold(val_labels, val_scores, config.target_sensitivity)
     val_metrics = classification_metrics(val_labels, val_scores, threshold, n_boot=1000, seed=config.seed)

@@ -1,0 +1,108 @@
+"""The whole-image baseline: the study's core claim is that anatomy-aware beats this.
+
+A Mini-ResNet reads both planes at once (TV and TC resized to ``SIZE`` and stacked
+as two channels; a missing plane is zeros) and gives P(abnormal). It is trained by
+the same loop as HexaNet (:func:`fit_binary`): same split, epochs, seed, loss
+weighting, early stopping and validation-chosen threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from neurosono.classify.model import MiniResNet, count_parameters
+from neurosono.classify.train import CaseInputs, ClassifyTrainConfig, _scores, fit_binary
+from neurosono.data.atomic import atomic_write_bytes, atomic_write_text, staged_directory
+from neurosono.evaluate.metrics import choose_threshold, classification_metrics
+
+SIZE = 128
+FORMAT = "neurosono-whole-image-v1"
+
+
+class WholeImageNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = MiniResNet(in_channels=2)
+        self.head = nn.Linear(self.backbone.out_features, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images)).squeeze(1)
+
+
+def whole_images(item: CaseInputs) -> np.ndarray:
+    planes = []
+    for plane in ("tv", "tc"):
+        image = item.images.get(plane)
+        if image is None:
+            planes.append(np.zeros((SIZE, SIZE), np.float32))
+            continue
+        small = cv2.resize(image, (SIZE, SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
+        planes.append((small - small.mean()) / (small.std() + 1e-3))
+    return np.stack(planes)
+
+
+def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
+    images = np.stack([whole_images(i) for i in items])
+    if train:
+        flip = rng.random(len(items)) < 0.5
+        images[flip] = images[flip, :, :, ::-1]
+        images = images + rng.normal(0, 0.1, images.shape).astype(np.float32)
+    labels = torch.tensor([i.label for i in items], dtype=torch.float32)
+    return (torch.from_numpy(np.ascontiguousarray(images)),), labels
+
+
+def train_baseline(
+    train_items: list[CaseInputs],
+    val_items: list[CaseInputs],
+    out: str | Path,
+    config: ClassifyTrainConfig,
+    progress: bool = True,
+) -> Path:
+    model = WholeImageNet()
+    best, history = fit_binary(
+        model, train_items, val_items, batches, config, progress, "training whole-image baseline"
+    )
+    val_labels = np.array([i.label for i in val_items])
+    val_scores = _scores(model, val_items, batches)
+    threshold = choose_threshold(val_labels, val_scores, config.target_sensitivity)
+    with staged_directory(out) as run:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT, "state_dict": model.state_dict(), "threshold": threshold}, buffer)
+        atomic_write_bytes(run / "baseline.pt", buffer.getvalue())
+        record = {
+            "kind": "neurosono whole-image baseline run",
+            "config": asdict(config),
+            "threshold": threshold,
+            "parameters": count_parameters(model),
+            "best_epoch": best["epoch"],
+            "history": history,
+            "val_metrics": classification_metrics(val_labels, val_scores, threshold, 1000, config.seed),
+        }
+        atomic_write_text(run / "baseline.json", json.dumps(record, indent=2))
+    return Path(out)
+
+
+def load_baseline(path: str | Path) -> tuple[WholeImageNet, float]:
+    path = Path(path)
+    payload = torch.load(
+        path / "baseline.pt" if path.is_dir() else path, map_location="cpu", weights_only=True
+    )
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a neurosono whole-image baseline file")
+    model = WholeImageNet()
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, float(payload["threshold"])
+
+
+def baseline_scores(model: WholeImageNet, items: list[CaseInputs]) -> np.ndarray:
+    return _scores(model, items, batches)

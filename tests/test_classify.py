@@ -1,0 +1,161 @@
+"""Stage 2: HexaNet forward with missing regions, learning, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from neurosono.classify.model import HexaNet, MiniResNet, count_parameters, drop_one_region_attribution
+from neurosono.classify.regions import Detection, crop_box, select_regions
+from neurosono.classify.train import ClassifyTrainConfig, _scores, fit_binary
+from neurosono.cli import app
+from neurosono.evaluate.metrics import point_metrics
+
+runner = CliRunner()
+
+
+def test_minresnet_is_small_and_hexanet_handles_any_region_count() -> None:
+    assert count_parameters(MiniResNet()) < 500_000
+    for n_regions, shared in ((6, False), (3, False), (6, True)):
+        model = HexaNet(n_regions, share_branches=shared).eval()
+        crops, scalars = torch.randn(2, n_regions, 1, 64, 64), torch.rand(2, n_regions, 4)
+        assert model(crops, scalars).shape == (2,)
+
+
+def test_forward_with_regions_missing() -> None:
+    model = HexaNet(6).eval()
+    crops, scalars = torch.randn(4, 6, 1, 64, 64), torch.rand(4, 6, 4)
+    crops[:, 0] = 0  # CSP not found
+    scalars[:, 0] = 0
+    crops[1] = 0  # nothing found at all
+    scalars[1] = 0
+    logits = model(crops, scalars)
+    assert torch.isfinite(logits).all()
+    attribution = drop_one_region_attribution(model, crops, scalars)
+    assert attribution.shape == (4, 6)
+    assert torch.allclose(
+        attribution[:, 0], torch.zeros(4), atol=1e-6
+    )  # dropping an absent region changes nothing
+
+
+def test_best_box_per_region_comes_from_its_planes() -> None:
+    regions = ["csp", "thalami", "lateral_ventricle", "sylvian_fissure", "cerebellum", "cisterna_magna"]
+    planes = {"tv": regions[:4], "tc": ["csp", "thalami", "cerebellum", "cisterna_magna"]}
+    dets = [
+        Detection("tv", 0, 0.6, (0, 0, 10, 10)),
+        Detection("tc", 0, 0.9, (5, 5, 15, 15)),  # CSP seen better in TC: chosen
+        Detection("tc", 2, 0.99, (0, 0, 5, 5)),  # a ventricle box in TC does not count
+        Detection("tc", 4, 0.8, (1, 1, 9, 9)),
+    ]
+    chosen = select_regions(dets, regions, planes)
+    assert chosen[0].plane == "tc" and chosen[0].confidence == 0.9
+    assert chosen[2] is None and chosen[1] is None and chosen[4].class_id == 4
+    crop = crop_box(np.full((100, 100), 50, np.uint8), (40, 40, 60, 60))
+    assert crop.shape == (64, 64) and np.isfinite(crop).all()
+
+
+@dataclass
+class _Item:
+    label: int
+    crops: np.ndarray
+    scalars: np.ndarray
+
+
+def _synthetic_items(n: int, rng: np.random.Generator) -> list[_Item]:
+    """Abnormal = the first region is missing, or the third region's crop is dark in its centre."""
+    items = []
+    for i in range(n):
+        crops = rng.normal(0, 1, (6, 1, 32, 32)).astype(np.float32)
+        scalars = np.tile([1.0, 0.9, 1.0, 1.0], (6, 1)).astype(np.float32)
+        label = i % 3 == 0
+        if label and i % 2:
+            crops[0], scalars[0] = 0, 0
+        elif label:
+            crops[2, 0, 10:22, 10:22] -= 3
+        items.append(_Item(int(label), crops, scalars))
+    return items
+
+
+def _batches(items, train, rng):
+    crops = torch.from_numpy(np.stack([i.crops for i in items]))
+    scalars = torch.from_numpy(np.stack([i.scalars for i in items]))
+    return (crops, scalars), torch.tensor([i.label for i in items], dtype=torch.float32)
+
+
+def test_hexanet_learns_region_level_abnormalities() -> None:
+    rng = np.random.default_rng(0)
+    train, val, test = _synthetic_items(90, rng), _synthetic_items(30, rng), _synthetic_items(45, rng)
+    model = HexaNet(6, widths=(8, 16, 32))
+    config = ClassifyTrainConfig(epochs=12, batch=16, lr=3e-3, patience=12)
+    best, history = fit_binary(model, train, val, _batches, config, False, "test")
+    scores = _scores(model, test, _batches)
+    labels = np.array([i.label for i in test])
+    assert point_metrics(labels, scores, 0.5)["auc"] > 0.9
+    assert len(history) >= best["epoch"]
+
+
+def test_tiny_end_to_end_train_and_eval(tiny_run, tmp_path: Path) -> None:
+    cohort, detector_run, _ = tiny_run
+    run = tmp_path / "hexanet"
+    result = runner.invoke(
+        app,
+        [
+            "classify",
+            "train",
+            str(cohort),
+            "--detector",
+            str(detector_run),
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / "classifier.json").read_text())
+    assert "validation" in record["threshold_rule"] and 0 <= record["threshold"] <= 1
+    out = tmp_path / "eval"
+    metrics_file = tmp_path / "metrics.json"
+    result = runner.invoke(
+        app,
+        [
+            "classify",
+            "eval",
+            str(run),
+            str(cohort),
+            "--split",
+            "all",
+            "--out",
+            str(out),
+            "--json",
+            str(metrics_file),
+            "--n-boot",
+            "100",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(metrics_file.read_text())
+    assert {
+        "auc",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "accuracy",
+        "ppv",
+        "npv",
+        "threshold",
+        "n_normal",
+        "n_abnormal",
+    } <= set(metrics)
+    assert metrics["n_normal"] + metrics["n_abnormal"] == 24
+    assert metrics["sensitivity"]["count"].endswith(f"of {metrics['n_abnormal']}")
+    assert "ci95_delong" in metrics["auc"] and "ci95_wilson" in metrics["specificity"]
+    assert {"predictions.csv", "roc.png", "reliability.png", "metrics.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert metrics["detector_matches_training"] is True
