@@ -412,6 +412,10 @@ def classify_eval(
     ] = None,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples")] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    scheme: Annotated[
+        str, typer.Option(help="holdout: the run's model on --split; kfold or center: retrain per fold")
+    ] = "holdout",
+    folds: Annotated[int, typer.Option(help="folds for --scheme kfold")] = 3,
 ) -> None:
     """AUC, sensitivity, specificity, F1, accuracy, PPV, NPV with bootstrap, Wilson and DeLong CIs."""
     from neurosono.classify.evaluate import evaluate_classifier
@@ -424,6 +428,11 @@ def classify_eval(
     trained_with = json.loads(record_file.read_text()).get("detector")
     det = _load_detector(detector or (Path(trained_with) if trained_with else None))
     ds = _load_dataset(dataset)
+    if scheme in ("kfold", "center"):
+        _cross_validate(run_dir, ds, det, scheme, folds, n_boot, json_out)
+        return
+    if scheme != "holdout":
+        raise fail(f"--scheme must be holdout, kfold or center, not {scheme!r}", EXIT_BAD_INPUT)
     try:
         metrics = evaluate_classifier(
             run_dir, ds, det, None if split == "all" else split, n_boot, seed, report_dir
@@ -452,6 +461,118 @@ def classify_eval(
     out.print(f"threshold {metrics['threshold']:.3f} ({metrics['threshold_rule']})")
     if json_out:
         atomic_write_text(json_out, json.dumps(metrics, indent=2))
+
+
+def _cross_validate(
+    run_dir: Path, ds, det, scheme: str, folds: int, n_boot: int, json_out: Path | None
+) -> None:
+    from neurosono.classify.crossval import KEYS, cross_validate
+    from neurosono.classify.train import ClassifyTrainConfig
+    from neurosono.data.atomic import atomic_write_text
+    from neurosono.data.split import SplitError
+    from neurosono.detect.model import RegionMismatchError
+
+    record = json.loads((run_dir / "classifier.json").read_text())
+    config = ClassifyTrainConfig(**record["config"])
+    try:
+        result = cross_validate(ds, det, scheme, config, folds=folds, n_boot=n_boot, progress=True)
+    except (RegionMismatchError, SplitError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    for model_name in ("hexanet", "baseline"):
+        if model_name not in result:
+            continue
+        table = Table(title=f"{model_name}: {scheme} cross-validation on {ds.spec.name}")
+        table.add_column("fold")
+        table.add_column("n (abn.)")
+        for key in KEYS:
+            table.add_column(key)
+        for fold in result[model_name]["per_fold"]:
+            table.add_row(
+                str(fold["fold"]),
+                f"{fold['n']} ({fold['n_abnormal']})",
+                *[f"{fold[k]:.3f}" if fold.get(k) is not None else "-" for k in KEYS],
+            )
+        mean_sd = result[model_name]["mean_sd"]
+        table.add_row(
+            "mean ± sd",
+            "",
+            *[f"{mean_sd[k]['mean']:.3f} ± {mean_sd[k]['sd']:.3f}" if k in mean_sd else "-" for k in KEYS],
+        )
+        pooled = result[model_name]["pooled_out_of_fold"]
+        table.add_row(
+            "pooled",
+            str(pooled["n_normal"] + pooled["n_abnormal"]),
+            *[
+                f"{pooled[k]['value']:.3f} ({pooled[k]['ci95'][0]:.2f}-{pooled[k]['ci95'][1]:.2f})"
+                if pooled.get(k) and pooled[k]["value"] is not None
+                else "-"
+                for k in KEYS
+            ],
+        )
+        out.print(table)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(result, indent=2))
+
+
+def _metric_cell(entry: dict | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "-"
+    lo, hi = entry["ci95"]
+    return f"{entry['value']:.3f} {entry.get('count', '')} ({lo:.2f}-{hi:.2f})"
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="HexaNet run folder (with its baseline)")],
+    dataset: Annotated[Path, typer.Argument(help="dataset folder")],
+    split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write all metrics here")] = None,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples")] = 1000,
+) -> None:
+    """Both stages on one split: detector mAP, then HexaNet against the whole-image baseline."""
+    from neurosono.classify.baseline import baseline_scores, load_baseline
+    from neurosono.classify.evaluate import evaluate_classifier
+    from neurosono.classify.train import gather_cases
+    from neurosono.data.atomic import atomic_write_text
+    from neurosono.detect.evaluate import evaluate_detector
+    from neurosono.evaluate.metrics import classification_metrics
+
+    record_file = run_dir / "classifier.json"
+    if not record_file.exists():
+        raise fail(f"{run_dir}: not a HexaNet run folder (no classifier.json)", EXIT_BAD_INPUT)
+    trained_with = json.loads(record_file.read_text()).get("detector")
+    det = _load_detector(Path(trained_with) if trained_with else None)
+    ds = _load_dataset(dataset)
+    detection = evaluate_detector(det, ds, split, n_boot=n_boot)
+    hexanet = evaluate_classifier(run_dir, ds, det, split, n_boot)
+    result = {"detector": detection, "hexanet": hexanet}
+    if (run_dir / "baseline" / "baseline.pt").exists():
+        model, threshold = load_baseline(run_dir / "baseline")
+        items = gather_cases(ds, det, ds.split(split))
+        labels = [i.label for i in items]
+        result["baseline"] = classification_metrics(labels, baseline_scores(model, items), threshold, n_boot)
+    m = detection["map50"]
+    out.print(
+        f"stage 1 detector: mAP@0.5 {m['value']:.3f} (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}) "
+        f"on {detection['n_images']} images"
+    )
+    table = Table(
+        title=f"stage 2 on {ds.spec.name}, split {split}: "
+        f"{hexanet['n_abnormal']} abnormal, {hexanet['n_normal']} normal"
+    )
+    table.add_column("metric")
+    for name in ("HexaNet", "whole-image baseline") if "baseline" in result else ("HexaNet",):
+        table.add_column(f"{name} (95% CI)")
+    for key in ("auc", "sensitivity", "specificity", "f1", "accuracy", "ppv", "npv"):
+        cells = []
+        for model_name in ("hexanet", "baseline"):
+            entry = result.get(model_name, {}).get(key)
+            if model_name in result:
+                cells.append(_metric_cell(entry))
+        table.add_row(key, *cells)
+    out.print(table)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(result, indent=2))
 
 
 @app.command()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from neurosono.classify.model import MiniResNet, count_parameters
-from neurosono.classify.train import CaseInputs, ClassifyTrainConfig, _scores, fit_binary
+from neurosono.classify.train import CaseInputs, ClassifyTrainConfig, _scores, fit_binary, threshold_rule
 from neurosono.data.atomic import atomic_write_bytes, atomic_write_text, staged_directory
 from neurosono.evaluate.metrics import choose_threshold, classification_metrics
 
@@ -58,6 +58,27 @@ def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
     return (torch.from_numpy(np.ascontiguousarray(images)),), labels
 
 
+def fit_baseline(
+    train_items: list[CaseInputs],
+    val_items: list[CaseInputs],
+    config: ClassifyTrainConfig,
+    progress: bool = False,
+) -> tuple[WholeImageNet, float, dict, list[dict], np.ndarray]:
+    model = WholeImageNet()
+    best, history = fit_binary(
+        model, train_items, val_items, batches, config, progress, "training whole-image baseline"
+    )
+    val_labels = np.array([i.label for i in val_items])
+    val_scores = _scores(model, val_items, batches)
+    return (
+        model,
+        choose_threshold(val_labels, val_scores, config.target_sensitivity),
+        best,
+        history,
+        val_scores,
+    )
+
+
 def train_baseline(
     train_items: list[CaseInputs],
     val_items: list[CaseInputs],
@@ -82,6 +103,7 @@ def train_baseline(
             "kind": "neurosono whole-image baseline run",
             "config": asdict(config),
             "threshold": threshold,
+            "threshold_rule": threshold_rule(config),
             "parameters": count_parameters(model),
             "best_epoch": best["epoch"],
             "history": history,

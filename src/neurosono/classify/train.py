@@ -206,6 +206,43 @@ def _scores(model: torch.nn.Module, items: list, batches, size: int = 32) -> np.
     return np.concatenate(out) if out else np.zeros(0)
 
 
+@dataclass
+class Fitted:
+    model: torch.nn.Module
+    threshold: float
+    best: dict
+    history: list[dict]
+    val_scores: np.ndarray
+
+
+def threshold_rule(config: ClassifyTrainConfig) -> str:
+    if config.target_sensitivity is None:
+        return "Youden's J on the validation split"
+    return f"highest threshold reaching sensitivity {config.target_sensitivity} on validation"
+
+
+def fit_hexanet(
+    train_items: list[CaseInputs],
+    val_items: list[CaseInputs],
+    regions: list[str],
+    planes: dict[str, list[str]],
+    config: ClassifyTrainConfig,
+    progress: bool = False,
+) -> Fitted:
+    """Train HexaNet and choose its threshold on the validation items."""
+    model = HexaNet(len(regions), share_branches=config.share_branches)
+
+    def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
+        crops, scalars, labels = make_batch(items, regions, planes, train, rng, config)
+        return (crops, scalars), labels
+
+    best, history = fit_binary(model, train_items, val_items, batches, config, progress, "training HexaNet")
+    val_scores = predict_scores(model, val_items, regions, planes)
+    val_labels = np.array([i.label for i in val_items])
+    threshold = choose_threshold(val_labels, val_scores, config.target_sensitivity)
+    return Fitted(model, threshold, best, history, val_scores)
+
+
 def save_classifier(path: Path, model: HexaNet, meta: dict) -> None:
     import io
 
@@ -220,6 +257,7 @@ def train_classifier(
     out: str | Path,
     config: ClassifyTrainConfig = ClassifyTrainConfig(),
     progress: bool = True,
+    baseline: bool = True,
 ) -> Path:
     dataset = Dataset.load(dataset_path)
     report = check_dataset(dataset.root)
@@ -237,17 +275,12 @@ def train_classifier(
         if labels.min(initial=1) == labels.max(initial=0):
             raise ValueError(f"{dataset.root}: the {name} split needs both normal and abnormal cases")
 
-    model = HexaNet(len(regions), share_branches=config.share_branches)
-
-    def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
-        crops, scalars, labels = make_batch(items, regions, planes, train, rng, config)
-        return (crops, scalars), labels
-
     started = time.perf_counter()
-    best, history = fit_binary(model, train_items, val_items, batches, config, progress, "training HexaNet")
-    val_scores = predict_scores(model, val_items, regions, planes)
-    threshold = choose_threshold(val_labels, val_scores, config.target_sensitivity)
-    val_metrics = classification_metrics(val_labels, val_scores, threshold, n_boot=1000, seed=config.seed)
+    fitted = fit_hexanet(train_items, val_items, regions, planes, config, progress)
+    model, threshold, best, history = fitted.model, fitted.threshold, fitted.best, fitted.history
+    val_metrics = classification_metrics(
+        val_labels, fitted.val_scores, threshold, n_boot=1000, seed=config.seed
+    )
 
     from neurosono.detect.train import dataset_hash, package_versions
 
@@ -257,11 +290,7 @@ def train_classifier(
             "planes": planes,
             "share_branches": config.share_branches,
             "threshold": threshold,
-            "threshold_rule": (
-                "Youden's J on the validation split"
-                if config.target_sensitivity is None
-                else f"highest threshold reaching sensitivity {config.target_sensitivity} on validation"
-            ),
+            "threshold_rule": threshold_rule(config),
             "detector_sha256": detector.sha256,
         }
         save_classifier(run / WEIGHTS_NAME, model, meta)
@@ -285,6 +314,11 @@ def train_classifier(
             "val_metrics": val_metrics,
         }
         atomic_write_text(run / "classifier.json", json.dumps(record, indent=2))
+        if baseline:
+            from neurosono.classify.baseline import train_baseline
+
+            # Same split, epochs, seed and threshold rule: the study's anatomy-aware vs whole-image claim.
+            train_baseline(train_items, val_items, run / "baseline", config, progress)
     return Path(out)
 
 
