@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from neurosono.checkpoints import save_payload
 from neurosono.classify.model import MiniResNet, count_parameters
 from neurosono.classify.train import CaseInputs, ClassifyTrainConfig, _scores, fit_binary, threshold_rule
-from neurosono.data.atomic import atomic_write_bytes, atomic_write_text, staged_directory
+from neurosono.data.atomic import atomic_write_text, staged_directory
 from neurosono.evaluate.metrics import choose_threshold, classification_metrics
 
 SIZE = 128
@@ -94,11 +95,9 @@ def train_baseline(
     val_scores = _scores(model, val_items, batches)
     threshold = choose_threshold(val_labels, val_scores, config.target_sensitivity)
     with staged_directory(out) as run:
-        import io
-
-        buffer = io.BytesIO()
-        torch.save({"format": FORMAT, "state_dict": model.state_dict(), "threshold": threshold}, buffer)
-        atomic_write_bytes(run / "baseline.pt", buffer.getvalue())
+        save_payload(
+            run / "baseline.pt", {"format": FORMAT, "state_dict": model.state_dict(), "threshold": threshold}
+        )
         record = {
             "kind": "neurosono whole-image baseline run",
             "config": asdict(config),

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from neurosono.checkpoints import load_payload, save_payload
 from neurosono.classify.model import HexaNet, count_parameters
 from neurosono.classify.regions import Detection, load_grey, region_inputs
-from neurosono.data.atomic import atomic_write_bytes, atomic_write_text, staged_directory
+from neurosono.data.atomic import atomic_write_text, staged_directory
 from neurosono.data.check import check_dataset
 from neurosono.data.format import Case, Dataset, read_labels
 from neurosono.detect.evaluate import predict_paths
@@ -244,11 +245,7 @@ def fit_hexanet(
 
 
 def save_classifier(path: Path, model: HexaNet, meta: dict) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "state_dict": model.state_dict(), **meta}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_payload(path, {"format": FORMAT, "state_dict": model.state_dict(), **meta})
 
 
 def train_classifier(
@@ -323,19 +320,8 @@ def train_classifier(
 
 
 def load_classifier(path: str | Path) -> tuple[HexaNet, dict]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise ValueError(f"{path}: no HexaNet file here")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a neurosono HexaNet file ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a neurosono HexaNet file (format {FORMAT!r} expected)")
+    _, payload = load_payload(path, WEIGHTS_NAME, FORMAT, "HexaNet")
     model = HexaNet(len(payload["regions"]), share_branches=payload["share_branches"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    return model, meta
+    return model, {k: v for k, v in payload.items() if k != "state_dict"}

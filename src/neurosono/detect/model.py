@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
+from neurosono.checkpoints import ModelFileError, load_payload, save_payload
 from neurosono.detect.env import configure_ultralytics
 
 FORMAT = "neurosono-detector-v1"
 WEIGHTS_NAME = "detector.pt"
 
 
-class DetectorFileError(ValueError):
+class DetectorFileError(ModelFileError):
     """A detector file is missing, not neurosono's, or does not fit the data."""
 
 
@@ -58,8 +59,6 @@ def file_sha256(path: Path) -> str:
 def save_detector(
     path: Path, model: torch.nn.Module, regions: list[str], planes: dict[str, list[str]], imgsz: int
 ) -> None:
-    from neurosono.data.atomic import atomic_write_bytes
-
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
@@ -69,11 +68,7 @@ def save_detector(
         "planes": {k: list(v) for k, v in planes.items()},
         "imgsz": int(imgsz),
     }
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_payload(path, payload)
 
 
 def _plain(value):
@@ -87,19 +82,7 @@ def _plain(value):
 
 def load_detector(path: str | Path) -> Detector:
     """Load a detector file written by :func:`save_detector` (or a run folder holding one)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise DetectorFileError(f"{path}: no detector file here")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DetectorFileError(
-            f"{path}: not a neurosono detector file ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DetectorFileError(f"{path}: not a neurosono detector file (format {FORMAT!r} expected)")
+    path, payload = load_payload(path, WEIGHTS_NAME, FORMAT, "detector", DetectorFileError)
     configure_ultralytics()
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel

@@ -617,38 +617,24 @@ def _overlays(
     scale = size / 900
     thick = max(1, round(size / 400))
     white = 235
+
+    def text(message: str, x: float, y: float, size_factor: float = 0.8) -> None:
+        cv2.putText(
+            img8,
+            message,
+            (int(x), int(y)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale * size_factor,
+            white,
+            thick,
+            cv2.LINE_AA,
+        )
+
     if style.text and size >= 96:
         weeks, days = int(anatomy.ga_weeks), round((anatomy.ga_weeks % 1) * 7) % 7
-        cv2.putText(
-            img8,
-            f"{style.name} {style.machine}",
-            (int(6 * scale), int(22 * scale)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale * 0.8,
-            white,
-            thick,
-            cv2.LINE_AA,
-        )
-        cv2.putText(
-            img8,
-            f"GA {weeks}w{days}d  {plane.upper()}",
-            (int(size - 250 * scale), int(22 * scale)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale * 0.8,
-            white,
-            thick,
-            cv2.LINE_AA,
-        )
-        cv2.putText(
-            img8,
-            "C5-1 MI 0.9 TIs 0.3",
-            (int(6 * scale), int(size - 12 * scale)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale * 0.7,
-            white,
-            thick,
-            cv2.LINE_AA,
-        )
+        text(f"{style.name} {style.machine}", 6 * scale, 22 * scale)
+        text(f"GA {weeks}w{days}d  {plane.upper()}", size - 250 * scale, 22 * scale)
+        text("C5-1 MI 0.9 TIs 0.3", 6 * scale, size - 12 * scale, 0.7)
     if style.depth_scale:
         step = 10.0 / pose.spacing_mm  # a dot every centimetre
         for k in range(1, int(size / step) + 1):
@@ -658,11 +644,11 @@ def _overlays(
         # Callipers across the BPD (TV) or the TCD (TC), as a sonographer would leave them.
         if plane == "tv":
             p = np.array([[0.0, -head.b - head.skull / 2], [0.0, head.b - head.skull / 2]])
-            text = f"BPD {anatomy.bpd_mm / 10:.2f}cm"
+            label = f"BPD {anatomy.bpd_mm / 10:.2f}cm"
         else:
             x = -head.a + anatomy.cisterna_magna_mm + 0.26 * anatomy.tcd_mm
             p = np.array([[x, -anatomy.tcd_mm / 2], [x, anatomy.tcd_mm / 2]])
-            text = f"TCD {anatomy.tcd_mm / 10:.2f}cm"
+            label = f"TCD {anatomy.tcd_mm / 10:.2f}cm"
         px = pose.to_px(p)
         arm = max(2, round(5 * scale))
         for x, y in px:
@@ -670,16 +656,7 @@ def _overlays(
             cv2.line(img8, (x - arm, y), (x + arm, y), white, thick)
             cv2.line(img8, (x, y - arm), (x, y + arm), white, thick)
         if size >= 96:
-            cv2.putText(
-                img8,
-                text,
-                (int(6 * scale), int(size - 40 * scale)),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                scale * 0.8,
-                white,
-                thick,
-                cv2.LINE_AA,
-            )
+            text(label, 6 * scale, size - 40 * scale)
 
 
 def _to_display(img: np.ndarray, style: CenterStyle) -> np.ndarray:
