@@ -159,3 +159,60 @@ def test_tiny_end_to_end_train_and_eval(tiny_run, tmp_path: Path) -> None:
         p.name for p in out.iterdir()
     }
     assert metrics["detector_matches_training"] is True
+
+
+def test_cross_validation_and_pipeline_evaluate(tiny_run, tmp_path: Path) -> None:
+    cohort, detector_run, _ = tiny_run
+    run = tmp_path / "hexanet"
+    trained = runner.invoke(
+        app,
+        [
+            "classify",
+            "train",
+            str(cohort),
+            "--detector",
+            str(detector_run),
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert (run / "baseline" / "baseline.pt").exists()  # trained beside HexaNet, same split and budget
+
+    cv_file = tmp_path / "cv.json"
+    cv = runner.invoke(
+        app,
+        [
+            "classify",
+            "eval",
+            str(run),
+            str(cohort),
+            "--scheme",
+            "kfold",
+            "--folds",
+            "2",
+            "--n-boot",
+            "50",
+            "--json",
+            str(cv_file),
+        ],
+    )
+    assert cv.exit_code == 0, cv.output
+    result = json.loads(cv_file.read_text())
+    for model_name in ("hexanet", "baseline"):
+        folds = result[model_name]["per_fold"]
+        assert [f["fold"] for f in folds] == ["0", "1"]
+        assert sum(f["n"] for f in folds) == 24  # every case held out exactly once
+        pooled = result[model_name]["pooled_out_of_fold"]
+        assert pooled["n_normal"] + pooled["n_abnormal"] == 24
+        assert "mean" in result[model_name]["mean_sd"]["accuracy"]
+
+    both = tmp_path / "both.json"
+    evaluated = runner.invoke(app, ["evaluate", str(run), str(cohort), "--n-boot", "50", "--json", str(both)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "whole-image baseline" in evaluated.output
+    payload = json.loads(both.read_text())
+    assert {"detector", "hexanet", "baseline"} <= set(payload)
+    assert "map50" in payload["detector"] and "auc" in payload["baseline"]

@@ -206,6 +206,40 @@ def data_export_coco(
     out.print(f"wrote {len(coco['images'])} images, {len(coco['annotations'])} boxes to {out_file}")
 
 
+@data_app.command("import")
+def data_import(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="roboflow-classification, yolo or hc18")],
+    src: Annotated[Path, typer.Argument(help="source folder")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="new dataset folder")],
+    name: Annotated[str | None, typer.Option(help="dataset name (default: the source folder's)")] = None,
+) -> None:
+    """Import a public data set into the neurosono format (single-image cases, source groups kept)."""
+    from neurosono.data.atomic import OutputExistsError
+    from neurosono.data.check import check_dataset
+    from neurosono.data.format import DatasetFormatError
+    from neurosono.data.importers import FORMATS, IMPORTERS
+
+    if fmt not in IMPORTERS:
+        raise fail(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", EXIT_BAD_INPUT)
+    if not src.is_dir():
+        raise fail(f"{src}: source folder does not exist", EXIT_BAD_INPUT)
+    try:
+        dataset = IMPORTERS[fmt](src, out_dir, name)
+    except (OutputExistsError, PermissionError) as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    except DatasetFormatError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    report = check_dataset(out_dir)
+    n_abnormal = sum(c.label == "abnormal" for c in dataset.cases)
+    groups = len({c.group for c in dataset.cases})
+    out.print(
+        f"imported {len(dataset.cases)} cases ({n_abnormal} abnormal) in {groups} source groups "
+        f"to {out_dir}; check: {len(report.errors)} errors, {len(report.warnings)} warnings"
+    )
+    if not report.ok:
+        raise typer.Exit(EXIT_INVALID_DATA)
+
+
 @data_app.command("preview")
 def data_preview(
     dataset: Annotated[Path, typer.Argument(help="dataset folder")],
