@@ -1,0 +1,166 @@
+"""Reading one input image for prediction: PNG, JPEG, BMP, TIFF or DICOM, safely.
+
+Everything comes back as an 8-bit grey array plus the pixel spacing when the file
+knows it. A bad file raises :class:`ImageReadError` whose message names the file
+and the problem; huge images are refused from their header, before decoding.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = int(os.environ.get("NEUROSONO_MAX_PIXELS", 50_000_000))
+MIN_SIDE = 32  # smaller than this cannot hold a fetal head plane
+
+
+class ImageReadError(ValueError):
+    """An input image cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class LoadedImage:
+    path: Path
+    pixels: np.ndarray  # uint8, H x W
+    spacing_mm: float | None = None
+    kind: str = ""
+    info: dict = field(default_factory=dict)
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Window any integer or float grey image to 0..255 by its own range."""
+    if array.dtype == np.uint8:
+        return array
+    array = array.astype(np.float32)
+    lo, hi = float(array.min()), float(array.max())
+    if hi <= lo:
+        return np.zeros(array.shape, np.uint8)
+    return ((array - lo) / (hi - lo) * 255).round().astype(np.uint8)
+
+
+def _rgb_to_grey(array: np.ndarray) -> np.ndarray:
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+    return (array[..., :3].astype(np.float32) @ weights).round().clip(0, 255).astype(np.uint8)
+
+
+def _check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageReadError(
+            f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
+            "(raise --max-pixels or NEUROSONO_MAX_PIXELS if this is intended)"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageReadError(f"{path}: {width}x{height} pixels is too small to be an ultrasound plane")
+
+
+def is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_image(
+    path: str | Path, frame: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> LoadedImage:
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: does not exist")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: is an empty file")
+    if is_dicom(path):
+        return _read_dicom(path, frame, max_pixels)
+    return _read_raster(path, max_pixels)
+
+
+def _read_raster(path: Path, max_pixels: int) -> LoadedImage:
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit, checked from the header, applies instead
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                _check_size(path, *image.size, max_pixels)
+                mode = image.mode
+                image.load()
+                if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    pixels = _to_uint8(np.asarray(image))
+                else:
+                    pixels = np.asarray(image.convert("L"))
+                kind = (image.format or path.suffix.lstrip(".")).lower()
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file (PNG, JPEG, BMP, TIFF or DICOM expected)") from None
+    except OSError as exc:
+        problem = "truncated image" if "truncated" in str(exc).lower() else "unreadable image"
+        raise ImageReadError(f"{path}: {problem} ({exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    return LoadedImage(path, pixels, None, kind, {"mode": mode})
+
+
+def _dicom_spacing(ds) -> float | None:
+    """Pixel spacing in mm: PixelSpacing, else the ultrasound regions' physical deltas."""
+    spacing = ds.get("PixelSpacing")
+    if spacing:
+        return float(spacing[1])  # column spacing: the horizontal mm per pixel
+    for region in ds.get("SequenceOfUltrasoundRegions", []) or []:
+        units = region.get("PhysicalUnitsXDirection")
+        delta = region.get("PhysicalDeltaX")
+        if units == 3 and delta:  # 3 = centimetres (DICOM PS3.3 C.8.5.5.1.15)
+            return float(delta) * 10.0
+    return None
+
+
+def _read_dicom(path: Path, frame: int | None, max_pixels: int) -> LoadedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise ImageReadError(f"{path}: not a valid DICOM file") from None
+    except Exception as exc:
+        raise ImageReadError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from None
+    if "PixelData" not in ds:
+        raise ImageReadError(f"{path}: DICOM file without pixel data (a report or structured document?)")
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    _check_size(path, cols, rows, max_pixels)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1 and frame is None:
+        raise ImageReadError(
+            f"{path}: multi-frame DICOM ({frames} frames); choose one with --frame N (0-based)"
+        )
+    if frame is not None and not 0 <= frame < frames:
+        raise ImageReadError(f"{path}: --frame {frame} is outside 0..{frames - 1}")
+    try:
+        array = ds.pixel_array  # pydicom converts YBR colour spaces to RGB
+    except Exception as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
+        raise ImageReadError(f"{path}: cannot decode pixel data (transfer syntax {syntax}): {exc}") from None
+    if frames > 1:
+        array = array[frame]
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        pixels = _rgb_to_grey(_to_uint8(array) if array.dtype != np.uint8 else array)
+    else:
+        pixels = _to_uint8(array)
+        if photometric == "MONOCHROME1":  # 0 is white in MONOCHROME1
+            pixels = 255 - pixels
+    info = {
+        "photometric": photometric,
+        "frames": frames,
+        "frame": frame,
+        "bits": int(ds.get("BitsAllocated", 8)),
+    }
+    return LoadedImage(path, pixels, _dicom_spacing(ds), "dicom", info)
