@@ -30,6 +30,13 @@ class LoadedImage:
     spacing_mm: float | None = None
     kind: str = ""
     info: dict = field(default_factory=dict)
+    colour: np.ndarray | None = None  # uint8 H x W x 3 (RGB) when the source had colour
+
+    def bgr(self) -> np.ndarray:
+        """The image as the detector reads files: 3-channel BGR (grey repeated when grey)."""
+        if self.colour is not None:
+            return np.ascontiguousarray(self.colour[..., ::-1])
+        return np.repeat(self.pixels[..., None], 3, axis=2)
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -94,10 +101,13 @@ def _read_raster(path: Path, max_pixels: int) -> LoadedImage:
                 _check_size(path, *image.size, max_pixels)
                 mode = image.mode
                 image.load()
+                colour = None
                 if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                     pixels = _to_uint8(np.asarray(image))
                 else:
                     pixels = np.asarray(image.convert("L"))
+                    if mode not in ("L", "1", "LA"):
+                        colour = np.asarray(image.convert("RGB"))
                 kind = (image.format or path.suffix.lstrip(".")).lower()
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file (PNG, JPEG, BMP, TIFF or DICOM expected)") from None
@@ -106,7 +116,7 @@ def _read_raster(path: Path, max_pixels: int) -> LoadedImage:
         raise ImageReadError(f"{path}: {problem} ({exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
-    return LoadedImage(path, pixels, None, kind, {"mode": mode})
+    return LoadedImage(path, pixels, None, kind, {"mode": mode}, colour)
 
 
 def _dicom_spacing(ds) -> float | None:
@@ -151,8 +161,10 @@ def _read_dicom(path: Path, frame: int | None, max_pixels: int) -> LoadedImage:
     if frames > 1:
         array = array[frame]
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    colour = None
     if array.ndim == 3 and array.shape[-1] in (3, 4):
-        pixels = _rgb_to_grey(_to_uint8(array) if array.dtype != np.uint8 else array)
+        colour = _to_uint8(array)[..., :3]
+        pixels = _rgb_to_grey(colour)
     else:
         pixels = _to_uint8(array)
         if photometric == "MONOCHROME1":  # 0 is white in MONOCHROME1
@@ -163,4 +175,4 @@ def _read_dicom(path: Path, frame: int | None, max_pixels: int) -> LoadedImage:
         "frame": frame,
         "bits": int(ds.get("BitsAllocated", 8)),
     }
-    return LoadedImage(path, pixels, _dicom_spacing(ds), "dicom", info)
+    return LoadedImage(path, pixels, _dicom_spacing(ds), "dicom", info, colour)

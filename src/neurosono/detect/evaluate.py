@@ -44,12 +44,16 @@ class ImageResult:
 
 
 def predict_paths(
-    detector: Detector, paths: list[Path], conf: float = EVAL_CONF, max_det: int = MAX_DET, batch: int = 8
+    detector: Detector,
+    paths: list[Path | np.ndarray],
+    conf: float = EVAL_CONF,
+    max_det: int = MAX_DET,
+    batch: int = 8,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(classes, scores, xyxy boxes) for each image path, in order."""
+    """(classes, scores, xyxy boxes) for each image, in order: file paths, or BGR uint8 arrays."""
     results = []
     for start in range(0, len(paths), batch):
-        chunk = [str(p) for p in paths[start : start + batch]]
+        chunk = [p if isinstance(p, np.ndarray) else str(p) for p in paths[start : start + batch]]
         for result in detector.yolo.predict(
             chunk, imgsz=detector.imgsz, conf=conf, iou=0.6, max_det=max_det, device="cpu", verbose=False
         ):
