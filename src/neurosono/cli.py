@@ -1,12 +1,13 @@
 """Command line: a thin layer over the stages (``neurosono --help``).
 
 Exit codes: 0 success; 1 the data failed validation; 2 bad input or arguments;
-3 the output exists or cannot be written.
+3 the output exists or cannot be written; 4 a batch finished but some cases failed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from neurosono import __version__
 EXIT_INVALID_DATA = 1
 EXIT_BAD_INPUT = 2
 EXIT_OUTPUT = 3
+EXIT_PARTIAL = 4  # a batch finished, but some cases could not be read
 
 app = typer.Typer(
     name="neurosono",
@@ -607,6 +609,97 @@ def evaluate(
     out.print(table)
     if json_out:
         atomic_write_text(json_out, json.dumps(result, indent=2))
+
+
+@app.command()
+def predict(
+    tv: Annotated[
+        Path | None, typer.Option(help="transventricular image (PNG, JPEG, BMP, TIFF or DICOM)")
+    ] = None,
+    tc: Annotated[Path | None, typer.Option(help="transcerebellar image")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="model folder (default: the shipped phantom models)")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON")] = None,
+    overlay: Annotated[Path | None, typer.Option(help="folder for images with the regions drawn")] = None,
+    frame: Annotated[int | None, typer.Option(help="frame of a multi-frame DICOM (0-based)")] = None,
+    max_pixels: Annotated[int, typer.Option(help="refuse larger images before decoding")] = 50_000_000,
+    batch: Annotated[
+        Path | None, typer.Option(help="cases.csv or a folder of NAME_tv.* / NAME_tc.* images")
+    ] = None,
+    results: Annotated[
+        Path | None, typer.Option("--out", help="batch results CSV (resumed if it exists)")
+    ] = None,
+) -> None:
+    """P(abnormal) and the decision for new cases, with per-region boxes, attributions and warnings."""
+    from neurosono.checkpoints import ModelFileError
+    from neurosono.data.atomic import atomic_write_text
+    from neurosono.data.images import ImageReadError
+    from neurosono.pipeline.batch import cases_from, run_batch, write_overlays
+    from neurosono.pipeline.predict import Pipeline
+
+    if overlay is not None:
+        try:
+            overlay.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fail(f"{overlay}: cannot create the overlay folder ({exc.strerror})", EXIT_OUTPUT) from None
+        if not os.access(overlay, os.W_OK):
+            raise fail(f"{overlay}: overlay folder is not writable", EXIT_OUTPUT)
+    try:
+        pipeline = Pipeline.load(model)
+    except ModelFileError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    if batch is not None:
+        if results is None:
+            raise fail("--batch needs --out results.csv", EXIT_BAD_INPUT)
+        if not batch.exists():
+            raise fail(f"{batch}: does not exist", EXIT_BAD_INPUT)
+        cases = cases_from(batch)
+        failures = []
+        from neurosono.progress import track
+
+        for case, error in track(
+            run_batch(pipeline, cases, results, frame), "predicting cases", total=len(cases)
+        ):
+            if error:
+                failures.append(f"{case.case_id}: {error}")
+        out.print(f"{len(cases)} cases, results in {results}; {len(failures)} failed")
+        for line in failures:
+            err.print(f"  {line}", highlight=False)
+        out.print(f"[bold]{pipeline.model_info['notice']}[/]")
+        if failures:
+            raise typer.Exit(EXIT_PARTIAL)
+        return
+    if tv is None and tc is None:
+        raise fail("give --tv and/or --tc (or --batch)", EXIT_BAD_INPUT)
+    try:
+        result = pipeline.predict(tv, tc, frame=frame, max_pixels=max_pixels)
+    except ImageReadError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    out.print(
+        f"P(abnormal) = {result.p_abnormal:.3f} -> [bold]{result.decision}[/] "
+        f"(threshold {result.threshold:.3f})"
+    )
+    for region in result.regions:
+        if region.found:
+            size = f", {region.size_mm[0]:.1f} x {region.size_mm[1]:.1f} mm" if region.size_mm else ""
+            out.print(
+                f"  {region.region:18s} {region.plane.upper()} conf {region.confidence:.2f}{size}, "
+                f"attribution {region.attribution:+.3f}"
+            )
+        else:
+            out.print(f"  {region.region:18s} not found, attribution {region.attribution:+.3f}")
+    for warning in result.warnings:
+        out.print(f"[yellow]warning:[/] {warning}")
+    out.print(f"[bold]{result.model['notice']}[/]")
+    if json_out:
+        try:
+            atomic_write_text(json_out, result.to_json())
+        except OSError as exc:
+            raise fail(f"{json_out}: cannot write ({exc.strerror})", EXIT_OUTPUT) from None
+    if overlay is not None:
+        for path in write_overlays(result, overlay):
+            out.print(f"overlay: {path}")
 
 
 @app.command()

@@ -16,7 +16,17 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = int(os.environ.get("NEUROSONO_MAX_PIXELS", 50_000_000))
-MIN_SIDE = 32  # smaller than this cannot hold a fetal head plane
+MIN_SIDE = 32
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".dcm",
+    ".dicom",
+)  # smaller than this cannot hold a fetal head plane
 
 
 class ImageReadError(ValueError):

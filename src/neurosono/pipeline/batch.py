@@ -1,0 +1,134 @@
+"""Batch prediction over a cases.csv or a folder, resumable, never stopped by one bad file."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+
+from neurosono.data.format import load_cases
+from neurosono.data.images import IMAGE_EXTENSIONS
+from neurosono.pipeline.predict import Pipeline, Prediction
+
+RESULT_COLUMNS = (
+    "case_id",
+    "tv_image",
+    "tc_image",
+    "p_abnormal",
+    "decision",
+    "threshold",
+    "warnings",
+    "error",
+)
+
+
+@dataclass(frozen=True)
+class BatchCase:
+    case_id: str
+    tv: Path | None
+    tc: Path | None
+
+
+def cases_from(source: Path) -> list[BatchCase]:
+    """A neurosono cases.csv (paths relative to it) or a folder of NAME_tv.* / NAME_tc.* images."""
+    if source.is_file():
+        root = source.parent
+        return [
+            BatchCase(
+                c.case_id,
+                root / c.tv_image if c.tv_image else None,
+                root / c.tc_image if c.tc_image else None,
+            )
+            for c in load_cases(source)
+        ]
+    pairs: dict[str, dict[str, Path]] = {}
+    for path in sorted(source.iterdir()):
+        match = re.match(r"^(.*?)[_-](tv|tc)$", path.stem, re.IGNORECASE)
+        if match and path.suffix.lower() in IMAGE_EXTENSIONS:
+            pairs.setdefault(match.group(1), {})[match.group(2).lower()] = path
+    return [BatchCase(name, p.get("tv"), p.get("tc")) for name, p in sorted(pairs.items())]
+
+
+def done_case_ids(results: Path) -> set[str]:
+    if not results.exists():
+        return set()
+    with results.open(newline="") as handle:
+        return {row["case_id"] for row in csv.DictReader(handle) if not row.get("error")}
+
+
+def run_batch(
+    pipeline: Pipeline, cases: list[BatchCase], results: Path, frame: int | None = None
+) -> Iterator[tuple[BatchCase, str | None]]:
+    """Predict each case not already done, appending one row per case (flushed as it goes)."""
+    done = done_case_ids(results)
+    new_file = not results.exists()
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, RESULT_COLUMNS, lineterminator="\n")
+        if new_file:
+            writer.writeheader()
+        for case in cases:
+            if case.case_id in done:
+                continue
+            row = {"case_id": case.case_id, "tv_image": str(case.tv or ""), "tc_image": str(case.tc or "")}
+            error = None
+            try:
+                result = pipeline.predict(case.tv, case.tc, frame=frame)
+                row.update(
+                    p_abnormal=f"{result.p_abnormal:.4f}",
+                    decision=result.decision,
+                    threshold=f"{result.threshold:.4f}",
+                    warnings="; ".join(result.warnings),
+                )
+            except (ValueError, OSError) as exc:
+                error = str(exc)
+                row["error"] = error
+            writer.writerow(row)
+            handle.flush()
+            yield case, error
+
+
+COLOURS = [(0, 214, 255), (255, 200, 0), (80, 80, 255), (120, 255, 120), (0, 140, 255), (255, 120, 210)]
+
+
+def write_overlays(result: Prediction, folder: Path) -> list[Path]:
+    """Each input image with its chosen region boxes, names, confidences and attributions."""
+    from neurosono.data.atomic import atomic_write_bytes
+    from neurosono.data.images import read_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for plane, info in result.inputs.items():
+        image = read_image(info["path"]).bgr().copy()
+        for index, region in enumerate(result.regions):
+            if not region.found or region.plane != plane:
+                continue
+            x0, y0, x1, y1 = (round(v) for v in region.box)
+            colour = COLOURS[index % len(COLOURS)]
+            cv2.rectangle(image, (x0, y0), (x1, y1), colour, 2)
+            text = f"{region.region} {region.confidence:.2f} ({region.attribution:+.2f})"
+            cv2.putText(
+                image, text, (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA
+            )
+        banner = f"P(abnormal) {result.p_abnormal:.2f}: {result.decision.upper()} - {result.model['notice']}"
+        cv2.putText(
+            image,
+            banner,
+            (8, image.shape[0] - 10),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+        ok, png = cv2.imencode(".png", image)
+        if not ok:
+            raise OSError(f"could not encode the overlay for {info['path']}")
+        target = folder / f"{Path(info['path']).stem}_overlay.png"
+        atomic_write_bytes(target, png.tobytes())
+        written.append(target)
+    return written
