@@ -1,0 +1,153 @@
+"""neurosono predict and the Pipeline API on PNG and DICOM, bad inputs, batch resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from neurosono import Pipeline
+from neurosono.cli import app
+from neurosono.data.format import Dataset
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder as shipped: detector.pt + detector.json + hexanet/classifier.pt."""
+    cohort, detector_run, _ = tiny_run
+    folder = tmp_path_factory.mktemp("model")
+    run = folder / "hexanet_run"
+    result = runner.invoke(
+        app,
+        [
+            "classify",
+            "train",
+            str(cohort),
+            "--detector",
+            str(detector_run),
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    model = folder / "phantom"
+    (model / "hexanet").mkdir(parents=True)
+    shutil.copy(detector_run / "detector.pt", model)
+    shutil.copy(detector_run / "detector.json", model)
+    shutil.copy(run / "classifier.pt", model / "hexanet")
+    return model
+
+
+def test_python_api_and_json_agree(tiny_run, model_dir: Path, tmp_path: Path) -> None:
+    cohort, _, _ = tiny_run
+    case = Dataset.load(cohort).cases[0]
+    tv, tc = cohort / case.tv_image, cohort / case.tc_image
+    result = Pipeline.load(model_dir).predict(tv, tc)
+    assert 0 <= result.p_abnormal <= 1 and result.decision in ("normal", "abnormal")
+    assert [r.region for r in result.regions] == Dataset.load(cohort).spec.regions
+    assert result.model["notice"] == "trained on synthetic phantoms; not for clinical use"
+    assert len(result.model["detector_sha256"]) == 64
+    out = tmp_path / "r.json"
+    cli = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--tv",
+            str(tv),
+            "--tc",
+            str(tc),
+            "--json",
+            str(out),
+            "--overlay",
+            str(tmp_path / "ov"),
+        ],
+    )
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(out.read_text()) == result.to_dict()
+    assert "not for clinical use" in cli.output
+    assert len(list((tmp_path / "ov").glob("*_overlay.png"))) == 2
+
+
+def test_dicom_input_gives_sizes_in_mm(tiny_run, model_dir: Path, tmp_path: Path) -> None:
+    from test_images import _dicom
+
+    cohort, _, _ = tiny_run
+    case = Dataset.load(cohort).cases[1]
+    pixels = np.asarray(Image.open(cohort / case.tc_image).convert("L"))
+    dicom = _dicom(tmp_path / "tc.dcm", pixels, spacing=0.5)
+    result = Pipeline.load(model_dir).predict(tv=cohort / case.tv_image, tc=dicom)
+    assert result.inputs["tc"]["kind"] == "dicom" and result.inputs["tc"]["pixel_spacing_mm"] == 0.5
+    for region in result.regions:
+        if region.found and region.plane == "tc":
+            width_px = region.box[2] - region.box[0]
+            assert region.size_mm[0] == pytest.approx(width_px * 0.5, abs=0.06)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda p: p.write_text("hello"), "not an image file"),
+        (lambda p: Image.new("L", (1, 1)).save(p), "too small"),
+        (lambda p: None, "does not exist"),
+    ],
+)
+def test_bad_input_is_a_message_and_exit_2(model_dir: Path, tmp_path: Path, make, expected: str) -> None:
+    path = tmp_path / "bad.png"
+    make(path)
+    result = runner.invoke(app, ["predict", "--model", str(model_dir), "--tv", str(path)])
+    assert result.exit_code == 2
+    assert expected in result.output and "bad.png" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_overlay_folder_is_exit_3(tiny_run, model_dir: Path, tmp_path: Path) -> None:
+    cohort, _, _ = tiny_run
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    tv = cohort / Dataset.load(cohort).cases[0].tv_image
+    result = runner.invoke(
+        app, ["predict", "--model", str(model_dir), "--tv", str(tv), "--overlay", str(blocker / "sub")]
+    )
+    assert result.exit_code == 3 and "overlay folder" in result.output
+
+
+def test_batch_resumes_and_survives_a_bad_file(tiny_run, model_dir: Path, tmp_path: Path) -> None:
+    cohort, _, _ = tiny_run
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for case in Dataset.load(cohort).cases[:4]:
+        for plane in ("tv", "tc"):
+            shutil.copy(cohort / case.image(plane), folder / f"{case.case_id}_{plane}.png")
+    (folder / "broken_tv.png").write_text("not an image")
+    results = tmp_path / "results.csv"
+    # An interrupted earlier run: the first two cases are done.
+    first = runner.invoke(
+        app, ["predict", "--model", str(model_dir), "--batch", str(folder), "--out", str(results)]
+    )
+    assert first.exit_code == 4 and "broken" in first.output  # finished, one case failed
+    rows = list(csv.DictReader(results.open()))
+    assert len(rows) == 5 and sum(bool(r["error"]) for r in rows) == 1
+    kept = [r for r in rows if r["case_id"] in sorted(r["case_id"] for r in rows if not r["error"])[:2]]
+    with results.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    again = runner.invoke(
+        app, ["predict", "--model", str(model_dir), "--batch", str(folder), "--out", str(results)]
+    )
+    assert again.exit_code == 4
+    rows = list(csv.DictReader(results.open()))
+    done = [r["case_id"] for r in rows if not r["error"]]
+    assert sorted(done) == sorted(set(done)) and len(done) == 4  # the two done cases were not redone
