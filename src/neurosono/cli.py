@@ -264,6 +264,12 @@ def _split_model_arg(paths: list[Path], what: str) -> tuple[Path | None, list[Pa
     return None, paths
 
 
+def _training_detector(record_file: Path) -> Path | None:
+    """The detector a HexaNet run was trained with, if it is still where it was (else the shipped one)."""
+    trained_with = json.loads(record_file.read_text()).get("detector")
+    return Path(trained_with) if trained_with and Path(trained_with).exists() else None
+
+
 def _load_detector(model: Path | None):
     from neurosono.detect.model import DetectorFileError, load_detector
     from neurosono.models import DEFAULT_DETECTOR
@@ -461,8 +467,7 @@ def classify_eval(
     record_file = run_dir / "classifier.json"
     if not record_file.exists():
         raise fail(f"{run_dir}: not a HexaNet run folder (no classifier.json)", EXIT_BAD_INPUT)
-    trained_with = json.loads(record_file.read_text()).get("detector")
-    det = _load_detector(detector or (Path(trained_with) if trained_with else None))
+    det = _load_detector(detector or _training_detector(record_file))
     ds = _load_dataset(dataset)
     if scheme in ("kfold", "center"):
         _cross_validate(run_dir, ds, det, scheme, folds, n_boot, json_out)
@@ -576,8 +581,7 @@ def evaluate(
     record_file = run_dir / "classifier.json"
     if not record_file.exists():
         raise fail(f"{run_dir}: not a HexaNet run folder (no classifier.json)", EXIT_BAD_INPUT)
-    trained_with = json.loads(record_file.read_text()).get("detector")
-    det = _load_detector(Path(trained_with) if trained_with else None)
+    det = _load_detector(_training_detector(record_file))
     ds = _load_dataset(dataset)
     detection = evaluate_detector(det, ds, split, n_boot=n_boot)
     hexanet = evaluate_classifier(run_dir, ds, det, split, n_boot)

@@ -311,12 +311,38 @@ def train_classifier(
             "val_metrics": val_metrics,
         }
         atomic_write_text(run / "classifier.json", json.dumps(record, indent=2))
+        atomic_write_text(run / "MODEL_CARD.md", model_card(record))
         if baseline:
             from neurosono.classify.baseline import train_baseline
 
             # Same split, epochs, seed and threshold rule: the study's anatomy-aware vs whole-image claim.
             train_baseline(train_items, val_items, run / "baseline", config, progress)
     return Path(out)
+
+
+def model_card(record: dict) -> str:
+    ds, val = record["dataset"], record["val_metrics"]
+    synthetic = "phantom" in (ds["source"] + ds["name"]).lower()
+    auc = val["auc"]
+    return f"""# Stage-2 classifier: HexaNet, {len(record["regions"])} regions
+
+**For:** a normal/abnormal decision from the regions found by the stage-1 detector
+(detector SHA-256 `{record["detector_sha256"][:16]}...`) on a TV and a TC image.
+
+**Trained on:** {ds["name"]} ({ds["source"]}), {ds["n_train_cases"]} training and
+{ds["n_val_cases"]} validation cases; dataset hash `{ds["sha256_train_val"][:16]}...`.
+{record["parameters"]:,} parameters; best epoch {record["best_epoch"]}; seed {record["config"]["seed"]};
+{record["train_seconds"]:.0f} s.
+
+**Threshold:** {record["threshold"]:.4f}, {record["threshold_rule"]}.
+
+**Validation split:** AUC {auc["value"]:.3f}
+(95% CI {auc["ci95"][0]:.3f}-{auc["ci95"][1]:.3f}, {auc["method"]}).
+Early stopping and the threshold used this split: see a held-out test evaluation for honest figures.
+
+**Limits:** {"Trained on synthetic phantoms only; it says nothing about real scans." if synthetic else ""}
+Not for clinical use.
+"""
 
 
 def load_classifier(path: str | Path) -> tuple[HexaNet, dict]:
