@@ -50,6 +50,12 @@ def configure_ultralytics() -> Path:
         shutil.copyfile(source, tmp)
         os.replace(tmp, font)
     yolo_utils.SETTINGS.update({"sync": False})
+    # ultralytics patches PIL's Image.open to pip-install HEIF support on the first file PIL
+    # cannot identify; offline that turns "not an image" into ModuleNotFoundError. Mark the
+    # plugins as registered so a bad file stays a clear UnidentifiedImageError.
+    import ultralytics.utils.patches as yolo_patches
+
+    yolo_patches._pil_plugins_registered = True
     # ultralytics sets torch to cores-1 threads on CPU; use them all.
     yolo_torch.NUM_THREADS = cpu_cores()
     return folder

@@ -237,7 +237,14 @@ def _counts(matches: Matches, images: np.ndarray, n_classes: int, conf: float) -
 
 def _metric(value: float, samples: list[float], method: str) -> dict:
     finite = np.asarray([s for s in samples if np.isfinite(s)])
-    lo, hi = np.percentile(finite, [2.5, 97.5]) if len(finite) else (np.nan, np.nan)
+    if not len(finite):  # e.g. precision with no detection in any resample
+        collapsed = round(float(value), 4)
+        return {
+            "value": collapsed,
+            "ci95": [collapsed, collapsed],
+            "method": method + "; undefined in every resample, interval collapsed to the value",
+        }
+    lo, hi = np.percentile(finite, [2.5, 97.5])
     # Percentile intervals can exclude the point estimate on tiny sets; widen to include it.
     lo, hi = min(float(lo), value), max(float(hi), value)
     return {"value": round(float(value), 4), "ci95": [round(lo, 4), round(hi, 4)], "method": method}
