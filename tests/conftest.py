@@ -56,3 +56,30 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list
             progress=False,
         )
     return root / "cohort", root / "run", attempts
+
+
+@pytest.fixture(scope="session")
+def tiny_hexanet(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """HexaNet (and its baseline) trained for 2 epochs on the tiny detector's regions, via the CLI."""
+    from typer.testing import CliRunner
+
+    from neurosono.cli import app
+
+    cohort, detector_run, _ = tiny_run
+    run = tmp_path_factory.mktemp("hexanet") / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            "classify",
+            "train",
+            str(cohort),
+            "--detector",
+            str(detector_run),
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return run

@@ -99,24 +99,9 @@ def test_hexanet_learns_region_level_abnormalities() -> None:
     assert len(history) >= best["epoch"]
 
 
-def test_tiny_end_to_end_train_and_eval(tiny_run, tmp_path: Path) -> None:
-    cohort, detector_run, _ = tiny_run
-    run = tmp_path / "hexanet"
-    result = runner.invoke(
-        app,
-        [
-            "classify",
-            "train",
-            str(cohort),
-            "--detector",
-            str(detector_run),
-            "--out",
-            str(run),
-            "--epochs",
-            "2",
-        ],
-    )
-    assert result.exit_code == 0, result.output
+def test_tiny_end_to_end_train_and_eval(tiny_run, tiny_hexanet: Path, tmp_path: Path) -> None:
+    cohort, _, _ = tiny_run
+    run = tiny_hexanet
     record = json.loads((run / "classifier.json").read_text())
     assert "validation" in record["threshold_rule"] and 0 <= record["threshold"] <= 1
     out = tmp_path / "eval"
@@ -161,24 +146,9 @@ def test_tiny_end_to_end_train_and_eval(tiny_run, tmp_path: Path) -> None:
     assert metrics["detector_matches_training"] is True
 
 
-def test_cross_validation_and_pipeline_evaluate(tiny_run, tmp_path: Path) -> None:
-    cohort, detector_run, _ = tiny_run
-    run = tmp_path / "hexanet"
-    trained = runner.invoke(
-        app,
-        [
-            "classify",
-            "train",
-            str(cohort),
-            "--detector",
-            str(detector_run),
-            "--out",
-            str(run),
-            "--epochs",
-            "1",
-        ],
-    )
-    assert trained.exit_code == 0, trained.output
+def test_cross_validation_and_pipeline_evaluate(tiny_run, tiny_hexanet: Path, tmp_path: Path) -> None:
+    cohort, _, _ = tiny_run
+    run = tiny_hexanet
     assert (run / "baseline" / "baseline.pt").exists()  # trained beside HexaNet, same split and budget
 
     cv_file = tmp_path / "cv.json"

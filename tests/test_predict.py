@@ -20,26 +20,11 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(tiny_run, tiny_hexanet: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model folder as shipped: detector.pt + detector.json + hexanet/classifier.pt."""
-    cohort, detector_run, _ = tiny_run
+    _, detector_run, _ = tiny_run
     folder = tmp_path_factory.mktemp("model")
-    run = folder / "hexanet_run"
-    result = runner.invoke(
-        app,
-        [
-            "classify",
-            "train",
-            str(cohort),
-            "--detector",
-            str(detector_run),
-            "--out",
-            str(run),
-            "--epochs",
-            "1",
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    run = tiny_hexanet
     model = folder / "phantom"
     (model / "hexanet").mkdir(parents=True)
     shutil.copy(detector_run / "detector.pt", model)
