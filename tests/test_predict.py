@@ -21,8 +21,14 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_run, tiny_hexanet: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model folder as shipped: detector.pt + detector.json + hexanet/classifier.pt."""
-    _, detector_run, _ = tiny_run
+    """A model folder as shipped: detector.pt + detector.json + hexanet/classifier.pt.
+
+    The detector is the shipped one, which finds the regions on these phantoms, so the
+    box and size assertions below are about real detections; HexaNet is the tiny one.
+    """
+    from neurosono.models import PHANTOM_DIR
+
+    detector_run = PHANTOM_DIR
     folder = tmp_path_factory.mktemp("model")
     run = tiny_hexanet
     model = folder / "phantom"
@@ -63,6 +69,14 @@ def test_python_api_and_json_agree(tiny_run, model_dir: Path, tmp_path: Path) ->
     assert json.loads(out.read_text()) == result.to_dict()
     assert "not for clinical use" in cli.output
     assert len(list((tmp_path / "ov").glob("*_overlay.png"))) == 2
+    # A PNG carries no spacing: sizes in mm appear only when the spacing is given.
+    assert all(r.size_mm is None for r in result.regions)
+    spaced = Pipeline.load(model_dir).predict(tv, tc, spacing_mm={"tv": 0.2, "tc": 0.25})
+    assert {r.plane for r in spaced.regions if r.found} == {"tv", "tc"}
+    for region in spaced.regions:
+        if region.found:
+            factor = 0.2 if region.plane == "tv" else 0.25
+            assert region.size_mm[0] == pytest.approx((region.box[2] - region.box[0]) * factor, abs=0.06)
 
 
 def test_dicom_input_gives_sizes_in_mm(tiny_run, model_dir: Path, tmp_path: Path) -> None:
@@ -74,6 +88,7 @@ def test_dicom_input_gives_sizes_in_mm(tiny_run, model_dir: Path, tmp_path: Path
     dicom = _dicom(tmp_path / "tc.dcm", pixels, spacing=0.5)
     result = Pipeline.load(model_dir).predict(tv=cohort / case.tv_image, tc=dicom)
     assert result.inputs["tc"]["kind"] == "dicom" and result.inputs["tc"]["pixel_spacing_mm"] == 0.5
+    assert any(r.found and r.plane == "tc" for r in result.regions)
     for region in result.regions:
         if region.found and region.plane == "tc":
             width_px = region.box[2] - region.box[0]

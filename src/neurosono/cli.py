@@ -628,6 +628,9 @@ def predict(
     overlay: Annotated[Path | None, typer.Option(help="folder for images with the regions drawn")] = None,
     frame: Annotated[int | None, typer.Option(help="frame of a multi-frame DICOM (0-based)")] = None,
     max_pixels: Annotated[int, typer.Option(help="refuse larger images before decoding")] = 50_000_000,
+    spacing_mm: Annotated[
+        float | None, typer.Option(help="pixel spacing in mm for images that do not carry one (PNG, JPEG)")
+    ] = None,
     batch: Annotated[
         Path | None, typer.Option(help="cases.csv or a folder of NAME_tv.* / NAME_tc.* images")
     ] = None,
@@ -677,7 +680,8 @@ def predict(
     if tv is None and tc is None:
         raise fail("give --tv and/or --tc (or --batch)", EXIT_BAD_INPUT)
     try:
-        result = pipeline.predict(tv, tc, frame=frame, max_pixels=max_pixels)
+        spacing = {"tv": spacing_mm, "tc": spacing_mm} if spacing_mm else None
+        result = pipeline.predict(tv, tc, frame=frame, max_pixels=max_pixels, spacing_mm=spacing)
     except ImageReadError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     out.print(

@@ -31,6 +31,7 @@ class BatchCase:
     case_id: str
     tv: Path | None
     tc: Path | None
+    spacing_mm: dict[str, float | None] | None = None
 
 
 def cases_from(source: Path) -> list[BatchCase]:
@@ -42,6 +43,7 @@ def cases_from(source: Path) -> list[BatchCase]:
                 c.case_id,
                 root / c.tv_image if c.tv_image else None,
                 root / c.tc_image if c.tc_image else None,
+                {plane: c.spacing_mm(plane) for plane in ("tv", "tc")},
             )
             for c in load_cases(source)
         ]
@@ -77,7 +79,7 @@ def run_batch(
             row = {"case_id": case.case_id, "tv_image": str(case.tv or ""), "tc_image": str(case.tc or "")}
             error = None
             try:
-                result = pipeline.predict(case.tv, case.tc, frame=frame)
+                result = pipeline.predict(case.tv, case.tc, frame=frame, spacing_mm=case.spacing_mm)
                 row.update(
                     p_abnormal=f"{result.p_abnormal:.4f}",
                     decision=result.decision,

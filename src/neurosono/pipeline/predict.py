@@ -103,13 +103,17 @@ class Pipeline:
         tc: str | Path | None = None,
         frame: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        spacing_mm: dict[str, float | None] | None = None,
     ) -> Prediction:
+        """``spacing_mm`` (per plane) is used where the file itself carries no pixel spacing."""
         if tv is None and tc is None:
             raise ValueError("give at least one image (tv or tc)")
         images: dict[str, LoadedImage] = {}
         for plane, path in (("tv", tv), ("tc", tc)):
             if path is not None:
                 images[plane] = read_image(path, frame=frame, max_pixels=max_pixels)
+                if images[plane].spacing_mm is None and spacing_mm and spacing_mm.get(plane):
+                    images[plane].spacing_mm = float(spacing_mm[plane])
         return self.predict_loaded(images)
 
     def predict_loaded(self, images: dict[str, LoadedImage]) -> Prediction:
