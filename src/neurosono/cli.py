@@ -584,11 +584,11 @@ def evaluate(
     det = _load_detector(_training_detector(record_file))
     ds = _load_dataset(dataset)
     detection = evaluate_detector(det, ds, split, n_boot=n_boot)
-    hexanet = evaluate_classifier(run_dir, ds, det, split, n_boot)
+    items = gather_cases(ds, det, ds.split(split))  # one detector pass serves HexaNet and the baseline
+    hexanet = evaluate_classifier(run_dir, ds, det, split, n_boot, items=items)
     result = {"detector": detection, "hexanet": hexanet}
     if (run_dir / "baseline" / "baseline.pt").exists():
         model, threshold = load_baseline(run_dir / "baseline")
-        items = gather_cases(ds, det, ds.split(split))
         labels = [i.label for i in items]
         result["baseline"] = classification_metrics(labels, baseline_scores(model, items), threshold, n_boot)
     m = detection["map50"]

@@ -103,14 +103,17 @@ def evaluate_classifier(
     seed: int = 0,
     out_dir: Path | None = None,
     progress: bool = False,
+    items: list[CaseInputs] | None = None,
 ) -> dict:
+    """``items``: the split's cases already gathered with this detector (saves a second detector pass)."""
     model, meta = load_classifier(run)
     detector.check_regions(meta["regions"], str(run))
     detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
     cases = [c for c in dataset.cases if split is None or c.split == split]
     if not cases:
         raise ValueError(f"{dataset.root}: no cases in split {split!r}")
-    items = gather_cases(dataset, detector, cases, progress)
+    if items is None:
+        items = gather_cases(dataset, detector, cases, progress)
     labels = np.array([i.label for i in items])
     scores, attributions = score_cases(model, meta, items)
     threshold = float(meta["threshold"])

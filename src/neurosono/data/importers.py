@@ -33,7 +33,6 @@ from PIL import Image
 
 from neurosono.data.atomic import staged_directory
 from neurosono.data.format import (
-    DEFAULT_REGIONS,
     IMAGE_SUFFIXES,
     Box,
     Case,
@@ -330,4 +329,4 @@ IMPORTERS = {
     "hc18": import_hc18,
 }
 
-__all__ = ["DEFAULT_REGIONS", "FORMATS", "IMPORTERS", "SourceFormatError", "source_group_from_name"]
+__all__ = ["FORMATS", "IMPORTERS", "SourceFormatError", "source_group_from_name"]

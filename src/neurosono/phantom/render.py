@@ -275,7 +275,7 @@ def _falx(canvas: Canvas, a: Anatomy, head: HeadFrame, segments: list[tuple[floa
         canvas.line(np.stack([xs, ys], 1), FALX, 0.8)
 
 
-def _draw_ventricles(canvas: Canvas, a: Anatomy, head: HeadFrame, rng: np.random.Generator) -> None:
+def _draw_ventricles(canvas: Canvas, a: Anatomy, head: HeadFrame) -> None:
     if a.monoventricle:
         # Alobar holoprosencephaly: one crescentic ventricle around fused thalami.
         mono = ellipse(0.08 * head.a, 0.0, 0.55 * head.a, min(0.8 * head.b, a.atrium_mm * 0.9 + 6))
@@ -318,7 +318,6 @@ def _draw_ventricles(canvas: Canvas, a: Anatomy, head: HeadFrame, rng: np.random
             canvas.fill(
                 ellipse(*plexus_c[k], a.choroid_cyst_mm / 2, a.choroid_cyst_mm / 2), FLUID, CHOROID_ID
             )
-    del rng
 
 
 def _draw_sylvian(canvas: Canvas, a: Anatomy, head: HeadFrame) -> None:
@@ -433,7 +432,7 @@ def paint_plane(anatomy: Anatomy, plane: str, pose: Pose, size: int, rng: np.ran
     _draw_streaks(canvas, head, rng, int(rng.integers(25, 45)))
     x_csp_back = _draw_csp(canvas, anatomy, head)
     if plane == "tv":
-        _draw_ventricles(canvas, anatomy, head, rng)
+        _draw_ventricles(canvas, anatomy, head)
         x_thal_back = _draw_thalami(canvas, anatomy, x_csp_back, plane)
         _falx(
             canvas,
@@ -445,7 +444,7 @@ def paint_plane(anatomy: Anatomy, plane: str, pose: Pose, size: int, rng: np.ran
         _draw_cyst(canvas, anatomy, head)
     else:
         if anatomy.monoventricle:
-            _draw_ventricles(canvas, anatomy, head, rng)
+            _draw_ventricles(canvas, anatomy, head)
         x_thal_back = _draw_thalami(canvas, anatomy, x_csp_back, plane)
         _falx(canvas, anatomy, head, [(0.97 * head.a, x_csp_back + anatomy.csp_length_mm + 0.5)])
         _draw_cyst(canvas, anatomy, head)
@@ -659,9 +658,8 @@ def _overlays(
             text(label, 6 * scale, size - 40 * scale)
 
 
-def _to_display(img: np.ndarray, style: CenterStyle) -> np.ndarray:
-    img8 = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-    return img8
+def _to_display(img: np.ndarray) -> np.ndarray:
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
 def _colourise(img8: np.ndarray, style: CenterStyle) -> np.ndarray:
@@ -702,7 +700,7 @@ def render_plane(
     canvas = paint_plane(anatomy, plane, pose, size, rng)
     img, inside = form_image(canvas, style, rng)
     boxes = region_boxes(canvas.L, inside, PLANE_REGIONS[plane], pose.spacing_mm)
-    img8 = _to_display(img, style)
+    img8 = _to_display(img)
     _overlays(img8, style, anatomy, plane, pose, _head_frame(anatomy, plane), rng)
     return Rendered(
         image=_colourise(img8, style),
