@@ -756,6 +756,15 @@ def run(
     out.print(f"contact sheet: {sheet}")
 
 
+def _register_real() -> None:
+    from neurosono.real_cli import register
+
+    register(app, data_app)  # data merge, data dedupe, neurosono real ... (issue 6)
+
+
+_register_real()
+
+
 def main() -> None:
     app()
 

@@ -70,6 +70,20 @@ def source_group_from_name(filename: str) -> str:
     return numbered.group(1) if numbered else Path(stem).stem
 
 
+def source_image_from_name(filename: str) -> str:
+    """The source image a Roboflow export file was made from (augmentation and hash removed).
+
+    'Copy-of-anold-chiari-malformation-16e_aug_3_png_jpg.rf.<hash>.jpg' -> 'anold-chiari-malformation-16e'
+    'Patient00709_Plane3_1_of_3_png.rf.<hash>.jpg'                      -> 'Patient00709_Plane3_1_of_3'
+    A name without Roboflow's marks is its own source: '000_HC.png' -> '000_HC'.
+    """
+    stem = Path(filename).name.split(".rf.")[0]
+    stem = re.sub(r"^Copy-of-", "", stem)
+    stem = re.sub(r"(_png|_jpg|_jpeg)+$", "", stem)
+    stem = re.sub(r"_aug_\d+$", "", stem)
+    return Path(stem).stem if Path(stem).suffix.lower() in IMAGE_SUFFIXES else stem
+
+
 def _slot(plane: str) -> str:
     return "tc" if "cerebell" in plane.lower() else "tv"
 
@@ -329,4 +343,10 @@ IMPORTERS = {
     "hc18": import_hc18,
 }
 
-__all__ = ["FORMATS", "IMPORTERS", "SourceFormatError", "source_group_from_name"]
+__all__ = [
+    "FORMATS",
+    "IMPORTERS",
+    "SourceFormatError",
+    "source_group_from_name",
+    "source_image_from_name",
+]
