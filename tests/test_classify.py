@@ -23,13 +23,13 @@ def test_minresnet_is_small_and_hexanet_handles_any_region_count() -> None:
     assert count_parameters(MiniResNet()) < 500_000
     for n_regions, shared in ((6, False), (3, False), (6, True)):
         model = HexaNet(n_regions, share_branches=shared).eval()
-        crops, scalars = torch.randn(2, n_regions, 1, 64, 64), torch.rand(2, n_regions, 4)
+        crops, scalars = torch.randn(2, n_regions, 1, 64, 64), torch.rand(2, n_regions, 6)
         assert model(crops, scalars).shape == (2,)
 
 
 def test_forward_with_regions_missing() -> None:
     model = HexaNet(6).eval()
-    crops, scalars = torch.randn(4, 6, 1, 64, 64), torch.rand(4, 6, 4)
+    crops, scalars = torch.randn(4, 6, 1, 64, 64), torch.rand(4, 6, 6)
     crops[:, 0] = 0  # CSP not found
     scalars[:, 0] = 0
     crops[1] = 0  # nothing found at all
@@ -71,7 +71,7 @@ def _synthetic_items(n: int, rng: np.random.Generator) -> list[_Item]:
     items = []
     for i in range(n):
         crops = rng.normal(0, 1, (6, 1, 32, 32)).astype(np.float32)
-        scalars = np.tile([1.0, 0.9, 1.0, 1.0], (6, 1)).astype(np.float32)
+        scalars = np.tile([1.0, 0.9, 1.0, 1.0, 0.3, 0.3], (6, 1)).astype(np.float32)
         label = i % 3 == 0
         if label and i % 2:
             crops[0], scalars[0] = 0, 0

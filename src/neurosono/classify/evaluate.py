@@ -104,8 +104,10 @@ def evaluate_classifier(
     out_dir: Path | None = None,
     progress: bool = False,
     items: list[CaseInputs] | None = None,
+    scored: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
-    """``items``: the split's cases already gathered with this detector (saves a second detector pass)."""
+    """``items``: the split's cases already gathered with this detector (saves a second detector pass);
+    ``scored``: their scores and attributions from :func:`score_cases`, if the caller has them."""
     model, meta = load_classifier(run)
     detector.check_regions(meta["regions"], str(run))
     detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
@@ -115,7 +117,7 @@ def evaluate_classifier(
     if items is None:
         items = gather_cases(dataset, detector, cases, progress)
     labels = np.array([i.label for i in items])
-    scores, attributions = score_cases(model, meta, items)
+    scores, attributions = scored if scored is not None else score_cases(model, meta, items)
     threshold = float(meta["threshold"])
     predicted = (scores >= threshold).astype(int)
     if 0 < labels.sum() < len(labels):

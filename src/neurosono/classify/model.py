@@ -1,7 +1,7 @@
 """Mini-ResNet and HexaNet.
 
 HexaNet reads, for each region, a small grey crop and a few scalars (present,
-detector confidence, box width and height), embeds each crop with its own
+detector confidence, box size in mm and relative to the head), embeds each crop with its own
 Mini-ResNet branch (or one shared branch with ``share_branches``), concatenates
 the embeddings with the scalars, and a small MLP gives the logit of P(abnormal).
 A region the detector did not find arrives as an empty (zero) crop with
@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-N_SCALARS = 4  # present, confidence, width, height
+# present, confidence, box width and height (mm / 20, or relative to the head when the
+# spacing is unknown), and box width and height relative to the head's extent in that plane.
+N_SCALARS = 6
 
 
 class BasicBlock(nn.Module):
@@ -61,9 +63,11 @@ class HexaNet(nn.Module):
         widths: tuple[int, ...] = (16, 32, 64),
         hidden: int = 64,
         dropout: float = 0.3,
+        n_scalars: int = N_SCALARS,
     ) -> None:
         super().__init__()
         self.n_regions = n_regions
+        self.n_scalars = n_scalars
         self.share_branches = share_branches
         n_branches = 1 if share_branches else n_regions
         self.branches = nn.ModuleList(MiniResNet(1, widths) for _ in range(n_branches))
@@ -71,16 +75,19 @@ class HexaNet(nn.Module):
         # A shared branch needs to know which region it is looking at.
         self.region_embedding = nn.Embedding(n_regions, embed) if share_branches else None
         self.head = nn.Sequential(
-            nn.Linear(n_regions * (embed + N_SCALARS), hidden),
+            nn.Linear(n_regions * (embed + n_scalars), hidden),
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, 1),
         )
 
     def forward(self, crops: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
-        """crops [B, R, 1, H, W], scalars [B, R, 4] -> logits [B]."""
-        if crops.shape[1] != self.n_regions or scalars.shape[1] != self.n_regions:
-            raise ValueError(f"expected {self.n_regions} regions, got crops {tuple(crops.shape)}")
+        """crops [B, R, 1, H, W], scalars [B, R, n_scalars] -> logits [B]."""
+        if crops.shape[1] != self.n_regions or scalars.shape[1:] != (self.n_regions, self.n_scalars):
+            raise ValueError(
+                f"expected {self.n_regions} regions with {self.n_scalars} scalars, got crops "
+                f"{tuple(crops.shape)} and scalars {tuple(scalars.shape)}"
+            )
         features = []
         for r in range(self.n_regions):
             branch = self.branches[0 if self.share_branches else r]

@@ -8,9 +8,12 @@ absent only when neither plane shows it (absence is itself a finding).
 
 Each region becomes a square grey crop (box plus a context margin, resized to
 ``CROP`` pixels, standardised per crop so that machine gain does not matter) and
-four scalars: present, detector confidence, and box width and height in mm / 20
-when the pixel spacing is known, otherwise relative to the head's extent (the
-span of all detected regions in that image).
+six scalars: present, detector confidence, box width and height in mm / 20 when
+the pixel spacing is known (otherwise relative to the head), and box width and
+height relative to the head's extent (the span of all detected regions in that
+image). The relative sizes matter because the normal size of a structure grows
+with gestational age, which the model is not told: a 19 mm cerebellum is normal
+at 20 weeks and hypoplastic at 23, and the head's own size is the proxy for age.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+
+from neurosono.classify.model import N_SCALARS
 
 CROP = 64
 MARGIN = 0.25  # context on each side, as a fraction of the box size
@@ -100,20 +105,18 @@ def region_inputs(
     jitter: float = 0.0,
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[Detection | None]]:
-    """crops [R, CROP, CROP], scalars [R, 4] and the chosen detection of each region."""
+    """crops [R, CROP, CROP], scalars [R, N_SCALARS] and the chosen detection of each region."""
     chosen = select_regions(detections, regions, planes)
     crops = np.zeros((len(regions), CROP, CROP), np.float32)
-    scalars = np.zeros((len(regions), 4), np.float32)
+    scalars = np.zeros((len(regions), N_SCALARS), np.float32)
     for r, det in enumerate(chosen):
         if det is None or det.plane not in images:
             continue
         crops[r] = crop_box(images[det.plane], det.box, jitter=jitter, rng=rng)
         w, h = det.box[2] - det.box[0], det.box[3] - det.box[1]
         spacing = spacing_mm.get(det.plane)
-        if spacing:
-            size = (w * spacing / MM_SCALE, h * spacing / MM_SCALE)
-        else:
-            extent = head_extent(detections, det.plane) or max(images[det.plane].shape)
-            size = (w / extent, h / extent)
-        scalars[r] = (1.0, det.confidence, *size)
+        extent = head_extent(detections, det.plane) or max(images[det.plane].shape)
+        relative = (w / extent, h / extent)
+        size = (w * spacing / MM_SCALE, h * spacing / MM_SCALE) if spacing else relative
+        scalars[r] = (1.0, det.confidence, *size, *relative)
     return crops, scalars, chosen

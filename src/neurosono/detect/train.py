@@ -68,6 +68,11 @@ class DetectTrainConfig:
     time_hours: float | None = None  # wall-clock budget; ultralytics fits the epochs to it
     # ultralytics warms up for max(warmup_epochs x batches, 100) iterations; tiny runs need 0.
     warmup_epochs: float = 3.0
+    # Start from a neurosono detector with the same regions (fine-tuning) instead of from scratch.
+    init_from: str | None = None
+    # None: ultralytics' choice (AdamW, lr 0.001 for short runs), right from scratch but enough to
+    # undo a converged detector in one epoch; fine-tuning sets a small fixed rate.
+    lr0: float | None = None
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -173,6 +178,15 @@ def train_detector(
         torch.manual_seed(config.seed)
         torch.set_num_threads(cpu_cores())
         model = YOLO(f"{config.model}.yaml", task="detect")
+        init_sha256 = None
+        if config.init_from:
+            from neurosono.detect.model import load_detector
+
+            start = load_detector(config.init_from)
+            start.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
+            model = start.yolo
+            model.load(start.yolo.model)  # marks the in-memory weights as the starting point
+            init_sha256 = start.sha256
         bar = _EpochProgress(config.epochs, progress)
         model.add_callback("on_train_epoch_end", bar.update)
         model.add_callback("on_fit_epoch_end", bar.update_fitness)
@@ -190,7 +204,7 @@ def train_detector(
                 project=str((run / "ultralytics").absolute()),
                 name="train",
                 exist_ok=True,
-                pretrained=False,
+                pretrained=bool(config.init_from),
                 amp=False,
                 plots=False,
                 verbose=False,
@@ -198,6 +212,7 @@ def train_detector(
                 close_mosaic=min(config.close_mosaic, max(0, config.epochs - 1)),
                 time=config.time_hours,
                 warmup_epochs=config.warmup_epochs,
+                **({"optimizer": "AdamW", "lr0": config.lr0} if config.lr0 else {}),
                 **ULTRASOUND_AUGMENTATION,
             )
         finally:
@@ -225,6 +240,7 @@ def train_detector(
             "planes": planes,
             "config": asdict(config),
             "augmentation": ULTRASOUND_AUGMENTATION,
+            "init_from_sha256": init_sha256,
             "seed": config.seed,
             "dataset": {
                 "path": str(dataset.root.resolve()),
@@ -257,6 +273,8 @@ def model_card(record: dict) -> str:
         if synthetic
         else "Validated only on the split named here. Not for clinical use."
     )
+    init = record.get("init_from_sha256")
+    start = f"fine-tuned from detector `{init[:16]}...`" if init else "from scratch (no pretrained weights)"
     return f"""# Stage-1 detector: {record["config"]["model"]}, {len(record["regions"])} regions
 
 **For:** finding the regions {", ".join(record["regions"])} on transventricular (TV) and
@@ -266,7 +284,7 @@ transcerebellar (TC) planes of the second-trimester fetal brain scan, as stage 1
 {ds["n_train_cases"]} training cases, {ds["n_val_cases"]} validation cases (both planes each),
 dataset hash `{ds["sha256_train_val"][:16]}...`.
 
-**Training:** from scratch (no pretrained weights), {record["epochs_run"]} epochs at
+**Training:** {start}, {record["epochs_run"]} epochs at
 {record["config"]["imgsz"]} px, seed {record["seed"]}, {record["train_seconds"]:.0f} s on
 {record["cpu_cores"]} CPU cores; ultralytics {versions["ultralytics"]}, torch {versions["torch"]}.
 
