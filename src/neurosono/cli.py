@@ -637,6 +637,13 @@ def predict(
     results: Annotated[
         Path | None, typer.Option("--out", help="batch results CSV (resumed if it exists)")
     ] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="torch, or onnx (onnxruntime; --model is then a 'neurosono export' folder, "
+            "and the shipped models are exported once into the cache folder)"
+        ),
+    ] = "torch",
 ) -> None:
     """P(abnormal) and the decision for new cases, with per-region boxes, attributions and warnings."""
     from neurosono.checkpoints import ModelFileError
@@ -652,8 +659,10 @@ def predict(
             raise fail(f"{overlay}: cannot create the overlay folder ({exc.strerror})", EXIT_OUTPUT) from None
         if not os.access(overlay, os.W_OK):
             raise fail(f"{overlay}: overlay folder is not writable", EXIT_OUTPUT)
+    if runtime not in ("torch", "onnx"):
+        raise fail(f"--runtime must be torch or onnx, not {runtime!r}", EXIT_BAD_INPUT)
     try:
-        pipeline = Pipeline.load(model)
+        pipeline = Pipeline.load(model, runtime=runtime, notify=lambda m: err.print(m, highlight=False))
     except ModelFileError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     if batch is not None:
@@ -708,6 +717,45 @@ def predict(
     if overlay is not None:
         for path in write_overlays(result, overlay):
             out.print(f"overlay: {path}")
+
+
+@app.command(name="export")
+def export_model(
+    out_dir: Annotated[Path, typer.Option("--out", help="new folder for the exported files")],
+    fmt: Annotated[str, typer.Option("--format", help="export format (onnx)")] = "onnx",
+    model: Annotated[
+        Path | None, typer.Option(help="model folder (default: the shipped phantom models)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier export in OUT")] = False,
+) -> None:
+    """Export both stages for deployment: detector.onnx, hexanet.onnx and onnx.json."""
+    from neurosono.checkpoints import ModelFileError
+    from neurosono.data.atomic import OutputExistsError
+    from neurosono.pipeline.deploy import export_onnx, read_manifest
+
+    if fmt != "onnx":
+        raise fail(f"--format must be onnx, not {fmt!r}", EXIT_BAD_INPUT)
+    start = time.perf_counter()
+    try:
+        export_onnx(model, out_dir, overwrite=overwrite)
+    except ModelFileError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    except (OutputExistsError, PermissionError) as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    manifest = read_manifest(out_dir)
+    det, hexa = manifest["detector"], manifest["hexanet"]
+    out.print(
+        f"wrote {out_dir}: {det['file']} (input {'x'.join(map(str, det['input']['images']))}), "
+        f"{hexa['file']} ({hexa['n_regions']} regions x {hexa['n_scalars']} scalars, batch dynamic), "
+        f"onnx.json; opset {manifest['opset']}, {time.perf_counter() - start:.1f} s",
+        highlight=False,
+    )
+    out.print(
+        f"largest difference from torch: detector outputs {det['max_abs_diff_vs_torch']:.2g}, "
+        f"HexaNet logits {hexa['max_abs_diff_vs_torch']:.2g}",
+        highlight=False,
+    )
+    out.print(f"use it: neurosono predict --runtime onnx --model {out_dir} ...", highlight=False)
 
 
 @app.command()

@@ -8,6 +8,7 @@ print(result.p_abnormal, result.decision, result.to_json())
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,12 +17,16 @@ import torch
 
 from neurosono import __version__
 from neurosono.checkpoints import ModelFileError
-from neurosono.classify.model import drop_one_region_attribution
 from neurosono.classify.regions import Detection, region_inputs
 from neurosono.classify.train import DETECTION_CONF, load_classifier
 from neurosono.data.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
 from neurosono.detect.evaluate import predict_paths
-from neurosono.detect.model import file_sha256, load_detector
+from neurosono.detect.model import Detector, file_sha256, load_detector
+from neurosono.pipeline.stage2 import drop_one_model, probabilities
+
+RUNTIMES = ("torch", "onnx")
+# Stage 2 at inference: (crops [B, R, 1, H, W], scalars [B, R, S]) -> (logits [B], drop-one logits [B, R]).
+Stage2 = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 PHANTOM_NOTICE = "trained on synthetic phantoms; not for clinical use"
 RESEARCH_NOTICE = "research software; not for clinical use"
@@ -64,38 +69,85 @@ def default_model_dir() -> Path:
     return PHANTOM_DIR
 
 
-class Pipeline:
-    """Detector plus HexaNet, loaded from a model folder (default: the shipped phantom models)."""
+def model_files(folder: Path) -> tuple[Path, Path]:
+    """(detector.pt, HexaNet classifier.pt) of a model folder."""
+    classifier_file = next(
+        (p for p in (folder / "hexanet" / "classifier.pt", folder / "classifier.pt") if p.exists()), None
+    )
+    if classifier_file is None:
+        raise ModelFileError(f"{folder}: no HexaNet (hexanet/classifier.pt) in this model folder")
+    return folder / "detector.pt", classifier_file
 
-    def __init__(self, detector, classifier, meta: dict, model_info: dict) -> None:
+
+def load_torch_parts(folder: Path) -> tuple[Detector, torch.nn.Module, dict, dict]:
+    """(detector, HexaNet, HexaNet's record, model info) of a model folder."""
+    detector_file, classifier_file = model_files(folder)
+    detector = load_detector(detector_file)
+    classifier, meta = load_classifier(classifier_file)
+    detector.check_regions(meta["regions"], str(classifier_file))
+    trained_on = detector.record.get("dataset", {}).get("name", "")
+    notice = PHANTOM_NOTICE if "phantom" in trained_on.lower() else RESEARCH_NOTICE
+    info = {
+        "name": folder.name,
+        "neurosono_version": __version__,
+        "detector_sha256": detector.sha256,
+        "classifier_sha256": file_sha256(classifier_file),
+        "trained_on": trained_on,
+        "notice": notice,
+    }
+    return detector, classifier, meta, info
+
+
+class TorchStage2:
+    """HexaNet and its drop-one attributions in one torch pass (see ``pipeline/stage2.py``)."""
+
+    def __init__(self, classifier: torch.nn.Module) -> None:
+        self.model = drop_one_model(classifier)
+
+    def __call__(self, crops: np.ndarray, scalars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            logits, drop = self.model(torch.from_numpy(crops), torch.from_numpy(scalars))
+        return logits.numpy(), drop.numpy()
+
+
+class Pipeline:
+    """Detector plus HexaNet, loaded from a model folder (default: the shipped phantom models).
+
+    ``runtime="onnx"`` runs both stages on onnxruntime (``pipeline/deploy.py``), with the
+    same pre- and post-processing as torch.
+    """
+
+    def __init__(
+        self, detector, classifier, meta: dict, model_info: dict, stage2: Stage2 | None = None
+    ) -> None:
         self.detector = detector
         self.classifier = classifier
         self.meta = meta
         self.model_info = model_info
+        self.stage2 = stage2 if stage2 is not None else TorchStage2(classifier)
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None) -> Pipeline:
-        """A folder holding ``detector.pt`` and ``hexanet/classifier.pt`` (or ``classifier.pt``)."""
+    def load(
+        cls,
+        model_dir: str | Path | None = None,
+        runtime: str = "torch",
+        notify: Callable[[str], None] | None = None,
+    ) -> Pipeline:
+        """A folder holding ``detector.pt`` and ``hexanet/classifier.pt`` (or ``classifier.pt``).
+
+        With ``runtime="onnx"``: a folder written by ``neurosono export --format onnx``; for
+        the shipped models (``model_dir`` None) their export in the cache folder, written
+        on first use (``notify``, default stderr, says so).
+        """
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+        if runtime == "onnx":
+            from neurosono.pipeline.deploy import load_onnx_pipeline
+
+            return load_onnx_pipeline(model_dir, notify)
         folder = Path(model_dir) if model_dir else default_model_dir()
-        detector = load_detector(folder / "detector.pt")
-        classifier_file = next(
-            (p for p in (folder / "hexanet" / "classifier.pt", folder / "classifier.pt") if p.exists()), None
-        )
-        if classifier_file is None:
-            raise ModelFileError(f"{folder}: no HexaNet (hexanet/classifier.pt) in this model folder")
-        classifier, meta = load_classifier(classifier_file)
-        detector.check_regions(meta["regions"], str(classifier_file))
-        trained_on = detector.record.get("dataset", {}).get("name", "")
-        notice = PHANTOM_NOTICE if "phantom" in trained_on.lower() else RESEARCH_NOTICE
-        info = {
-            "name": folder.name,
-            "neurosono_version": __version__,
-            "detector_sha256": detector.sha256,
-            "classifier_sha256": file_sha256(classifier_file),
-            "trained_on": trained_on,
-            "notice": notice,
-        }
-        return cls(detector, classifier, meta, info)
+        detector, classifier, meta, info = load_torch_parts(folder)
+        return cls(detector, classifier, meta, {**info, "runtime": "torch"})
 
     def predict(
         self,
@@ -117,22 +169,27 @@ class Pipeline:
         return self.predict_loaded(images)
 
     def predict_loaded(self, images: dict[str, LoadedImage]) -> Prediction:
-        regions, planes = self.meta["regions"], self.meta["planes"]
+        return self.classify(images, self.detect(images))
+
+    def detect(self, images: dict[str, LoadedImage]) -> list[Detection]:
+        """Stage 1: every detection in every image."""
         outputs = predict_paths(self.detector, [im.bgr() for im in images.values()], conf=DETECTION_CONF)
-        detections = [
+        return [
             Detection(plane, int(c), float(s), tuple(float(v) for v in b))
             for plane, (classes, scores, boxes) in zip(images, outputs, strict=True)
             for c, s, b in zip(classes, scores, boxes, strict=True)
         ]
+
+    def classify(self, images: dict[str, LoadedImage], detections: list[Detection]) -> Prediction:
+        """Stage 2: region crops and scalars, HexaNet, drop-one attributions, the prediction."""
+        regions, planes = self.meta["regions"], self.meta["planes"]
         spacing = {plane: im.spacing_mm for plane, im in images.items()}
         crops, scalars, chosen = region_inputs(
             {p: im.pixels for p, im in images.items()}, detections, regions, planes, spacing
         )
-        crops_t = torch.from_numpy(crops[None, :, None].copy())
-        scalars_t = torch.from_numpy(scalars[None])
-        with torch.no_grad():
-            p = float(torch.sigmoid(self.classifier(crops_t, scalars_t))[0])
-        attribution = drop_one_region_attribution(self.classifier, crops_t, scalars_t)[0].numpy()
+        logits, drop_logits = self.stage2(crops[None, :, None], scalars[None])
+        p_all, attribution_all = probabilities(logits, drop_logits)
+        p, attribution = float(p_all[0]), attribution_all[0]
         threshold = float(self.meta["threshold"])
         results = []
         for r, (name, det) in enumerate(zip(regions, chosen, strict=True)):
