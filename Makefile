@@ -4,7 +4,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+# Running `make demo` again resumes the run: finished stages are kept.
+DEMO_OUT ?= runs/demo
 
 .PHONY: install demo test lint bench clean
 

@@ -300,18 +300,31 @@ def detect_train(
     time_hours: Annotated[
         float | None, typer.Option(help="wall-clock budget in hours (fits the epochs)")
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="fine-tune from this neurosono detector (same regions) instead of from scratch"),
+    ] = None,
 ) -> None:
-    """Train the six-region YOLOv5 detector from scratch, fully offline."""
+    """Train the YOLOv5 region detector (from scratch, or fine-tuned with --init-from), fully offline."""
     from neurosono.data.atomic import OutputExistsError
     from neurosono.data.format import DatasetFormatError
+    from neurosono.detect.model import DetectorFileError
     from neurosono.detect.train import DatasetInvalidError, DetectTrainConfig, train_detector
 
     config = DetectTrainConfig(
-        model=model, imgsz=imgsz, epochs=epochs, batch=batch, seed=seed, time_hours=time_hours
+        model=model,
+        imgsz=imgsz,
+        epochs=epochs,
+        batch=batch,
+        seed=seed,
+        time_hours=time_hours,
+        init_from=str(init_from) if init_from else None,
     )
     try:
         config.validate()
         run_dir = train_detector(dataset, out_dir, config)
+    except DetectorFileError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
     except (OutputExistsError, PermissionError) as exc:
         raise fail(str(exc), EXIT_OUTPUT) from None
     except DatasetInvalidError as exc:
@@ -458,6 +471,9 @@ def classify_eval(
         str, typer.Option(help="holdout: the run's model on --split; kfold or center: retrain per fold")
     ] = "holdout",
     folds: Annotated[int, typer.Option(help="folds for --scheme kfold")] = 3,
+    baseline: Annotated[
+        bool, typer.Option(help="with kfold/center, also retrain the whole-image baseline per fold")
+    ] = True,
 ) -> None:
     """AUC, sensitivity, specificity, F1, accuracy, PPV, NPV with bootstrap, Wilson and DeLong CIs."""
     from neurosono.classify.evaluate import evaluate_classifier
@@ -470,7 +486,7 @@ def classify_eval(
     det = _load_detector(detector or _training_detector(record_file))
     ds = _load_dataset(dataset)
     if scheme in ("kfold", "center"):
-        _cross_validate(run_dir, ds, det, scheme, folds, n_boot, json_out)
+        _cross_validate(run_dir, ds, det, scheme, folds, n_boot, json_out, baseline)
         return
     if scheme != "holdout":
         raise fail(f"--scheme must be holdout, kfold or center, not {scheme!r}", EXIT_BAD_INPUT)
@@ -505,7 +521,7 @@ def classify_eval(
 
 
 def _cross_validate(
-    run_dir: Path, ds, det, scheme: str, folds: int, n_boot: int, json_out: Path | None
+    run_dir: Path, ds, det, scheme: str, folds: int, n_boot: int, json_out: Path | None, baseline: bool
 ) -> None:
     from neurosono.classify.crossval import KEYS, cross_validate
     from neurosono.classify.train import ClassifyTrainConfig
@@ -516,7 +532,9 @@ def _cross_validate(
     record = json.loads((run_dir / "classifier.json").read_text())
     config = ClassifyTrainConfig(**record["config"])
     try:
-        result = cross_validate(ds, det, scheme, config, folds=folds, n_boot=n_boot, progress=True)
+        result = cross_validate(
+            ds, det, scheme, config, folds=folds, with_baseline=baseline, n_boot=n_boot, progress=True
+        )
     except (RegionMismatchError, SplitError, ValueError) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     for model_name in ("hexanet", "baseline"):
@@ -760,48 +778,75 @@ def export_model(
 
 @app.command()
 def run(
-    out_dir: Annotated[Path, typer.Option("--out", help="run folder (created; must be new or empty)")] = Path(
-        "runs/demo"
-    ),
-    cases: Annotated[int, typer.Option(help="phantom cases to generate")] = 319,
-    seed: Annotated[int, typer.Option(help="random seed")] = 1,
-    quick: Annotated[bool, typer.Option(help="small cohort at 256 px, for a fast end-to-end check")] = False,
+    dataset: Annotated[
+        Path | None,
+        typer.Argument(
+            help="dataset folder with train/val/test splits (default: a phantom cohort made here)"
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="run folder (new, or an earlier run of this command to resume)")
+    ] = Path("runs/demo"),
+    quick: Annotated[
+        bool, typer.Option(help="60 small cases, 1 detector epoch: an end-to-end check in about 2 minutes")
+    ] = False,
+    cases: Annotated[int | None, typer.Option(help="phantom cases to generate [default: 319]")] = None,
+    seed: Annotated[int, typer.Option(help="random seed for every stage")] = 1,
+    detector_init: Annotated[
+        str, typer.Option(help="shipped (fine-tune the bundled detector), scratch, or a detector.pt")
+    ] = "shipped",
+    detector_epochs: Annotated[int | None, typer.Option(help="stage-1 epochs [default: 3]")] = None,
+    hexanet_epochs: Annotated[int | None, typer.Option(help="stage-2 maximum epochs [default: 30]")] = None,
 ) -> None:
-    """The main job on its embedded default: generate a phantom cohort, check it, draw its contact sheet.
+    """The main job: train both stages, evaluate on the test split, write a self-contained report.html.
 
-    Later stages (detector, HexaNet, evaluation report) join this command as they land.
+    Stages already done with the same configuration are kept, so an interrupted run resumes.
     """
-    from neurosono.data.atomic import OutputExistsError
-    from neurosono.data.check import check_dataset
-    from neurosono.data.preview import write_contact_sheet
-    from neurosono.phantom.cohort import CohortConfig, generate_cohort
-    from neurosono.progress import track
+    from dataclasses import replace
 
-    config = CohortConfig(cases=48 if quick else cases, seed=seed, size=256 if quick else 512)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise fail(f"{out_dir}: already exists and is not empty; choose a new --out", EXIT_OUTPUT)
-    cohort_dir = out_dir / "cohort"
-    out.rule("1/3 phantom cohort")
-    start = time.perf_counter()
-    progress = iter(track(range(config.cases), "rendering cases", total=config.cases))
+    from neurosono.checkpoints import ModelFileError
+    from neurosono.data.atomic import OutputExistsError
+    from neurosono.data.format import DatasetFormatError
+    from neurosono.pipeline.run import QUICK, RunConfig, run_pipeline
+
+    config = QUICK if quick else RunConfig()
+    overrides = {
+        "cases": cases,
+        "detector_epochs": detector_epochs,
+        "hexanet_epochs": hexanet_epochs,
+    }
+    config = replace(
+        config,
+        seed=seed,
+        detector_init=detector_init,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise fail(f"{out_dir}: exists and is not a folder", EXIT_OUTPUT)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "run.json").exists():
+        raise fail(f"{out_dir}: not empty and not a neurosono run; choose a new --out", EXIT_OUTPUT)
+    started = time.perf_counter()
     try:
-        dataset = generate_cohort(cohort_dir, config, on_case=lambda _: next(progress, None))
+        record = run_pipeline(
+            out_dir, dataset, config, progress=True, log=lambda m: out.print(m, highlight=False)
+        )
     except (OutputExistsError, PermissionError) as exc:
         raise fail(str(exc), EXIT_OUTPUT) from None
-    out.print(f"{len(dataset.cases)} cases in {time.perf_counter() - start:.1f} s -> {cohort_dir}")
-    out.rule("2/3 data check")
-    report = check_dataset(cohort_dir, progress=True)
-    out.print(
-        f"{report.n_images} images, {report.n_boxes} boxes: {len(report.errors)} errors, "
-        f"{len(report.warnings)} warnings"
-    )
-    if not report.ok:
-        for problem in report.errors[:20]:
-            err.print(str(problem))
-        raise typer.Exit(EXIT_INVALID_DATA)
-    out.rule("3/3 contact sheet")
-    sheet = write_contact_sheet(dataset, out_dir / "contact_sheet.png")
-    out.print(f"contact sheet: {sheet}")
+    except (DatasetFormatError, ModelFileError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    metrics = json.loads((out_dir / "evaluation" / "metrics.json").read_text())
+    m, auc = metrics["detector"]["map50"], metrics["hexanet"].get("auc")
+    out.print(f"stage 1 test mAP@0.5 {m['value']:.3f} (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})")
+    if auc and auc.get("value") is not None:
+        sens, spec = metrics["hexanet"]["sensitivity"], metrics["hexanet"]["specificity"]
+        line = (
+            f"stage 2 test AUC {auc['value']:.3f} (95% CI {auc['ci95'][0]:.2f}-{auc['ci95'][1]:.2f}), "
+            f"sensitivity {sens['count']}, specificity {spec['count']}"
+        )
+        if "baseline" in metrics:
+            line += f"; whole-image baseline AUC {metrics['baseline']['auc']['value']:.3f}"
+        out.print(line)
+    out.print(f"report: {record['report']}  ({time.perf_counter() - started:.0f} s)")
 
 
 def _register_real() -> None:

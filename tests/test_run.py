@@ -1,0 +1,75 @@
+"""`neurosono run --quick` end to end on a tiny cohort: both stages, evaluation, report, resume."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from neurosono.cli import app
+
+ARGS = ["run", "--quick", "--cases", "30", "--hexanet-epochs", "2", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("run") / "demo"
+    result = CliRunner().invoke(app, [*ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_quick_run_trains_both_stages_and_writes_a_self_contained_report(quick_run) -> None:
+    out, output = quick_run
+    record = json.loads((out / "run.json").read_text())
+    assert [
+        record["stages"][s]["state"] for s in ("cohort", "detector", "hexanet", "evaluation", "report")
+    ] == ["done"] * 5
+    detector = json.loads((out / "detector" / "detector.json").read_text())
+    assert detector["init_from_sha256"]  # fine-tuned from the shipped detector
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    for key in ("auc", "sensitivity", "specificity", "f1"):
+        entry = metrics["hexanet"][key]
+        assert set(entry) >= {"value", "ci95", "method"}
+    assert "baseline" in metrics and metrics["detector"]["map50"]["value"] >= 0
+    cases = json.loads((out / "evaluation" / "cases.json").read_text())["cases"]
+    assert cases and all(len(c["attribution"]) == 6 for c in cases)
+
+    html = (out / "report.html").read_text()
+    for heading in ("Cohort", "Stage 1: region detector", "Stage 2: normal vs abnormal", "Error gallery"):
+        assert heading in html
+    assert "whole-image baseline" in html and "Ramirez Zegarra" in html
+    assert "not for clinical use" in html.lower()
+    # Self-contained: every image inline, nothing fetched from elsewhere.
+    sources = re.findall(r'src="([^"]+)"', html)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in html and "https://" not in html
+    assert "stage 2 test AUC" in output and "report:" in output
+
+
+def test_rerun_keeps_finished_stages_and_redoes_what_changed(quick_run) -> None:
+    out, _ = quick_run
+    first = json.loads((out / "run.json").read_text())
+    result = CliRunner().invoke(app, [*ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    again = json.loads((out / "run.json").read_text())
+    assert {s["state"] for s in again["stages"].values()} == {"kept"}
+    assert again["stages"]["hexanet"]["key"] == first["stages"]["hexanet"]["key"]
+
+    changed = [a if a != "2" else "3" for a in ARGS]  # HexaNet epochs 2 -> 3
+    result = CliRunner().invoke(app, [*changed, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    redone = json.loads((out / "run.json").read_text())["stages"]
+    assert redone["cohort"]["state"] == redone["detector"]["state"] == "kept"
+    assert redone["hexanet"]["state"] == redone["evaluation"]["state"] == "done"
+    assert json.loads((out / "hexanet" / "classifier.json").read_text())["config"]["epochs"] == 3
+
+
+def test_run_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("user data")
+    result = CliRunner().invoke(app, ["run", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "not a neurosono run" in result.output
+    assert (tmp_path / "mine.txt").read_text() == "user data"
