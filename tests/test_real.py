@@ -250,14 +250,22 @@ def test_real_eval_refuses_a_dataset_with_nothing_to_measure(imported: Path) -> 
         plan(fbau, None, "detection")
 
 
-@pytest.mark.skipif(not (REAL_DIR / "head_detector.pt").exists(), reason="real-image models not shipped")
+@pytest.mark.skipif(not (REAL_DIR / "classifier.pt").exists(), reason="real-image classifier not shipped")
 def test_shipped_real_models_run_on_the_committed_sample(imported: Path, tmp_path: Path) -> None:
-    merged = merge_datasets([imported / "fhead", imported / "hc18"], tmp_path / "head")
-    detection = evaluate_real(merged, REAL_DIR, None, "detection", n_boot=20)["detector"]
-    assert 0.0 <= detection["map50"]["value"] <= 1.0 and detection["n_images"] == len(merged.cases)
-    if (REAL_DIR / "classifier.pt").exists():
-        classification = evaluate_real(Dataset.load(imported / "fbau"), REAL_DIR, None, "auto", n_boot=20)
-        assert len(classification["classifier"]["predictions"]) == 6
+    # The committed fbau sample is part of the shipped classifier's development data: this checks
+    # that the shipped files load and run, not how well they do.
+    result = runner.invoke(app, ["real", "eval", str(imported / "fbau"), "--json", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "m.json").read_text())["classifier"]
+    assert len(metrics["predictions"]) == 6 and set(metrics["auc"]) >= {"value", "ci95", "method"}
+    if (REAL_DIR / "head_detector.pt").exists():
+        merged = merge_datasets([imported / "fhead", imported / "hc18"], tmp_path / "head")
+        detection = evaluate_real(merged, REAL_DIR, None, "detection", n_boot=20)["detector"]
+        assert 0.0 <= detection["map50"]["value"] <= 1.0
+    else:
+        hc18 = Dataset.load(imported / "hc18")
+        missing = runner.invoke(app, ["real", "eval", str(hc18.root)])
+        assert missing.exit_code == 2 and "head_detector.pt" in missing.output
 
 
 @pytest.mark.skipif(not SHARED_REAL.is_dir(), reason="../shared/data/real is not present")
@@ -270,3 +278,33 @@ def test_fbau_has_one_image_per_source_after_dedupe(tmp_path: Path) -> None:
     folds = kfold(kept.cases, 0, 5)
     for fold in {c.fold for c in folds}:
         assert {c.label for c in folds if c.fold == fold} == {"normal", "abnormal"}
+
+
+def test_merge_shrinks_large_images_and_scales_spacing(imported: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    merged = merge_datasets([imported / "fhead", imported / "hc18"], tmp_path / "m", max_side=200)
+    assert check_dataset(merged.root).ok
+    hc18 = {c.case_id: c for c in Dataset.load(imported / "hc18").cases}
+    for case in merged.cases:
+        with Image.open(merged.image_path(case.tv_image)) as image:
+            assert max(image.size) <= 200
+        if case.extra["dataset"] == "hc18":
+            original = hc18[case.case_id.removeprefix("hc18_")]
+            assert case.spacing_mm("tv") == pytest.approx(original.pixel_spacing_mm * 800 / 200, rel=1e-5)
+
+
+def test_transfer_measures_the_six_region_detector_on_real_images(imported: Path) -> None:
+    from neurosono.classify.compare import measure_transfer
+    from neurosono.detect.model import load_detector
+    from neurosono.models import DEFAULT_DETECTOR
+
+    if not DEFAULT_DETECTOR.exists():
+        pytest.skip("the shipped phantom detector is absent")
+    result = measure_transfer(Dataset.load(imported / "fbau"), load_detector(DEFAULT_DETECTOR))
+    assert result["n_images"] == 6 and set(result["regions"]) == set(
+        Dataset.load(imported / "fbau").spec.regions
+    )
+    for entry in result["regions"].values():
+        assert 0.0 <= entry["found_fraction"] <= 1.0 and 0.0 <= entry["median_best_confidence"] <= 1.0
+    assert sum(result["regions_found_per_image"]["histogram"].values()) == 6

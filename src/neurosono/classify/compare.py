@@ -103,6 +103,19 @@ def transfer_summary(items, regions: list[str], conf: float = OPERATING_CONF) ->
     }
 
 
+def single_image_region_inputs(dataset: Dataset, cases, detector: Detector, progress: bool = False):
+    """HexaNet inputs for single-image cases: the one image stands in both planes (see module doc)."""
+    detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
+    both = [dataclasses.replace(c, tv_image=case_image(c), tc_image=case_image(c)) for c in cases]
+    return gather_cases(Dataset(dataset.root, dataset.spec, both), detector, both, progress)
+
+
+def measure_transfer(dataset: Dataset, detector: Detector, progress: bool = False) -> dict:
+    """:func:`transfer_summary` of the six-region detector over every case of a single-image dataset."""
+    items = single_image_region_inputs(dataset, dataset.cases, detector, progress)
+    return {**transfer_summary(items, dataset.spec.regions), "detector_sha256": detector.sha256}
+
+
 def _pooled(rows: list[dict], n_boot: int, seed: int) -> tuple[dict, dict]:
     """Image-level and group-level pooled out-of-fold metrics."""
     labels = np.array([r["label"] for r in rows])
@@ -167,10 +180,7 @@ def compare_variants(
         }
     hex_by_id = {}
     if "hexanet" in variants:
-        region_detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
-        both = [dataclasses.replace(c, tv_image=case_image(c), tc_image=case_image(c)) for c in cases]
-        view = Dataset(dataset.root, dataset.spec, both)
-        hex_items = gather_cases(view, region_detector, both, progress)
+        hex_items = single_image_region_inputs(dataset, cases, region_detector, progress)
         hex_by_id = {i.case.case_id: i for i in hex_items}
         result["transfer"] = transfer_summary(hex_items, dataset.spec.regions)
         result["transfer"]["detector_sha256"] = region_detector.sha256
@@ -234,4 +244,11 @@ def compare_variants(
     return result
 
 
-__all__ = ["VARIANTS", "compare_variants", "fold_check", "transfer_summary"]
+__all__ = [
+    "VARIANTS",
+    "compare_variants",
+    "fold_check",
+    "measure_transfer",
+    "single_image_region_inputs",
+    "transfer_summary",
+]

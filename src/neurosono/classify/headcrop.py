@@ -239,7 +239,10 @@ def train_single_image(
     """
     import shutil
 
+    from neurosono.detect.env import configure_ultralytics
     from neurosono.detect.train import dataset_hash, package_versions
+
+    configure_ultralytics()  # package_versions imports ultralytics: keep its settings out of $HOME
 
     config = config or ClassifyTrainConfig()
     if kind not in KINDS:
