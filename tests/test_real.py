@@ -308,3 +308,19 @@ def test_transfer_measures_the_six_region_detector_on_real_images(imported: Path
     for entry in result["regions"].values():
         assert 0.0 <= entry["found_fraction"] <= 1.0 and 0.0 <= entry["median_best_confidence"] <= 1.0
     assert sum(result["regions_found_per_image"]["histogram"].values()) == 6
+
+
+def test_real_compare_and_table_commands(tmp_path: Path) -> None:
+    dataset = _synthetic_heads(tmp_path / "heads", n=30)
+    out = tmp_path / "cv.json"
+    args = ["real", "compare", str(dataset.root), "--variants", "baseline", "--folds", "3"]
+    result = runner.invoke(app, [*args, "--epochs", "1", "--n-boot", "20", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "baseline" in result.output and "groups" in result.output
+    table = runner.invoke(app, ["real", "table", str(out)])
+    assert table.exit_code == 0 and "baseline" in table.output and "auc" in table.output
+    other = json.loads(out.read_text())
+    other["folds"] = {"0": {}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    mixed = runner.invoke(app, ["real", "table", str(out), str(tmp_path / "other.json")])
+    assert mixed.exit_code == 2 and "different folds" in mixed.output
