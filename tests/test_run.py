@@ -73,3 +73,39 @@ def test_run_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--quick", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "not a neurosono run" in result.output
     assert (tmp_path / "mine.txt").read_text() == "user data"
+
+
+def test_run_on_a_user_dataset_with_a_one_class_test_split(tiny_cohort: Path, tmp_path: Path) -> None:
+    """A given dataset is used as split; a report is still written when AUC is undefined."""
+    from neurosono.data.format import Dataset
+    from neurosono.pipeline.run import RunConfig, run_pipeline
+
+    config = RunConfig(
+        cases=30,
+        detector_imgsz=128,
+        detector_epochs=1,
+        detector_batch=4,
+        hexanet_epochs=1,
+        n_boot=20,
+        gallery=2,
+    )
+    messages: list[str] = []
+    record = run_pipeline(tmp_path / "run", tiny_cohort, config, progress=False, log=messages.append)
+    assert "cohort" not in record["stages"] and record["dataset_dir"] == str(tiny_cohort)
+    assert not (tmp_path / "run" / "cohort").exists()
+    html = (tmp_path / "run" / "report.html").read_text()
+    test_labels = {c.label for c in Dataset.load(tiny_cohort).split("test")}
+    if len(test_labels) == 1:
+        assert "one class only" in html
+    assert any("[1/4] detector" in m for m in messages)
+
+
+def test_run_refuses_a_dataset_without_splits(cohort_copy: Path, tmp_path: Path) -> None:
+    from neurosono.data.format import Dataset
+
+    dataset = Dataset.load(cohort_copy)
+    for case in dataset.cases:
+        case.split = "train"
+    dataset.write_cases()
+    result = CliRunner().invoke(app, ["run", str(cohort_copy), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "no cases in split" in result.output

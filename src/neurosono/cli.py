@@ -474,6 +474,12 @@ def classify_eval(
     baseline: Annotated[
         bool, typer.Option(help="with kfold/center, also retrain the whole-image baseline per fold")
     ] = True,
+    epochs: Annotated[
+        int | None, typer.Option(help="with kfold/center: maximum epochs per fold [default: the run's]")
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="with kfold/center: early-stopping patience [default: the run's]")
+    ] = None,
 ) -> None:
     """AUC, sensitivity, specificity, F1, accuracy, PPV, NPV with bootstrap, Wilson and DeLong CIs."""
     from neurosono.classify.evaluate import evaluate_classifier
@@ -486,7 +492,8 @@ def classify_eval(
     det = _load_detector(detector or _training_detector(record_file))
     ds = _load_dataset(dataset)
     if scheme in ("kfold", "center"):
-        _cross_validate(run_dir, ds, det, scheme, folds, n_boot, json_out, baseline)
+        budget = {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
+        _cross_validate(run_dir, ds, det, scheme, folds, n_boot, json_out, baseline, budget)
         return
     if scheme != "holdout":
         raise fail(f"--scheme must be holdout, kfold or center, not {scheme!r}", EXIT_BAD_INPUT)
@@ -521,7 +528,15 @@ def classify_eval(
 
 
 def _cross_validate(
-    run_dir: Path, ds, det, scheme: str, folds: int, n_boot: int, json_out: Path | None, baseline: bool
+    run_dir: Path,
+    ds,
+    det,
+    scheme: str,
+    folds: int,
+    n_boot: int,
+    json_out: Path | None,
+    baseline: bool,
+    budget: dict,
 ) -> None:
     from neurosono.classify.crossval import KEYS, cross_validate
     from neurosono.classify.train import ClassifyTrainConfig
@@ -530,7 +545,7 @@ def _cross_validate(
     from neurosono.detect.model import RegionMismatchError
 
     record = json.loads((run_dir / "classifier.json").read_text())
-    config = ClassifyTrainConfig(**record["config"])
+    config = ClassifyTrainConfig(**{**record["config"], **budget})
     try:
         result = cross_validate(
             ds, det, scheme, config, folds=folds, with_baseline=baseline, n_boot=n_boot, progress=True

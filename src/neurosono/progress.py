@@ -47,3 +47,9 @@ def _len(items: Iterable[object]) -> int | None:
         return len(items)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def note(message: str, enabled: bool = True) -> None:
+    """A plain progress line for logs: shown only when stderr is not a terminal (no live bar there)."""
+    if enabled and not sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)

@@ -28,7 +28,7 @@ from neurosono.data.format import Case, Dataset, read_labels
 from neurosono.detect.evaluate import predict_paths
 from neurosono.detect.model import Detector, load_detector
 from neurosono.evaluate.metrics import choose_threshold, classification_metrics
-from neurosono.progress import track
+from neurosono.progress import note, track
 
 FORMAT = "neurosono-hexanet-v2"  # v2: six region scalars (head-relative sizes added)
 WEIGHTS_NAME = "classifier.pt"
@@ -184,6 +184,11 @@ def fit_binary(
         val_scores = _scores(model, val_items, batches)
         auc = float(roc_auc_score(val_labels, val_scores))
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_auc": auc})
+        note(
+            f"{description}: epoch {epoch + 1}/{config.epochs} loss {np.mean(losses):.4f} "
+            f"val AUC {auc:.4f} (best {max(auc, best['auc']):.4f})",
+            progress,
+        )
         if auc > best["auc"]:
             best = {
                 "auc": auc,
