@@ -108,4 +108,4 @@ def test_run_refuses_a_dataset_without_splits(cohort_copy: Path, tmp_path: Path)
         case.split = "train"
     dataset.write_cases()
     result = CliRunner().invoke(app, ["run", str(cohort_copy), "--out", str(tmp_path / "run")])
-    assert result.exit_code == 2 and "no cases in split" in result.output
+    assert result.exit_code == 2 and "no cases in split(s) ['val', 'test']" in " ".join(result.output.split())
