@@ -62,11 +62,15 @@ def stats(values: list[float]) -> dict:
     }
 
 
-def measure(pipeline: Pipeline, cohort: Path, cases: list, warmup: int, batch_dir: Path) -> dict:
+def measure(
+    pipeline: Pipeline, cohort: Path, cases: list, warmup: int, batch_dir: Path, threads: int
+) -> dict:
     """Per-case timings (after ``warmup`` cases) and the batch throughput."""
     load_before = load_average()
     for case in cases[:warmup]:
         pipeline.predict(cohort / case.tv_image, cohort / case.tc_image)
+    # ultralytics sets torch's threads to every core when it builds its predictor.
+    torch.set_num_threads(threads)
     timings: dict[str, list[float]] = {"total": [], "decode": [], "stage1": [], "stage2": []}
     measured = cases[warmup:]
     for case in measured:
@@ -112,22 +116,19 @@ def main() -> None:
     parser.add_argument("--runtimes", default="torch,onnx")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
-        "--torch-threads",
-        type=int,
-        default=None,
-        help="torch threads (default: every core; with onnx, torch does ultralytics' pre/post-processing)",
+        "--threads", type=int, default=None, help="torch and onnxruntime threads (default: every core)"
     )
     args = parser.parse_args()
     if args.cases - args.warmup < 50:
         parser.error("measure at least 50 cases: --cases minus --warmup must be >= 50")
     threads = os.cpu_count() or 1
-    torch.set_num_threads(args.torch_threads or threads)
+    torch.set_num_threads(args.threads or threads)
     report = {
         "machine": {
             "cpu": cpu_name(),
             "cores": threads,
             "torch_threads": torch.get_num_threads(),
-            "onnxruntime_intra_op_threads": cpu_cores(),
+            "onnxruntime_intra_op_threads": args.threads or cpu_cores(),
             "python": platform.python_version(),
         },
         "cohort": {"seed": args.seed, "cases": args.cases, "warmup": args.warmup, "size": 512},
@@ -145,10 +146,10 @@ def main() -> None:
             if runtime == "onnx" and model is None and args.model is not None:
                 parser.error("--model with the onnx runtime needs --onnx (an export of that model)")
             start = time.perf_counter()
-            pipeline = Pipeline.load(model, runtime=runtime)
+            pipeline = Pipeline.load(model, runtime=runtime, threads=args.threads)
             load_seconds = time.perf_counter() - start
             batch_dir = Path(tmp) / f"batch-{runtime}"
-            result = measure(pipeline, cohort, cases, args.warmup, batch_dir)
+            result = measure(pipeline, cohort, cases, args.warmup, batch_dir, args.threads or threads)
             result["load_seconds"] = round(load_seconds, 2)
             report["runtimes"][runtime] = result
             print(f"{runtime}: done, load average {result['load_average']}")

@@ -17,6 +17,7 @@ from neurosono import Pipeline
 from neurosono.cli import app
 from neurosono.data.format import Dataset
 from neurosono.data.images import read_image
+from neurosono.detect.env import cpu_cores
 from neurosono.detect.model import file_sha256
 from neurosono.phantom.cohort import CohortConfig, generate_cohort
 from neurosono.pipeline import deploy
@@ -88,6 +89,8 @@ def test_onnx_pipeline_matches_torch(cohort: Path, pipelines: tuple[Pipeline, Pi
     backend = onnx_pipeline.detector.yolo.predictor.model.backend
     assert type(backend).__name__ == "ONNXBackend"  # stage 1 really runs on onnxruntime
     assert backend.session.get_providers() == ["CPUExecutionProvider"]
+    for session in (backend.session, onnx_pipeline.classifier.session):  # every core
+        assert session.get_session_options().intra_op_num_threads == cpu_cores()
     decisions = set()
     for case in Dataset.load(cohort).cases:
         tv, tc = cohort / case.tv_image, cohort / case.tc_image
@@ -250,6 +253,7 @@ def test_default_model_is_exported_once_into_the_cache(
     assert "exporting the shipped models to ONNX once" in " ".join(first.output.split())
     assert len(calls) == 1 and calls[0].parent == tmp_path / "cache" / "onnx"
     messages = []
-    pipeline = Pipeline.load(runtime="onnx", notify=messages.append)
+    pipeline = Pipeline.load(runtime="onnx", notify=messages.append, threads=1)
     assert len(calls) == 1 and not messages
+    assert pipeline.classifier.session.get_session_options().intra_op_num_threads == 1
     assert pipeline.model_info["detector_sha256"] == file_sha256(default_model_dir() / "detector.pt")

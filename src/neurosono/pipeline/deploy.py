@@ -155,11 +155,11 @@ def _versions() -> dict:
     return versions
 
 
-def _session(path: Path):
+def _session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = cpu_cores()
+    options.intra_op_num_threads = threads or cpu_cores()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -290,9 +290,9 @@ def read_manifest(folder: str | Path) -> dict:
 class OnnxHexaNet:
     """hexanet.onnx on onnxruntime: (crops, scalars) -> (logits [B], drop-one logits [B, R])."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int | None = None) -> None:
         self.path = path
-        self.session = _session(path)
+        self.session = _session(path, threads)
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.n_regions = int(shapes["crops"][1])
         self.n_scalars = int(shapes["scalars"][2])
@@ -308,7 +308,7 @@ class OnnxHexaNet:
         return logit, drop
 
 
-def load_onnx_detector(folder: Path, manifest: dict) -> Detector:
+def load_onnx_detector(folder: Path, manifest: dict, threads: int | None = None) -> Detector:
     """detector.onnx inside ultralytics' predictor (same pre- and post-processing as torch)."""
     configure_ultralytics()
     from ultralytics import YOLO
@@ -319,11 +319,13 @@ def load_onnx_detector(folder: Path, manifest: dict) -> Detector:
     # Set the predictor up once (on a blank image, with predict_paths' arguments), then give
     # its ONNX backend a session on every core: ultralytics builds its own with the defaults.
     blank = np.zeros((imgsz, imgsz, 3), np.uint8)
+    torch_threads = torch.get_num_threads()
     yolo.predict([blank], imgsz=imgsz, conf=0.25, iou=0.6, max_det=MAX_DET, device="cpu", verbose=False)
+    torch.set_num_threads(torch_threads)  # ultralytics' device setup sets it to every core
     backend = getattr(yolo.predictor.model, "backend", None)
     if backend is None or not hasattr(backend, "session"):
         raise RuntimeError("ultralytics did not load detector.onnx with onnxruntime")
-    backend.session = _session(path)
+    backend.session = _session(path, threads)
     names = yolo.predictor.model.names
     if [names[i] for i in sorted(names)] != list(manifest["regions"]):
         raise OnnxModelError(f"{path}: its class names {names} do not match {MANIFEST}'s regions")
@@ -365,11 +367,17 @@ def cached_default_export(notify: Callable[[str], None] | None = None) -> Path:
     return folder
 
 
-def load_onnx_pipeline(model_dir: str | Path | None = None, notify: Callable[[str], None] | None = None):
+def load_onnx_pipeline(
+    model_dir: str | Path | None = None,
+    notify: Callable[[str], None] | None = None,
+    threads: int | None = None,
+):
     """A :class:`~neurosono.pipeline.predict.Pipeline` whose two stages run on onnxruntime.
 
     ``model_dir``: an ONNX export folder; None (or the shipped model folder) uses the
-    shipped models' export in the cache, writing it on first use.
+    shipped models' export in the cache, writing it on first use. ``threads``:
+    onnxruntime's intra-op threads, every core by default (on a machine other jobs
+    keep busy, one thread can be faster: see the README).
     """
     from neurosono.pipeline.predict import Pipeline, default_model_dir
 
@@ -378,8 +386,8 @@ def load_onnx_pipeline(model_dir: str | Path | None = None, notify: Callable[[st
     else:
         folder = Path(model_dir)
     manifest = read_manifest(folder)
-    detector = load_onnx_detector(folder, manifest)
-    classifier = OnnxHexaNet(folder / manifest["hexanet"]["file"])
+    detector = load_onnx_detector(folder, manifest, threads)
+    classifier = OnnxHexaNet(folder / manifest["hexanet"]["file"], threads)
     if classifier.n_regions != len(manifest["regions"]):
         raise OnnxModelError(
             f"{classifier.path}: {classifier.n_regions} regions, {MANIFEST} names {len(manifest['regions'])}"

@@ -132,19 +132,21 @@ class Pipeline:
         model_dir: str | Path | None = None,
         runtime: str = "torch",
         notify: Callable[[str], None] | None = None,
+        threads: int | None = None,
     ) -> Pipeline:
         """A folder holding ``detector.pt`` and ``hexanet/classifier.pt`` (or ``classifier.pt``).
 
         With ``runtime="onnx"``: a folder written by ``neurosono export --format onnx``; for
         the shipped models (``model_dir`` None) their export in the cache folder, written
-        on first use (``notify``, default stderr, says so).
+        on first use (``notify``, default stderr, says so). ``threads``: onnxruntime's
+        intra-op threads (default: every core); torch keeps ``torch.get_num_threads()``.
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         if runtime == "onnx":
             from neurosono.pipeline.deploy import load_onnx_pipeline
 
-            return load_onnx_pipeline(model_dir, notify)
+            return load_onnx_pipeline(model_dir, notify, threads)
         folder = Path(model_dir) if model_dir else default_model_dir()
         detector, classifier, meta, info = load_torch_parts(folder)
         return cls(detector, classifier, meta, {**info, "runtime": "torch"})
