@@ -24,13 +24,13 @@ from neurosono.data.atomic import atomic_write_text, staged_directory
 from neurosono.evaluate.metrics import choose_threshold, classification_metrics
 
 SIZE = 128
-FORMAT = "neurosono-whole-image-v1"
+FORMAT = "neurosono-whole-image-v2"  # v2: Mini-ResNet with a stride-2 stem
 
 
 class WholeImageNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, stem_stride: int = 2) -> None:
         super().__init__()
-        self.backbone = MiniResNet(in_channels=2)
+        self.backbone = MiniResNet(in_channels=2, stem_stride=stem_stride)
         self.head = nn.Linear(self.backbone.out_features, 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

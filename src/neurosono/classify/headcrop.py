@@ -102,9 +102,9 @@ def gather_images(
 class HeadCropNet(nn.Module):
     """Mini-ResNet on the head crop, then a linear layer: the logit of P(abnormal)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stem_stride: int = 2) -> None:
         super().__init__()
-        self.backbone = MiniResNet(in_channels=1)
+        self.backbone = MiniResNet(in_channels=1, stem_stride=stem_stride)
         self.head = nn.Linear(self.backbone.out_features, 1)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
@@ -127,14 +127,14 @@ def head_crop_batches(items: list[ImageItem], train: bool, rng: np.random.Genera
     return (torch.from_numpy(np.ascontiguousarray(crops[:, None])),), labels
 
 
-def _model_and_batches(kind: str):
+def _model_and_batches(kind: str, stem_stride: int = 2):
     if kind == "head-crop":
-        return HeadCropNet(), head_crop_batches
+        return HeadCropNet(stem_stride), head_crop_batches
     if kind == "whole-image":
         from neurosono.classify.baseline import WholeImageNet
         from neurosono.classify.baseline import batches as whole_batches
 
-        return WholeImageNet(), whole_batches
+        return WholeImageNet(stem_stride), whole_batches
     raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
 
 
@@ -197,6 +197,7 @@ def save_single_image(path: Path, fitted: FittedSingle, meta: dict) -> None:
             "threshold": float(fitted.threshold),
             "crop_size": SIZE,
             "margin": MARGIN,
+            "stem_stride": fitted.model.backbone.stem[0].stride[0],
             **meta,
         },
     )
@@ -207,7 +208,8 @@ def load_single_image(path: str | Path, head_detector: str | Path | None = None)
     head detector: ``head_detector`` if given, else ``head_detector.pt`` beside it."""
     file, payload = load_payload(path, WEIGHTS_NAME, FORMAT, "single-image classifier")
     kind = payload["kind"]
-    model, _ = _model_and_batches(kind)
+    # Files written before the stride-2 stem carry no stem_stride: their stems had stride 1.
+    model, _ = _model_and_batches(kind, int(payload.get("stem_stride", 1)))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     detector = None
@@ -280,6 +282,7 @@ def train_single_image(
             **meta,
             "crop_size": SIZE,
             "margin": MARGIN,
+            "stem_stride": fitted.model.backbone.stem[0].stride[0],
             "config": asdict(config),
             "parameters": count_parameters(fitted.model),
             "best_epoch": fitted.best["epoch"],

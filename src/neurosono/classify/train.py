@@ -30,7 +30,7 @@ from neurosono.detect.model import Detector, load_detector
 from neurosono.evaluate.metrics import choose_threshold, classification_metrics
 from neurosono.progress import note, track
 
-FORMAT = "neurosono-hexanet-v2"  # v2: six region scalars (head-relative sizes added)
+FORMAT = "neurosono-hexanet-v2"  # v2: six region scalars (head-relative sizes), stride-2 stems
 WEIGHTS_NAME = "classifier.pt"
 DETECTION_CONF = 0.05  # low: a faint region is still evidence, its confidence goes in as a scalar
 
