@@ -50,12 +50,3 @@ def test_synth_refuses_existing_output_and_bad_arguments(tmp_path: Path) -> None
     assert bad.exit_code == 2 and "abnormal-fraction" in bad.output
     missing = runner.invoke(app, ["data", "split", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "nowhere" in missing.output
-
-
-def test_run_quick_main_job(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = runner.invoke(app, ["run", "--quick", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert (out / "cohort" / "cases.csv").exists()
-    assert (out / "contact_sheet.png").stat().st_size > 10_000
-    assert "0 errors" in result.output
