@@ -6,6 +6,7 @@ import csv
 import inspect
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,10 @@ def test_export_writes_both_stages_and_a_manifest(export: Path, pipelines: tuple
     detector_file, classifier_file = model_files(default_model_dir())
     record = json.loads(classifier_file.with_suffix(".json").read_text())
     assert manifest["regions"] == record["regions"] and manifest["planes"] == record["planes"]
+
+    def dims(value_info) -> list:
+        return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
     assert manifest["threshold"] == pytest.approx(record["threshold"])
     assert manifest["threshold_rule"] == record["threshold_rule"]
     assert manifest["notice"] == "trained on synthetic phantoms; not for clinical use"
@@ -69,11 +74,9 @@ def test_export_writes_both_stages_and_a_manifest(export: Path, pipelines: tuple
     assert manifest["detector"]["sha256"] == file_sha256(export / "detector.onnx")
     assert manifest["opset"] == deploy.OPSET and manifest["versions"]["onnxruntime"]
     imgsz = json.loads(detector_file.with_suffix(".json").read_text())["config"]["imgsz"]
-    assert manifest["detector"]["imgsz"] == imgsz
-    assert manifest["detector"]["input"]["images"] == [1, 3, imgsz, imgsz]
-
-    def dims(value_info) -> list:
-        return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+    assert manifest["detector"]["imgsz"] == imgsz and manifest["detector"]["fixed_size"] is False
+    assert manifest["detector"]["input"]["images"] == ["batch", 3, "height", "width"]
+    assert dims(onnx.load(str(export / "detector.onnx")).graph.input[0])[0] == "batch"
 
     graph = onnx.load(str(export / "hexanet.onnx")).graph
     inputs = {i.name: dims(i) for i in graph.input}
@@ -109,6 +112,43 @@ def test_onnx_pipeline_matches_torch(cohort: Path, pipelines: tuple[Pipeline, Pi
         assert b.warnings == a.warnings and b.inputs == a.inputs
         assert {**b.model, "runtime": "torch"} == a.model and b.model["runtime"] == "onnx"
     assert decisions  # at least one case ran
+
+
+def test_non_square_images_match_torch(
+    cohort: Path, pipelines: tuple[Pipeline, Pipeline], tmp_path: Path
+) -> None:
+    """Ultralytics pads a non-square image to a stride multiple on torch; the default export too."""
+    from PIL import Image
+
+    torch_pipeline, onnx_pipeline = pipelines
+    case = Dataset.load(cohort).cases[0]
+    paths = []
+    for plane in ("tv", "tc"):
+        with Image.open(cohort / getattr(case, f"{plane}_image")) as image:
+            width, height = image.size
+            image.crop((40, 0, width - 60, height)).save(tmp_path / f"{plane}.png")
+        paths.append(tmp_path / f"{plane}.png")
+    a, b = torch_pipeline.predict(*paths), onnx_pipeline.predict(*paths)
+    assert a.inputs["tv"]["size"] == [width - 100, height]
+    assert b.p_abnormal == pytest.approx(a.p_abnormal, abs=1e-3) and b.decision == a.decision
+    for ra, rb in zip(a.regions, b.regions, strict=True):
+        assert rb.found == ra.found and rb.attribution == pytest.approx(ra.attribution, abs=1e-3)
+        if ra.found:
+            assert np.allclose(rb.box, ra.box, atol=1.0), (ra.box, rb.box)
+
+
+def test_fixed_size_detector_export(pipelines: tuple[Pipeline, Pipeline], tmp_path: Path) -> None:
+    """--fixed-size: a static [1, 3, imgsz, imgsz] input, checked against torch when written."""
+    import onnxruntime
+
+    detector = pipelines[0].detector
+    diff = deploy.export_detector(detector, tmp_path / "detector.onnx", fixed_size=True)
+    assert diff < deploy.DETECTOR_ATOL
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / "detector.onnx"), providers=["CPUExecutionProvider"]
+    )
+    assert session.get_inputs()[0].shape == [1, 3, detector.imgsz, detector.imgsz]
+    assert "onnxslim" not in sys.modules  # not a dependency: the export does not simplify
 
 
 def test_one_pass_attribution_is_hexanets_drop_one(

@@ -760,6 +760,13 @@ def export_model(
         Path | None, typer.Option(help="model folder (default: the shipped phantom models)")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier export in OUT")] = False,
+    fixed_size: Annotated[
+        bool,
+        typer.Option(
+            help="detector input fixed at 1x3xIMGSZxIMGSZ (static shapes; non-square images are then "
+            "padded to a square, unlike torch, and results differ a little)"
+        ),
+    ] = False,
 ) -> None:
     """Export both stages for deployment: detector.onnx, hexanet.onnx and onnx.json."""
     from neurosono.checkpoints import ModelFileError
@@ -770,15 +777,16 @@ def export_model(
         raise fail(f"--format must be onnx, not {fmt!r}", EXIT_BAD_INPUT)
     start = time.perf_counter()
     try:
-        export_onnx(model, out_dir, overwrite=overwrite)
+        export_onnx(model, out_dir, overwrite=overwrite, fixed_size=fixed_size)
     except ModelFileError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     except (OutputExistsError, PermissionError) as exc:
         raise fail(str(exc), EXIT_OUTPUT) from None
     manifest = read_manifest(out_dir)
     det, hexa = manifest["detector"], manifest["hexanet"]
+    size = "x".join(map(str, det["input"]["images"])) if det["fixed_size"] else f"{det['imgsz']} px, dynamic"
     out.print(
-        f"wrote {out_dir}: {det['file']} (input {'x'.join(map(str, det['input']['images']))}), "
+        f"wrote {out_dir}: {det['file']} (input {size}), "
         f"{hexa['file']} ({hexa['n_regions']} regions x {hexa['n_scalars']} scalars, batch dynamic), "
         f"onnx.json; opset {manifest['opset']}, {time.perf_counter() - start:.1f} s",
         highlight=False,
