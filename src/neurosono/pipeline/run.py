@@ -23,7 +23,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,16 +74,6 @@ QUICK = RunConfig(
 )
 
 
-class StageLog:
-    """Tells the caller what happens; the CLI prints it, Python users may ignore it."""
-
-    def __init__(self, emit: Callable[[str], None] | None = None) -> None:
-        self.emit = emit or (lambda _message: None)
-
-    def __call__(self, message: str) -> None:
-        self.emit(message)
-
-
 def _key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -131,7 +121,7 @@ def run_pipeline(
 ) -> dict:
     """Run (or resume) every stage; returns the run record (also written to ``RUN/run.json``)."""
     config.validate()
-    say = StageLog(log)
+    say = log or (lambda _message: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record: dict = {
@@ -303,7 +293,7 @@ def evaluate_run(
     detector = load_detector(detector_file)
     with staged_directory(out) as staged:
         detection = evaluate_detector(detector, dataset, "test", n_boot=config.n_boot, seed=config.seed)
-        items = gather_cases(dataset, detector, dataset.split("test"), progress)
+        items = gather_cases(dataset, detector, dataset.split("test"), progress, with_truth=True)
         model, meta = load_classifier(hexanet_dir)
         scores, attributions = score_cases(model, meta, items)
         hexanet = evaluate_classifier(
@@ -346,10 +336,7 @@ def evaluate_run(
                         for d in chosen
                     ],
                     "detections": top_detections(item.detections),
-                    "truth": [
-                        {"plane": d.plane, "class_id": d.class_id, "box": d.box}
-                        for d in gather_truth(dataset, item.case)
-                    ],
+                    "truth": [{"plane": d.plane, "class_id": d.class_id, "box": d.box} for d in item.truth],
                 }
             )
         atomic_write_text(
@@ -369,25 +356,3 @@ def top_detections(detections: list, min_confidence: float = 0.25) -> list[dict]
         {"plane": d.plane, "class_id": d.class_id, "confidence": d.confidence, "box": d.box}
         for d in best.values()
     ]
-
-
-def gather_truth(dataset, case) -> list:
-    """Ground-truth boxes of one case as Detection objects (pixels)."""
-    from PIL import Image
-
-    from neurosono.classify.regions import Detection
-    from neurosono.data.format import read_labels
-
-    out = []
-    for plane, rel in case.images():
-        label_file = dataset.label_path(rel)
-        if not label_file.exists():
-            continue
-        with Image.open(dataset.image_path(rel)) as image:
-            width, height = image.size
-        out += [Detection(plane, b.class_id, 1.0, b.to_xyxy(width, height)) for b in read_labels(label_file)]
-    return out
-
-
-def quick_config(**overrides) -> RunConfig:
-    return replace(QUICK, **overrides)
