@@ -186,3 +186,14 @@ def test_cross_validation_and_pipeline_evaluate(tiny_run, tiny_hexanet: Path, tm
     payload = json.loads(both.read_text())
     assert {"detector", "hexanet", "baseline"} <= set(payload)
     assert "map50" in payload["detector"] and "auc" in payload["baseline"]
+
+    every = tmp_path / "every.json"
+    whole = runner.invoke(
+        app, ["evaluate", str(run), str(cohort), "--split", "all", "--n-boot", "50", "--json", str(every)]
+    )
+    assert whole.exit_code == 0, whole.output
+    counts = json.loads(every.read_text())["hexanet"]
+    assert counts["n_normal"] + counts["n_abnormal"] == 24  # every case, not one split
+    unknown = runner.invoke(app, ["evaluate", str(run), str(cohort), "--split", "nosuch"])
+    assert unknown.exit_code == 2 and "no cases in split 'nosuch'" in unknown.output
+    assert unknown.exception is None or isinstance(unknown.exception, SystemExit)

@@ -429,15 +429,24 @@ def classify_train(
     target_sensitivity: Annotated[
         float | None, typer.Option(help="choose the threshold for this validation sensitivity (screening)")
     ] = None,
+    head_size: Annotated[
+        str, typer.Option(help="region sizes relative to the 'skull' short axis or the regions' 'span'")
+    ] = "skull",
 ) -> None:
     """Train HexaNet on the detector's regions; the threshold is chosen on validation data."""
-    from neurosono.classify.train import ClassifyTrainConfig, train_classifier
+    from neurosono.classify.train import HEAD_SIZES, ClassifyTrainConfig, train_classifier
     from neurosono.data.atomic import OutputExistsError
     from neurosono.detect.model import DetectorFileError, RegionMismatchError
     from neurosono.models import DEFAULT_DETECTOR
 
+    if head_size not in HEAD_SIZES:
+        raise fail(f"--head-size must be one of {', '.join(HEAD_SIZES)}, not {head_size!r}", EXIT_BAD_INPUT)
     config = ClassifyTrainConfig(
-        seed=seed, epochs=epochs, share_branches=share_branches, target_sensitivity=target_sensitivity
+        seed=seed,
+        epochs=epochs,
+        share_branches=share_branches,
+        target_sensitivity=target_sensitivity,
+        head_size=head_size,
     )
     try:
         run_dir = train_classifier(dataset, detector or DEFAULT_DETECTOR, out_dir, config)
@@ -599,7 +608,7 @@ def _metric_cell(entry: dict | None) -> str:
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="HexaNet run folder (with its baseline)")],
     dataset: Annotated[Path, typer.Argument(help="dataset folder")],
-    split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
+    split: Annotated[str, typer.Option(help="split to evaluate ('all' for every case)")] = "test",
     json_out: Annotated[Path | None, typer.Option("--json", help="write all metrics here")] = None,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples")] = 1000,
 ) -> None:
@@ -616,9 +625,16 @@ def evaluate(
         raise fail(f"{run_dir}: not a HexaNet run folder (no classifier.json)", EXIT_BAD_INPUT)
     det = _load_detector(_training_detector(record_file))
     ds = _load_dataset(dataset)
-    detection = evaluate_detector(det, ds, split, n_boot=n_boot)
-    items = gather_cases(ds, det, ds.split(split))  # one detector pass serves HexaNet and the baseline
-    hexanet = evaluate_classifier(run_dir, ds, det, split, n_boot, items=items)
+    chosen = None if split == "all" else split
+    cases = [c for c in ds.cases if chosen is None or c.split == chosen]
+    if not cases:
+        raise fail(f"{ds.root}: no cases in split {split!r}", EXIT_BAD_INPUT)
+    try:
+        detection = evaluate_detector(det, ds, chosen, n_boot=n_boot)
+        items = gather_cases(ds, det, cases)  # one detector pass serves HexaNet and the baseline
+        hexanet = evaluate_classifier(run_dir, ds, det, chosen, n_boot, items=items)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
     result = {"detector": detection, "hexanet": hexanet}
     if (run_dir / "baseline" / "baseline.pt").exists():
         model, threshold = load_baseline(run_dir / "baseline")

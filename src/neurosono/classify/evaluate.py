@@ -29,10 +29,11 @@ from neurosono.evaluate.metrics import classification_metrics, wilson_interval
 def score_cases(model, meta: dict, items: list[CaseInputs], batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """P(abnormal) and drop-one-region attributions [N, R] for each case."""
     rng = np.random.default_rng(0)
+    config = ClassifyTrainConfig(head_size=meta.get("head_size", "span"))
     scores, attributions = [], []
     for start in range(0, len(items), batch):
         crops, scalars, _ = make_batch(
-            items[start : start + batch], meta["regions"], meta["planes"], False, rng, ClassifyTrainConfig()
+            items[start : start + batch], meta["regions"], meta["planes"], False, rng, config
         )
         scores.append(torch.sigmoid(model(crops, scalars)).numpy())
         attributions.append(drop_one_region_attribution(model, crops, scalars).numpy())

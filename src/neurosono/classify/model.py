@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 # present, confidence, box width and height (mm / 20, or relative to the head when the
-# spacing is unknown), and box width and height relative to the head's extent in that plane.
+# spacing is unknown), and box width and height relative to the head's size in that plane
+# (the skull's short axis; see classify/skull.py).
 N_SCALARS = 6
 
 

@@ -10,10 +10,13 @@ Each region becomes a square grey crop (box plus a context margin, resized to
 ``CROP`` pixels, standardised per crop so that machine gain does not matter) and
 six scalars: present, detector confidence, box width and height in mm / 20 when
 the pixel spacing is known (otherwise relative to the head), and box width and
-height relative to the head's extent (the span of all detected regions in that
-image). The relative sizes matter because the normal size of a structure grows
-with gestational age, which the model is not told: a 19 mm cerebellum is normal
-at 20 weeks and hypoplastic at 23, and the head's own size is the proxy for age.
+height relative to the head's size in that plane. The relative sizes matter
+because the normal size of a structure grows with gestational age, which the
+model is not told: a 19 mm cerebellum is normal at 20 weeks and hypoplastic at
+23, and the head's own size is the proxy for age. The head's size is the skull's
+short axis (BPD-like, :mod:`neurosono.classify.skull`); where no skull can be
+fitted, the span of the detected regions in that image stands in (a coarser proxy:
+it contains the regions themselves).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from neurosono.classify.model import N_SCALARS
+from neurosono.classify.skull import fit_skull
 
 CROP = 64
 MARGIN = 0.25  # context on each side, as a fraction of the box size
@@ -88,12 +92,36 @@ def crop_box(
     return (crop - crop.mean()) / (crop.std() + 1e-3)
 
 
+# Detections at least this sure place the head's centre for the skull fit.
+CENTRE_CONFIDENCE = 0.25
+
+
 def head_extent(detections: list[Detection], plane: str) -> float | None:
+    """Diagonal of the span of the detected regions: the fallback head size."""
     boxes = [d.box for d in detections if d.plane == plane]
     if not boxes:
         return None
     arr = np.asarray(boxes)
     return float(np.hypot(arr[:, 2].max() - arr[:, 0].min(), arr[:, 3].max() - arr[:, 1].min()))
+
+
+def head_sizes(images: dict[str, np.ndarray], detections: list[Detection]) -> dict[str, float | None]:
+    """Each plane's head size in pixels: the skull's short axis, or None where it cannot be fitted.
+
+    The skull is searched round the middle of the confident detections (the image's
+    centre when there are none).
+    """
+    sizes: dict[str, float | None] = {}
+    for plane, image in images.items():
+        sure = [d.box for d in detections if d.plane == plane and d.confidence >= CENTRE_CONFIDENCE]
+        if sure:
+            boxes = np.asarray(sure)
+            centre = (float(boxes[:, [0, 2]].mean()), float(boxes[:, [1, 3]].mean()))
+        else:
+            centre = (image.shape[1] / 2, image.shape[0] / 2)
+        fit = fit_skull(image, centre)
+        sizes[plane] = fit.short_axis_px if fit else None
+    return sizes
 
 
 def region_inputs(
@@ -104,9 +132,15 @@ def region_inputs(
     spacing_mm: dict[str, float | None],
     jitter: float = 0.0,
     rng: np.random.Generator | None = None,
+    head_px: dict[str, float | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[Detection | None]]:
-    """crops [R, CROP, CROP], scalars [R, N_SCALARS] and the chosen detection of each region."""
+    """crops [R, CROP, CROP], scalars [R, N_SCALARS] and the chosen detection of each region.
+
+    ``head_px``: each plane's head size from :func:`head_sizes` (computed here when not given).
+    """
     chosen = select_regions(detections, regions, planes)
+    if head_px is None:
+        head_px = head_sizes(images, detections)
     crops = np.zeros((len(regions), CROP, CROP), np.float32)
     scalars = np.zeros((len(regions), N_SCALARS), np.float32)
     for r, det in enumerate(chosen):
@@ -115,7 +149,7 @@ def region_inputs(
         crops[r] = crop_box(images[det.plane], det.box, jitter=jitter, rng=rng)
         w, h = det.box[2] - det.box[0], det.box[3] - det.box[1]
         spacing = spacing_mm.get(det.plane)
-        extent = head_extent(detections, det.plane) or max(images[det.plane].shape)
+        extent = head_px.get(det.plane) or head_extent(detections, det.plane) or max(images[det.plane].shape)
         relative = (w / extent, h / extent)
         size = (w * spacing / MM_SCALE, h * spacing / MM_SCALE) if spacing else relative
         scalars[r] = (1.0, det.confidence, *size, *relative)

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from neurosono.checkpoints import load_payload, save_payload
 from neurosono.classify.model import HexaNet, count_parameters
-from neurosono.classify.regions import Detection, load_grey, region_inputs
+from neurosono.classify.regions import CROP, Detection, head_sizes, load_grey, region_inputs
 from neurosono.data.atomic import atomic_write_text, staged_directory
 from neurosono.data.check import check_dataset
 from neurosono.data.format import Case, Dataset, read_labels
@@ -30,7 +30,14 @@ from neurosono.detect.model import Detector, load_detector
 from neurosono.evaluate.metrics import choose_threshold, classification_metrics
 from neurosono.progress import note, track
 
-FORMAT = "neurosono-hexanet-v2"  # v2: six region scalars (head-relative sizes), stride-2 stems
+# v2: six region scalars (head-relative sizes), stride-2 stems. The head size behind the relative
+# sizes is stored as "head_size" ("skull"; absent in the first v2 files, which used "span").
+FORMAT = "neurosono-hexanet-v2"
+HEAD_SIZES = ("skull", "span")
+HEAD_SIZE_TEXT = {
+    "skull": "skull short axis (BPD-like, fitted per image; the regions' span where no skull is found)",
+    "span": "span of the detected regions",
+}
 WEIGHTS_NAME = "classifier.pt"
 DETECTION_CONF = 0.05  # low: a faint region is still evidence, its confidence goes in as a scalar
 
@@ -47,6 +54,8 @@ class ClassifyTrainConfig:
     target_sensitivity: float | None = None
     gt_box_fraction: float = 0.5
     jitter: float = 0.08
+    # What region sizes are relative to: the skull's short axis, or the span of the detections.
+    head_size: str = "skull"
 
 
 @dataclass
@@ -59,6 +68,7 @@ class CaseInputs:
     spacing: dict[str, float | None]
     detections: list[Detection]
     truth: list[Detection] = field(default_factory=list)
+    head_px: dict[str, float | None] = field(default_factory=dict)  # skull short axis per plane
 
 
 def gather_cases(
@@ -93,6 +103,9 @@ def gather_cases(
             item.truth += [
                 Detection(plane, b.class_id, 1.0, b.to_xyxy(width, height)) for b in read_labels(label_file)
             ]
+    for item in inputs:
+        # Once per image: the skull does not move when training jitters the region boxes.
+        item.head_px = head_sizes(item.images, item.detections)
     return inputs
 
 
@@ -115,7 +128,8 @@ def make_batch(
             jitter = config.jitter
         elif train:
             jitter = config.jitter / 2
-        c, s, _ = region_inputs(item.images, detections, regions, planes, item.spacing, jitter, rng)
+        head_px = item.head_px if config.head_size == "skull" else {}
+        c, s, _ = region_inputs(item.images, detections, regions, planes, item.spacing, jitter, rng, head_px)
         if train:
             flip = rng.random(len(regions)) < 0.5
             c[flip] = c[flip, :, ::-1]
@@ -130,10 +144,15 @@ def make_batch(
 
 
 def predict_scores(
-    model: HexaNet, items: list[CaseInputs], regions: list[str], planes: dict[str, list[str]], batch: int = 32
+    model: HexaNet,
+    items: list[CaseInputs],
+    regions: list[str],
+    planes: dict[str, list[str]],
+    config: ClassifyTrainConfig,
+    batch: int = 32,
 ) -> np.ndarray:
     def batches(chunk: list[CaseInputs], train: bool, rng: np.random.Generator):
-        crops, scalars, labels = make_batch(chunk, regions, planes, False, rng, ClassifyTrainConfig())
+        crops, scalars, labels = make_batch(chunk, regions, planes, False, rng, config)
         return (crops, scalars), labels
 
     return _scores(model, items, batches, batch)
@@ -243,7 +262,7 @@ def fit_hexanet(
         return (crops, scalars), labels
 
     best, history = fit_binary(model, train_items, val_items, batches, config, progress, "training HexaNet")
-    val_scores = predict_scores(model, val_items, regions, planes)
+    val_scores = predict_scores(model, val_items, regions, planes, config)
     val_labels = np.array([i.label for i in val_items])
     threshold = choose_threshold(val_labels, val_scores, config.target_sensitivity)
     return Fitted(model, threshold, best, history, val_scores)
@@ -291,6 +310,7 @@ def train_classifier(
             "regions": regions,
             "planes": planes,
             "share_branches": config.share_branches,
+            "head_size": config.head_size,
             "threshold": threshold,
             "threshold_rule": threshold_rule(config),
             "detector_sha256": detector.sha256,
@@ -340,6 +360,9 @@ def model_card(record: dict) -> str:
 {record["train_seconds"]:.0f} s.
 
 **Threshold:** {record["threshold"]:.4f}, {record["threshold_rule"]}.
+
+**Inputs:** per region a {CROP}x{CROP} crop and six numbers; region sizes relative to the head's
+{HEAD_SIZE_TEXT[record.get("head_size", "span")]}.
 
 **Validation split:** AUC {auc["value"]:.3f}
 (95% CI {auc["ci95"][0]:.3f}-{auc["ci95"][1]:.3f}, {auc["method"]}).

@@ -17,7 +17,7 @@ import torch
 
 from neurosono import __version__
 from neurosono.checkpoints import ModelFileError
-from neurosono.classify.regions import Detection, region_inputs
+from neurosono.classify.regions import Detection, head_sizes, region_inputs
 from neurosono.classify.train import DETECTION_CONF, load_classifier
 from neurosono.data.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
 from neurosono.detect.evaluate import predict_paths
@@ -186,8 +186,12 @@ class Pipeline:
         """Stage 2: region crops and scalars, HexaNet, drop-one attributions, the prediction."""
         regions, planes = self.meta["regions"], self.meta["planes"]
         spacing = {plane: im.spacing_mm for plane, im in images.items()}
+        pixels = {p: im.pixels for p, im in images.items()}
+        head_px = head_sizes(pixels, detections)
+        # Models of the first v2 files measured sizes against the span of the detections.
+        model_head = head_px if self.meta.get("head_size", "span") == "skull" else {}
         crops, scalars, chosen = region_inputs(
-            {p: im.pixels for p, im in images.items()}, detections, regions, planes, spacing
+            pixels, detections, regions, planes, spacing, head_px=model_head
         )
         logits, drop_logits = self.stage2(crops[None, :, None], scalars[None])
         p_all, attribution_all = probabilities(logits, drop_logits)
@@ -224,6 +228,11 @@ class Pipeline:
                     "kind": im.kind,
                     "pixel_spacing_mm": im.spacing_mm,
                     "size": list(im.pixels.shape[::-1]),
+                    # The skull's short axis (BPD-like; the model's head size), None when not fitted.
+                    "head_short_axis_px": round(head_px[plane], 1) if head_px[plane] else None,
+                    "head_short_axis_mm": (
+                        round(head_px[plane] * im.spacing_mm, 1) if head_px[plane] and im.spacing_mm else None
+                    ),
                 }
                 for plane, im in images.items()
             },
