@@ -430,8 +430,8 @@ def classify_train(
         float | None, typer.Option(help="choose the threshold for this validation sensitivity (screening)")
     ] = None,
     head_size: Annotated[
-        str, typer.Option(help="region sizes relative to the 'skull' short axis or the regions' 'span'")
-    ] = "skull",
+        str, typer.Option(help="region sizes relative to the regions' 'span' or the 'skull' short axis")
+    ] = "span",
 ) -> None:
     """Train HexaNet on the detector's regions; the threshold is chosen on validation data."""
     from neurosono.classify.train import HEAD_SIZES, ClassifyTrainConfig, train_classifier
@@ -554,7 +554,8 @@ def _cross_validate(
     from neurosono.detect.model import RegionMismatchError
 
     record = json.loads((run_dir / "classifier.json").read_text())
-    config = ClassifyTrainConfig(**{**record["config"], **budget})
+    # Records written before "head_size" existed measured sizes against the regions' span.
+    config = ClassifyTrainConfig(**{"head_size": "span", **record["config"], **budget})
     try:
         result = cross_validate(
             ds, det, scheme, config, folds=folds, with_baseline=baseline, n_boot=n_boot, progress=True

@@ -13,10 +13,10 @@ the pixel spacing is known (otherwise relative to the head), and box width and
 height relative to the head's size in that plane. The relative sizes matter
 because the normal size of a structure grows with gestational age, which the
 model is not told: a 19 mm cerebellum is normal at 20 weeks and hypoplastic at
-23, and the head's own size is the proxy for age. The head's size is the skull's
-short axis (BPD-like, :mod:`neurosono.classify.skull`); where no skull can be
-fitted, the span of the detected regions in that image stands in (a coarser proxy:
-it contains the regions themselves).
+23, and the head's own size is the proxy for age. The head's size is either the
+span of the detected regions in that image (the default, ``head_size="span"``)
+or the skull's short axis (BPD-like, :mod:`neurosono.classify.skull`;
+``head_size="skull"``, with the span where no skull can be fitted).
 """
 
 from __future__ import annotations

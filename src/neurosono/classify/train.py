@@ -31,7 +31,7 @@ from neurosono.evaluate.metrics import choose_threshold, classification_metrics
 from neurosono.progress import note, track
 
 # v2: six region scalars (head-relative sizes), stride-2 stems. The head size behind the relative
-# sizes is stored as "head_size" ("skull"; absent in the first v2 files, which used "span").
+# sizes is stored as "head_size" ("span" or "skull"; absent in the first v2 files: "span").
 FORMAT = "neurosono-hexanet-v2"
 HEAD_SIZES = ("skull", "span")
 HEAD_SIZE_TEXT = {
@@ -54,8 +54,9 @@ class ClassifyTrainConfig:
     target_sensitivity: float | None = None
     gt_box_fraction: float = 0.5
     jitter: float = 0.08
-    # What region sizes are relative to: the skull's short axis, or the span of the detections.
-    head_size: str = "skull"
+    # What region sizes are relative to: the span of the detections, or the skull's short axis
+    # (which did not beat the span on validation: see the README's HexaNet section).
+    head_size: str = "span"
 
 
 @dataclass

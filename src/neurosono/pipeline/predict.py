@@ -187,12 +187,9 @@ class Pipeline:
         regions, planes = self.meta["regions"], self.meta["planes"]
         spacing = {plane: im.spacing_mm for plane, im in images.items()}
         pixels = {p: im.pixels for p, im in images.items()}
-        head_px = head_sizes(pixels, detections)
-        # Models of the first v2 files measured sizes against the span of the detections.
-        model_head = head_px if self.meta.get("head_size", "span") == "skull" else {}
-        crops, scalars, chosen = region_inputs(
-            pixels, detections, regions, planes, spacing, head_px=model_head
-        )
+        # The skull is fitted only for models that use it (it costs stage 2 a few ms per image).
+        head_px = head_sizes(pixels, detections) if self.meta.get("head_size", "span") == "skull" else {}
+        crops, scalars, chosen = region_inputs(pixels, detections, regions, planes, spacing, head_px=head_px)
         logits, drop_logits = self.stage2(crops[None, :, None], scalars[None])
         p_all, attribution_all = probabilities(logits, drop_logits)
         p, attribution = float(p_all[0]), attribution_all[0]
@@ -228,11 +225,6 @@ class Pipeline:
                     "kind": im.kind,
                     "pixel_spacing_mm": im.spacing_mm,
                     "size": list(im.pixels.shape[::-1]),
-                    # The skull's short axis (BPD-like; the model's head size), None when not fitted.
-                    "head_short_axis_px": round(head_px[plane], 1) if head_px[plane] else None,
-                    "head_short_axis_mm": (
-                        round(head_px[plane] * im.spacing_mm, 1) if head_px[plane] and im.spacing_mm else None
-                    ),
                 }
                 for plane, im in images.items()
             },
