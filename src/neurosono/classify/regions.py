@@ -136,11 +136,11 @@ def region_inputs(
 ) -> tuple[np.ndarray, np.ndarray, list[Detection | None]]:
     """crops [R, CROP, CROP], scalars [R, N_SCALARS] and the chosen detection of each region.
 
-    ``head_px``: each plane's head size from :func:`head_sizes` (computed here when not given).
+    ``head_px``: each plane's skull size from :func:`head_sizes`; a plane without one (or no
+    ``head_px`` at all) measures sizes against the span of its detected regions.
     """
     chosen = select_regions(detections, regions, planes)
-    if head_px is None:
-        head_px = head_sizes(images, detections)
+    head_px = head_px or {}
     crops = np.zeros((len(regions), CROP, CROP), np.float32)
     scalars = np.zeros((len(regions), N_SCALARS), np.float32)
     for r, det in enumerate(chosen):
