@@ -548,14 +548,13 @@ def _cross_validate(
     budget: dict,
 ) -> None:
     from neurosono.classify.crossval import KEYS, cross_validate
-    from neurosono.classify.train import ClassifyTrainConfig
+    from neurosono.classify.train import ClassifyTrainConfig, head_size_of
     from neurosono.data.atomic import atomic_write_text
     from neurosono.data.split import SplitError
     from neurosono.detect.model import RegionMismatchError
 
     record = json.loads((run_dir / "classifier.json").read_text())
-    # Records written before "head_size" existed measured sizes against the regions' span.
-    config = ClassifyTrainConfig(**{"head_size": "span", **record["config"], **budget})
+    config = ClassifyTrainConfig(**{**record["config"], "head_size": head_size_of(record), **budget})
     try:
         result = cross_validate(
             ds, det, scheme, config, folds=folds, with_baseline=baseline, n_boot=n_boot, progress=True

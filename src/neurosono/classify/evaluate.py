@@ -16,6 +16,7 @@ from neurosono.classify.train import (
     CaseInputs,
     ClassifyTrainConfig,
     gather_cases,
+    head_size_of,
     load_classifier,
     make_batch,
 )
@@ -29,7 +30,7 @@ from neurosono.evaluate.metrics import classification_metrics, wilson_interval
 def score_cases(model, meta: dict, items: list[CaseInputs], batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """P(abnormal) and drop-one-region attributions [N, R] for each case."""
     rng = np.random.default_rng(0)
-    config = ClassifyTrainConfig(head_size=meta.get("head_size", "span"))
+    config = ClassifyTrainConfig(head_size=head_size_of(meta))
     scores, attributions = [], []
     for start in range(0, len(items), batch):
         crops, scalars, _ = make_batch(

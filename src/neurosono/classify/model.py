@@ -15,7 +15,7 @@ from torch import nn
 
 # present, confidence, box width and height (mm / 20, or relative to the head when the
 # spacing is unknown), and box width and height relative to the head's size in that plane
-# (the skull's short axis; see classify/skull.py).
+# (the span of the detected regions, or the skull's short axis: see classify/regions.py).
 N_SCALARS = 6
 
 

@@ -31,8 +31,6 @@ MIN_POINTS = 12
 SHORT_AXIS_RANGE = (0.15, 1.0)
 WORK_SIDE = 128
 BORDER = 0.03  # fraction of the image's side ignored at each edge
-
-
 RANSAC_TRIALS = 32
 SUBSET = 8
 INLIER_RESIDUAL = 0.05  # |normalised radius - 1|: 5% of the radius

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,13 @@ HEAD_SIZE_TEXT = {
     "skull": "skull short axis (BPD-like, fitted per image; the regions' span where no skull is found)",
     "span": "span of the detected regions",
 }
+
+
+def head_size_of(meta: dict) -> str:
+    """A model's head size; files written before "head_size" existed measured against the span."""
+    return meta.get("head_size", "span")
+
+
 WEIGHTS_NAME = "classifier.pt"
 DETECTION_CONF = 0.05  # low: a faint region is still evidence, its confidence goes in as a scalar
 
@@ -69,7 +77,12 @@ class CaseInputs:
     spacing: dict[str, float | None]
     detections: list[Detection]
     truth: list[Detection] = field(default_factory=list)
-    head_px: dict[str, float | None] = field(default_factory=dict)  # skull short axis per plane
+
+    @cached_property
+    def skull_px(self) -> dict[str, float | None]:
+        """Skull short axis per plane, fitted on first use (only skull models need it) and kept:
+        the skull does not move when training jitters the region boxes."""
+        return head_sizes(self.images, self.detections)
 
 
 def gather_cases(
@@ -104,9 +117,6 @@ def gather_cases(
             item.truth += [
                 Detection(plane, b.class_id, 1.0, b.to_xyxy(width, height)) for b in read_labels(label_file)
             ]
-    for item in inputs:
-        # Once per image: the skull does not move when training jitters the region boxes.
-        item.head_px = head_sizes(item.images, item.detections)
     return inputs
 
 
@@ -129,7 +139,7 @@ def make_batch(
             jitter = config.jitter
         elif train:
             jitter = config.jitter / 2
-        head_px = item.head_px if config.head_size == "skull" else {}
+        head_px = item.skull_px if config.head_size == "skull" else {}
         c, s, _ = region_inputs(item.images, detections, regions, planes, item.spacing, jitter, rng, head_px)
         if train:
             flip = rng.random(len(regions)) < 0.5
@@ -363,7 +373,7 @@ def model_card(record: dict) -> str:
 **Threshold:** {record["threshold"]:.4f}, {record["threshold_rule"]}.
 
 **Inputs:** per region a {CROP}x{CROP} crop and six numbers; region sizes relative to the head's
-{HEAD_SIZE_TEXT[record.get("head_size", "span")]}.
+{HEAD_SIZE_TEXT[head_size_of(record)]}.
 
 **Validation split:** AUC {auc["value"]:.3f}
 (95% CI {auc["ci95"][0]:.3f}-{auc["ci95"][1]:.3f}, {auc["method"]}).

@@ -18,7 +18,7 @@ import torch
 from neurosono import __version__
 from neurosono.checkpoints import ModelFileError
 from neurosono.classify.regions import Detection, head_sizes, region_inputs
-from neurosono.classify.train import DETECTION_CONF, load_classifier
+from neurosono.classify.train import DETECTION_CONF, head_size_of, load_classifier
 from neurosono.data.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
 from neurosono.detect.evaluate import predict_paths
 from neurosono.detect.model import Detector, file_sha256, load_detector
@@ -188,7 +188,7 @@ class Pipeline:
         spacing = {plane: im.spacing_mm for plane, im in images.items()}
         pixels = {p: im.pixels for p, im in images.items()}
         # The skull is fitted only for models that use it (it costs stage 2 a few ms per image).
-        head_px = head_sizes(pixels, detections) if self.meta.get("head_size", "span") == "skull" else {}
+        head_px = head_sizes(pixels, detections) if head_size_of(self.meta) == "skull" else {}
         crops, scalars, chosen = region_inputs(pixels, detections, regions, planes, spacing, head_px=head_px)
         logits, drop_logits = self.stage2(crops[None, :, None], scalars[None])
         p_all, attribution_all = probabilities(logits, drop_logits)
