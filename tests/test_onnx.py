@@ -172,7 +172,7 @@ def test_one_pass_attribution_is_hexanets_drop_one(
         p_ref = torch.sigmoid(model(crops_t, scalars_t)).numpy()
     attribution_ref = drop_one_region_attribution(model, crops_t, scalars_t).numpy()
     for pipeline in (torch_pipeline, onnx_pipeline):
-        logits, drop = pipeline.stage2(crops[None, :, None], scalars[None])
+        logits, drop = pipeline.stage2(crops[None, :, None], scalars[None], np.zeros((1, 0), np.float32))
         p = 1 / (1 + np.exp(-logits.astype(np.float64)))
         attribution = p[:, None] - 1 / (1 + np.exp(-drop.astype(np.float64)))
         assert np.allclose(p, p_ref, atol=1e-5)
@@ -201,10 +201,12 @@ def test_hexanet_export_takes_regions_and_scalars_from_the_model(tmp_path: Path)
     torch.manual_seed(1)
     model = HexaNet(4, n_scalars=3).eval()
     diff, shapes = deploy.export_hexanet(model, tmp_path / "h.onnx")
-    assert shapes == {"n_regions": 4, "n_scalars": 3, "crop": 64} and diff < 1e-4
+    assert shapes == {"n_regions": 4, "n_scalars": 3, "n_case_scalars": 0, "crop": 64} and diff < 1e-4
     net = deploy.OnnxHexaNet(tmp_path / "h.onnx")
-    assert (net.n_regions, net.n_scalars) == (4, 3)
-    logits, drop = net(np.zeros((5, 4, 1, 64, 64), np.float32), np.zeros((5, 4, 3), np.float32))
+    assert (net.n_regions, net.n_scalars, net.n_case_scalars) == (4, 3, 0)
+    logits, drop = net(
+        np.zeros((5, 4, 1, 64, 64), np.float32), np.zeros((5, 4, 3), np.float32), np.zeros((5, 0), np.float32)
+    )
     assert logits.shape == (5,) and drop.shape == (5, 4)
 
 

@@ -432,6 +432,13 @@ def classify_train(
     head_size: Annotated[
         str, typer.Option(help="region sizes relative to the regions' 'span' or the 'skull' short axis")
     ] = "span",
+    ga: Annotated[
+        bool,
+        typer.Option(
+            "--ga/--no-ga",
+            help="also read each case's gestational age (cases.csv ga_weeks); optional at prediction",
+        ),
+    ] = False,
 ) -> None:
     """Train HexaNet on the detector's regions; the threshold is chosen on validation data."""
     from neurosono.classify.train import HEAD_SIZES, ClassifyTrainConfig, train_classifier
@@ -447,6 +454,7 @@ def classify_train(
         share_branches=share_branches,
         target_sensitivity=target_sensitivity,
         head_size=head_size,
+        gestational_age=ga,
     )
     try:
         run_dir = train_classifier(dataset, detector or DEFAULT_DETECTOR, out_dir, config)
@@ -489,6 +497,9 @@ def classify_eval(
     patience: Annotated[
         int | None, typer.Option(help="with kfold/center: early-stopping patience [default: the run's]")
     ] = None,
+    withhold_ga: Annotated[
+        bool, typer.Option(help="evaluate a gestational-age model as if no case's age were known")
+    ] = False,
 ) -> None:
     """AUC, sensitivity, specificity, F1, accuracy, PPV, NPV with bootstrap, Wilson and DeLong CIs."""
     from neurosono.classify.evaluate import evaluate_classifier
@@ -501,6 +512,8 @@ def classify_eval(
     det = _load_detector(detector or _training_detector(record_file))
     ds = _load_dataset(dataset)
     if scheme in ("kfold", "center"):
+        if withhold_ga:
+            raise fail("--withhold-ga applies to --scheme holdout", EXIT_BAD_INPUT)
         budget = {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
         _cross_validate(run_dir, ds, det, scheme, folds, n_boot, json_out, baseline, budget)
         return
@@ -508,7 +521,14 @@ def classify_eval(
         raise fail(f"--scheme must be holdout, kfold or center, not {scheme!r}", EXIT_BAD_INPUT)
     try:
         metrics = evaluate_classifier(
-            run_dir, ds, det, None if split == "all" else split, n_boot, seed, report_dir
+            run_dir,
+            ds,
+            det,
+            None if split == "all" else split,
+            n_boot,
+            seed,
+            report_dir,
+            withhold_ga=withhold_ga,
         )
     except (RegionMismatchError, ValueError) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
@@ -532,6 +552,7 @@ def classify_eval(
         )
     out.print(table)
     out.print(f"threshold {metrics['threshold']:.3f} ({metrics['threshold_rule']})")
+    out.print(f"gestational age: {metrics['gestational_age']}")
     if json_out:
         atomic_write_text(json_out, json.dumps(metrics, indent=2))
 
@@ -611,6 +632,9 @@ def evaluate(
     split: Annotated[str, typer.Option(help="split to evaluate ('all' for every case)")] = "test",
     json_out: Annotated[Path | None, typer.Option("--json", help="write all metrics here")] = None,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples")] = 1000,
+    withhold_ga: Annotated[
+        bool, typer.Option(help="evaluate gestational-age models as if no case's age were known")
+    ] = False,
 ) -> None:
     """Both stages on one split: detector mAP, then HexaNet against the whole-image baseline."""
     from neurosono.classify.baseline import baseline_scores, load_baseline
@@ -632,14 +656,15 @@ def evaluate(
     try:
         detection = evaluate_detector(det, ds, chosen, n_boot=n_boot)
         items = gather_cases(ds, det, cases)  # one detector pass serves HexaNet and the baseline
-        hexanet = evaluate_classifier(run_dir, ds, det, chosen, n_boot, items=items)
+        hexanet = evaluate_classifier(run_dir, ds, det, chosen, n_boot, items=items, withhold_ga=withhold_ga)
     except ValueError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     result = {"detector": detection, "hexanet": hexanet}
     if (run_dir / "baseline" / "baseline.pt").exists():
         model, threshold = load_baseline(run_dir / "baseline")
         labels = [i.label for i in items]
-        result["baseline"] = classification_metrics(labels, baseline_scores(model, items), threshold, n_boot)
+        scores = baseline_scores(model, items, withhold_ga=withhold_ga)
+        result["baseline"] = classification_metrics(labels, scores, threshold, n_boot)
     m = detection["map50"]
     out.print(
         f"stage 1 detector: mAP@0.5 {m['value']:.3f} (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}) "
@@ -660,6 +685,7 @@ def evaluate(
                 cells.append(_metric_cell(entry))
         table.add_row(key, *cells)
     out.print(table)
+    out.print(f"gestational age: {hexanet['gestational_age']}")
     if json_out:
         atomic_write_text(json_out, json.dumps(result, indent=2))
 
@@ -680,6 +706,13 @@ def predict(
     spacing_mm: Annotated[
         float | None, typer.Option(help="pixel spacing in mm for images that do not carry one (PNG, JPEG)")
     ] = None,
+    ga_weeks: Annotated[
+        str | None,
+        typer.Option(
+            help="gestational age: weeks (21.4) or weeks+days (21+3), for models trained with it "
+            "(with --batch: the cases.csv ga_weeks column)"
+        ),
+    ] = None,
     batch: Annotated[
         Path | None, typer.Option(help="cases.csv or a folder of NAME_tv.* / NAME_tc.* images")
     ] = None,
@@ -696,10 +729,16 @@ def predict(
 ) -> None:
     """P(abnormal) and the decision for new cases, with per-region boxes, attributions and warnings."""
     from neurosono.checkpoints import ModelFileError
+    from neurosono.classify.gestation import parse_ga
     from neurosono.data.atomic import atomic_write_text
     from neurosono.data.images import ImageReadError
     from neurosono.pipeline.batch import cases_from, run_batch, write_overlays
     from neurosono.pipeline.predict import Pipeline
+
+    try:
+        ga = parse_ga(ga_weeks)
+    except ValueError as exc:
+        raise fail(f"--ga-weeks: {exc}", EXIT_BAD_INPUT) from None
 
     if overlay is not None:
         try:
@@ -719,15 +758,20 @@ def predict(
             raise fail("--batch needs --out results.csv", EXIT_BAD_INPUT)
         if not batch.exists():
             raise fail(f"{batch}: does not exist", EXIT_BAD_INPUT)
-        cases = cases_from(batch)
+        if ga is not None:
+            raise fail("--ga-weeks is for one case; with --batch, fill cases.csv's ga_weeks", EXIT_BAD_INPUT)
         failures = []
         from neurosono.progress import track
 
-        for case, error in track(
-            run_batch(pipeline, cases, results, frame), "predicting cases", total=len(cases)
-        ):
-            if error:
-                failures.append(f"{case.case_id}: {error}")
+        try:
+            cases = cases_from(batch)
+            for case, error in track(
+                run_batch(pipeline, cases, results, frame), "predicting cases", total=len(cases)
+            ):
+                if error:
+                    failures.append(f"{case.case_id}: {error}")
+        except ValueError as exc:
+            raise fail(str(exc), EXIT_BAD_INPUT) from None
         out.print(f"{len(cases)} cases, results in {results}; {len(failures)} failed")
         for line in failures:
             err.print(f"  {line}", highlight=False)
@@ -739,12 +783,13 @@ def predict(
         raise fail("give --tv and/or --tc (or --batch)", EXIT_BAD_INPUT)
     try:
         spacing = {"tv": spacing_mm, "tc": spacing_mm} if spacing_mm else None
-        result = pipeline.predict(tv, tc, frame=frame, max_pixels=max_pixels, spacing_mm=spacing)
+        result = pipeline.predict(tv, tc, frame=frame, max_pixels=max_pixels, spacing_mm=spacing, ga_weeks=ga)
     except ImageReadError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
+    given = f", gestational age {ga:.1f} weeks" if ga is not None and pipeline.uses_ga else ""
     out.print(
         f"P(abnormal) = {result.p_abnormal:.3f} -> [bold]{result.decision}[/] "
-        f"(threshold {result.threshold:.3f})"
+        f"(threshold {result.threshold:.3f}{given})"
     )
     for region in result.regions:
         if region.found:

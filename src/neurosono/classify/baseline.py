@@ -3,7 +3,8 @@
 A Mini-ResNet reads both planes at once (TV and TC resized to ``SIZE`` and stacked
 as two channels; a missing plane is zeros) and gives P(abnormal). It is trained by
 the same loop as HexaNet (:func:`fit_binary`): same split, epochs, seed, loss
-weighting, early stopping and validation-chosen threshold.
+weighting, early stopping and validation-chosen threshold, and the same inputs: when
+HexaNet takes the gestational age, so does the baseline (beside its image embedding).
 """
 
 from __future__ import annotations
@@ -18,8 +19,17 @@ import torch
 from torch import nn
 
 from neurosono.checkpoints import save_payload
+from neurosono.classify.gestation import CASE_INPUT, N_GA_SCALARS
 from neurosono.classify.model import MiniResNet, count_parameters
-from neurosono.classify.train import CaseInputs, ClassifyTrainConfig, _scores, fit_binary, threshold_rule
+from neurosono.classify.train import (
+    CaseInputs,
+    ClassifyTrainConfig,
+    _scores,
+    fit_binary,
+    ga_batch,
+    threshold_rule,
+    uses_ga,
+)
 from neurosono.data.atomic import atomic_write_text, staged_directory
 from neurosono.evaluate.metrics import choose_threshold, classification_metrics
 
@@ -28,13 +38,19 @@ FORMAT = "neurosono-whole-image-v2"  # v2: Mini-ResNet with a stride-2 stem
 
 
 class WholeImageNet(nn.Module):
-    def __init__(self, stem_stride: int = 2) -> None:
+    def __init__(self, stem_stride: int = 2, n_case_scalars: int = 0) -> None:
         super().__init__()
+        self.n_case_scalars = n_case_scalars
         self.backbone = MiniResNet(in_channels=2, stem_stride=stem_stride)
-        self.head = nn.Linear(self.backbone.out_features, 1)
+        self.head = nn.Linear(self.backbone.out_features + n_case_scalars, 1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images)).squeeze(1)
+    def forward(self, images: torch.Tensor, case_scalars: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.backbone(images)
+        if self.n_case_scalars:
+            if case_scalars is None:  # unknown
+                case_scalars = torch.zeros(images.shape[0], self.n_case_scalars)
+            features = torch.cat([features, case_scalars], dim=1)
+        return self.head(features).squeeze(1)
 
 
 def whole_images(item: CaseInputs) -> np.ndarray:
@@ -49,14 +65,25 @@ def whole_images(item: CaseInputs) -> np.ndarray:
     return np.stack(planes)
 
 
-def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
-    images = np.stack([whole_images(i) for i in items])
-    if train:
-        flip = rng.random(len(items)) < 0.5
-        images[flip] = images[flip, :, :, ::-1]
-        images = images + rng.normal(0, 0.1, images.shape).astype(np.float32)
-    labels = torch.tensor([i.label for i in items], dtype=torch.float32)
-    return (torch.from_numpy(np.ascontiguousarray(images)),), labels
+def batches_for(with_ga: bool, ga_dropout: float = 0.0):
+    """``batches(items, train, rng)`` for :func:`fit_binary`: the images, and the GA when asked."""
+
+    def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
+        images = np.stack([whole_images(i) for i in items])
+        if train:
+            flip = rng.random(len(items)) < 0.5
+            images[flip] = images[flip, :, :, ::-1]
+            images = images + rng.normal(0, 0.1, images.shape).astype(np.float32)
+        inputs: tuple[torch.Tensor, ...] = (torch.from_numpy(np.ascontiguousarray(images)),)
+        if with_ga:
+            inputs += (ga_batch(items, train, rng, ga_dropout),)
+        return inputs, torch.tensor([i.label for i in items], dtype=torch.float32)
+
+    return batches
+
+
+def _new_model(config: ClassifyTrainConfig) -> WholeImageNet:
+    return WholeImageNet(n_case_scalars=N_GA_SCALARS if config.gestational_age else 0)
 
 
 def fit_baseline(
@@ -65,7 +92,8 @@ def fit_baseline(
     config: ClassifyTrainConfig,
     progress: bool = False,
 ) -> tuple[WholeImageNet, float, dict, list[dict], np.ndarray]:
-    model = WholeImageNet()
+    model = _new_model(config)
+    batches = batches_for(config.gestational_age, config.ga_dropout)
     best, history = fit_binary(
         model, train_items, val_items, batches, config, progress, "training whole-image baseline"
     )
@@ -87,20 +115,23 @@ def train_baseline(
     config: ClassifyTrainConfig,
     progress: bool = True,
 ) -> Path:
-    model = WholeImageNet()
-    best, history = fit_binary(
-        model, train_items, val_items, batches, config, progress, "training whole-image baseline"
-    )
+    model, threshold, best, history, val_scores = fit_baseline(train_items, val_items, config, progress)
     val_labels = np.array([i.label for i in val_items])
-    val_scores = _scores(model, val_items, batches)
-    threshold = choose_threshold(val_labels, val_scores, config.target_sensitivity)
+    case_inputs = [CASE_INPUT] if config.gestational_age else []
     with staged_directory(out) as run:
         save_payload(
-            run / "baseline.pt", {"format": FORMAT, "state_dict": model.state_dict(), "threshold": threshold}
+            run / "baseline.pt",
+            {
+                "format": FORMAT,
+                "state_dict": model.state_dict(),
+                "threshold": threshold,
+                "case_inputs": case_inputs,
+            },
         )
         record = {
             "kind": "neurosono whole-image baseline run",
             "config": asdict(config),
+            "case_inputs": case_inputs,
             "threshold": threshold,
             "threshold_rule": threshold_rule(config),
             "parameters": count_parameters(model),
@@ -119,11 +150,12 @@ def load_baseline(path: str | Path) -> tuple[WholeImageNet, float]:
     )
     if payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a neurosono whole-image baseline file")
-    model = WholeImageNet()
+    model = WholeImageNet(n_case_scalars=N_GA_SCALARS if uses_ga(payload) else 0)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, float(payload["threshold"])
 
 
-def baseline_scores(model: WholeImageNet, items: list[CaseInputs]) -> np.ndarray:
-    return _scores(model, items, batches)
+def baseline_scores(model: WholeImageNet, items: list[CaseInputs], withhold_ga: bool = False) -> np.ndarray:
+    """P(abnormal) per case; a GA model gets each case's GA unless ``withhold_ga``."""
+    return _scores(model, items, batches_for(model.n_case_scalars > 0 and not withhold_ga))

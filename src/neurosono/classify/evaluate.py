@@ -19,6 +19,7 @@ from neurosono.classify.train import (
     head_size_of,
     load_classifier,
     make_batch,
+    uses_ga,
 )
 from neurosono.data.atomic import atomic_write_bytes, atomic_write_text
 from neurosono.data.format import Dataset
@@ -27,18 +28,35 @@ from neurosono.evaluate.metrics import classification_metrics, wilson_interval
 
 
 @torch.no_grad()
-def score_cases(model, meta: dict, items: list[CaseInputs], batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """P(abnormal) and drop-one-region attributions [N, R] for each case."""
+def score_cases(
+    model, meta: dict, items: list[CaseInputs], batch: int = 32, withhold_ga: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(abnormal) and drop-one-region attributions [N, R] for each case.
+
+    ``withhold_ga``: a gestational-age model decides as if no case had a GA.
+    """
     rng = np.random.default_rng(0)
-    config = ClassifyTrainConfig(head_size=head_size_of(meta))
+    config = ClassifyTrainConfig(
+        head_size=head_size_of(meta), gestational_age=uses_ga(meta) and not withhold_ga
+    )
     scores, attributions = [], []
     for start in range(0, len(items), batch):
-        crops, scalars, _ = make_batch(
+        inputs, _ = make_batch(
             items[start : start + batch], meta["regions"], meta["planes"], False, rng, config
         )
-        scores.append(torch.sigmoid(model(crops, scalars)).numpy())
-        attributions.append(drop_one_region_attribution(model, crops, scalars).numpy())
+        scores.append(torch.sigmoid(model(*inputs)).numpy())
+        attributions.append(drop_one_region_attribution(model, *inputs).numpy())
     return np.concatenate(scores), np.concatenate(attributions)
+
+
+def ga_use(meta: dict, items: list[CaseInputs], withhold_ga: bool) -> str:
+    """How the gestational age entered an evaluation, for its record."""
+    if not uses_ga(meta):
+        return "not an input of this model"
+    if withhold_ga:
+        return "withheld (the model decided without it)"
+    known = sum(i.ga_weeks is not None for i in items)
+    return f"given from cases.csv for {known} of {len(items)} cases"
 
 
 def breakdown(items: list[CaseInputs], predicted: np.ndarray, key: str) -> dict:
@@ -107,9 +125,11 @@ def evaluate_classifier(
     progress: bool = False,
     items: list[CaseInputs] | None = None,
     scored: tuple[np.ndarray, np.ndarray] | None = None,
+    withhold_ga: bool = False,
 ) -> dict:
     """``items``: the split's cases already gathered with this detector (saves a second detector pass);
-    ``scored``: their scores and attributions from :func:`score_cases`, if the caller has them."""
+    ``scored``: their scores and attributions from :func:`score_cases`, if the caller has them;
+    ``withhold_ga``: a gestational-age model is evaluated as if no GA were known."""
     model, meta = load_classifier(run)
     detector.check_regions(meta["regions"], str(run))
     detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
@@ -119,7 +139,9 @@ def evaluate_classifier(
     if items is None:
         items = gather_cases(dataset, detector, cases, progress)
     labels = np.array([i.label for i in items])
-    scores, attributions = scored if scored is not None else score_cases(model, meta, items)
+    scores, attributions = (
+        scored if scored is not None else score_cases(model, meta, items, withhold_ga=withhold_ga)
+    )
     threshold = float(meta["threshold"])
     predicted = (scores >= threshold).astype(int)
     if 0 < labels.sum() < len(labels):
@@ -130,6 +152,7 @@ def evaluate_classifier(
         {
             "threshold": threshold,
             "threshold_rule": meta["threshold_rule"],
+            "gestational_age": ga_use(meta, items, withhold_ga),
             "n_normal": int((labels == 0).sum()),
             "n_abnormal": int(labels.sum()),
             "split": split,

@@ -3,7 +3,9 @@
 HexaNet reads, for each region, a small grey crop and a few scalars (present,
 detector confidence, box size in mm and relative to the head), embeds each crop with its own
 Mini-ResNet branch (or one shared branch with ``share_branches``), concatenates
-the embeddings with the scalars, and a small MLP gives the logit of P(abnormal).
+the embeddings with the scalars (and, for models that take them, case-level scalars
+such as the gestational age: ``classify/gestation.py``), and a small MLP gives the
+logit of P(abnormal).
 A region the detector did not find arrives as an empty (zero) crop with
 present = 0: a missing CSP is itself a sign, so absence must reach the decision.
 """
@@ -75,10 +77,12 @@ class HexaNet(nn.Module):
         hidden: int = 64,
         dropout: float = 0.3,
         n_scalars: int = N_SCALARS,
+        n_case_scalars: int = 0,
     ) -> None:
         super().__init__()
         self.n_regions = n_regions
         self.n_scalars = n_scalars
+        self.n_case_scalars = n_case_scalars
         self.share_branches = share_branches
         n_branches = 1 if share_branches else n_regions
         self.branches = nn.ModuleList(MiniResNet(1, widths) for _ in range(n_branches))
@@ -86,19 +90,23 @@ class HexaNet(nn.Module):
         # A shared branch needs to know which region it is looking at.
         self.region_embedding = nn.Embedding(n_regions, embed) if share_branches else None
         self.head = nn.Sequential(
-            nn.Linear(n_regions * (embed + n_scalars), hidden),
+            nn.Linear(n_regions * (embed + n_scalars) + n_case_scalars, hidden),
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, 1),
         )
 
-    def forward(self, crops: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
-        """crops [B, R, 1, H, W], scalars [B, R, n_scalars] -> logits [B]."""
+    def forward(
+        self, crops: torch.Tensor, scalars: torch.Tensor, case_scalars: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """crops [B, R, 1, H, W], scalars [B, R, n_scalars], case_scalars [B, n_case_scalars]
+        (None: all unknown, zeros) -> logits [B]."""
         if crops.shape[1] != self.n_regions or scalars.shape[1:] != (self.n_regions, self.n_scalars):
             raise ValueError(
                 f"expected {self.n_regions} regions with {self.n_scalars} scalars, got crops "
                 f"{tuple(crops.shape)} and scalars {tuple(scalars.shape)}"
             )
+        case_scalars = self.case_inputs(case_scalars, crops.shape[0])
         features = []
         for r in range(self.n_regions):
             branch = self.branches[0 if self.share_branches else r]
@@ -106,23 +114,37 @@ class HexaNet(nn.Module):
             if self.region_embedding is not None:
                 emb = emb + self.region_embedding.weight[r]
             features.append(torch.cat([emb, scalars[:, r]], dim=1))
-        return self.head(torch.cat(features, dim=1)).squeeze(1)
+        return self.head(torch.cat([*features, case_scalars], dim=1)).squeeze(1)
+
+    def case_inputs(self, case_scalars: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """The case-level scalars checked against the model ([B, 0] for a model without them)."""
+        if case_scalars is None:
+            return torch.zeros(batch, self.n_case_scalars)
+        if tuple(case_scalars.shape) != (batch, self.n_case_scalars):
+            raise ValueError(
+                f"expected case scalars of shape ({batch}, {self.n_case_scalars}), "
+                f"got {tuple(case_scalars.shape)}"
+            )
+        return case_scalars
 
 
 @torch.no_grad()
-def drop_one_region_attribution(model: HexaNet, crops: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+def drop_one_region_attribution(
+    model: HexaNet, crops: torch.Tensor, scalars: torch.Tensor, case_scalars: torch.Tensor | None = None
+) -> torch.Tensor:
     """[B, R]: how much P(abnormal) falls when each region is removed (empty crop, absent).
 
     Positive: the region pushed the decision towards abnormal; negative: towards normal.
+    Case-level inputs (the gestational age) belong to no region and stay as they are.
     """
     model.eval()
-    base = torch.sigmoid(model(crops, scalars))
+    base = torch.sigmoid(model(crops, scalars, case_scalars))
     out = torch.zeros(crops.shape[0], model.n_regions)
     for r in range(model.n_regions):
         c, s = crops.clone(), scalars.clone()
         c[:, r] = 0
         s[:, r] = 0
-        out[:, r] = base - torch.sigmoid(model(c, s))
+        out[:, r] = base - torch.sigmoid(model(c, s, case_scalars))
     return out
 
 

@@ -6,6 +6,10 @@ boxes with jitter, as extra augmentation. The loss is weighted for the class
 imbalance; early stopping keeps the epoch with the best validation AUC; the
 operating threshold is chosen on the validation split (Youden, or a target
 sensitivity) and stored with the model. The test split is never touched here.
+
+With ``gestational_age`` the model also reads each case's GA from cases.csv
+(``classify/gestation.py``); training withholds it from a share of cases so that
+the model still decides when a user does not give it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from neurosono.checkpoints import load_payload, save_payload
+from neurosono.classify.gestation import CASE_INPUT, N_GA_SCALARS, ga_scalars
 from neurosono.classify.model import HexaNet, count_parameters
 from neurosono.classify.regions import CROP, Detection, head_sizes, load_grey, region_inputs
 from neurosono.data.atomic import atomic_write_text, staged_directory
@@ -46,6 +51,11 @@ def head_size_of(meta: dict) -> str:
     return meta.get("head_size", "span")
 
 
+def uses_ga(meta: dict) -> bool:
+    """Whether a model (HexaNet or baseline record) takes the gestational age (absent: no)."""
+    return CASE_INPUT in meta.get("case_inputs", [])
+
+
 WEIGHTS_NAME = "classifier.pt"
 DETECTION_CONF = 0.05  # low: a faint region is still evidence, its confidence goes in as a scalar
 
@@ -65,6 +75,10 @@ class ClassifyTrainConfig:
     # What region sizes are relative to: the span of the detections, or the skull's short axis
     # (which did not beat the span on validation: see the README's HexaNet section).
     head_size: str = "span"
+    # Gestational age from cases.csv as a case-level input, withheld from this share of
+    # training cases so that the model also decides without it.
+    gestational_age: bool = False
+    ga_dropout: float = 0.3
 
 
 @dataclass
@@ -77,6 +91,10 @@ class CaseInputs:
     spacing: dict[str, float | None]
     detections: list[Detection]
     truth: list[Detection] = field(default_factory=list)
+
+    @property
+    def ga_weeks(self) -> float | None:
+        return self.case.ga_weeks
 
     @cached_property
     def skull_px(self) -> dict[str, float | None]:
@@ -120,6 +138,14 @@ def gather_cases(
     return inputs
 
 
+def ga_batch(items: list[CaseInputs], train: bool, rng: np.random.Generator, dropout: float) -> torch.Tensor:
+    """[B, 2] gestational-age scalars; in training a share ``dropout`` of them withheld."""
+    values = np.stack([ga_scalars(item.ga_weeks) for item in items])
+    if train and dropout > 0:
+        values[rng.random(len(items)) < dropout] = 0.0
+    return torch.from_numpy(values)
+
+
 def make_batch(
     items: list[CaseInputs],
     regions: list[str],
@@ -127,7 +153,12 @@ def make_batch(
     train: bool,
     rng: np.random.Generator,
     config: ClassifyTrainConfig,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """HexaNet's inputs ``(crops, scalars[, case scalars])`` and the labels.
+
+    The gestational age goes in only with ``config.gestational_age``; a GA model given
+    two inputs treats the age as unknown.
+    """
     crops, scalars = [], []
     for item in items:
         detections, jitter = item.detections, 0.0
@@ -147,11 +178,13 @@ def make_batch(
             c = c + rng.normal(0, 0.1, c.shape).astype(np.float32)
         crops.append(c)
         scalars.append(s)
-    return (
+    inputs: tuple[torch.Tensor, ...] = (
         torch.from_numpy(np.stack(crops)[:, :, None].copy()),
         torch.from_numpy(np.stack(scalars)),
-        torch.tensor([i.label for i in items], dtype=torch.float32),
     )
+    if config.gestational_age:
+        inputs += (ga_batch(items, train, rng, config.ga_dropout),)
+    return inputs, torch.tensor([i.label for i in items], dtype=torch.float32)
 
 
 def predict_scores(
@@ -163,8 +196,7 @@ def predict_scores(
     batch: int = 32,
 ) -> np.ndarray:
     def batches(chunk: list[CaseInputs], train: bool, rng: np.random.Generator):
-        crops, scalars, labels = make_batch(chunk, regions, planes, False, rng, config)
-        return (crops, scalars), labels
+        return make_batch(chunk, regions, planes, False, rng, config)
 
     return _scores(model, items, batches, batch)
 
@@ -266,11 +298,14 @@ def fit_hexanet(
     progress: bool = False,
 ) -> Fitted:
     """Train HexaNet and choose its threshold on the validation items."""
-    model = HexaNet(len(regions), share_branches=config.share_branches)
+    model = HexaNet(
+        len(regions),
+        share_branches=config.share_branches,
+        n_case_scalars=N_GA_SCALARS if config.gestational_age else 0,
+    )
 
     def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
-        crops, scalars, labels = make_batch(items, regions, planes, train, rng, config)
-        return (crops, scalars), labels
+        return make_batch(items, regions, planes, train, rng, config)
 
     best, history = fit_binary(model, train_items, val_items, batches, config, progress, "training HexaNet")
     val_scores = predict_scores(model, val_items, regions, planes, config)
@@ -306,6 +341,12 @@ def train_classifier(
     for name, labels in (("train", train_labels), ("val", val_labels)):
         if labels.min(initial=1) == labels.max(initial=0):
             raise ValueError(f"{dataset.root}: the {name} split needs both normal and abnormal cases")
+    train_ga = [i.ga_weeks for i in train_items if i.ga_weeks is not None]
+    if config.gestational_age and not train_ga:
+        raise ValueError(
+            f"{dataset.root / 'cases.csv'}: no training case has a ga_weeks value; "
+            "fill the column or train without the gestational age"
+        )
 
     started = time.perf_counter()
     fitted = fit_hexanet(train_items, val_items, regions, planes, config, progress)
@@ -322,6 +363,11 @@ def train_classifier(
             "planes": planes,
             "share_branches": config.share_branches,
             "head_size": config.head_size,
+            "case_inputs": [CASE_INPUT] if config.gestational_age else [],
+            # The ages it learnt from: predict warns outside them.
+            "ga_weeks_range": [round(min(train_ga), 2), round(max(train_ga), 2)]
+            if config.gestational_age
+            else None,
             "threshold": threshold,
             "threshold_rule": threshold_rule(config),
             "detector_sha256": detector.sha256,
@@ -373,7 +419,7 @@ def model_card(record: dict) -> str:
 **Threshold:** {record["threshold"]:.4f}, {record["threshold_rule"]}.
 
 **Inputs:** per region a {CROP}x{CROP} crop and six numbers; region sizes relative to the head's
-{HEAD_SIZE_TEXT[head_size_of(record)]}.
+{HEAD_SIZE_TEXT[head_size_of(record)]}.{_ga_text(record)}
 
 **Validation split:** AUC {auc["value"]:.3f}
 (95% CI {auc["ci95"][0]:.3f}-{auc["ci95"][1]:.3f}, {auc["method"]}).
@@ -384,9 +430,24 @@ Not for clinical use.
 """
 
 
+def _ga_text(record: dict) -> str:
+    if not uses_ga(record):
+        return " No gestational age."
+    span = record.get("ga_weeks_range")
+    trained = f" (training cases {span[0]:g}-{span[1]:g} weeks)" if span else ""
+    return (
+        f" And the case's gestational age{trained}, optional: withheld from "
+        f"{record['config']['ga_dropout']:.0%} of training cases so that it also decides without it."
+    )
+
+
 def load_classifier(path: str | Path) -> tuple[HexaNet, dict]:
     _, payload = load_payload(path, WEIGHTS_NAME, FORMAT, "HexaNet")
-    model = HexaNet(len(payload["regions"]), share_branches=payload["share_branches"])
+    model = HexaNet(
+        len(payload["regions"]),
+        share_branches=payload["share_branches"],
+        n_case_scalars=N_GA_SCALARS if uses_ga(payload) else 0,
+    )
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, {k: v for k, v in payload.items() if k != "state_dict"}

@@ -18,6 +18,7 @@ RESULT_COLUMNS = (
     "case_id",
     "tv_image",
     "tc_image",
+    "ga_weeks",
     "p_abnormal",
     "decision",
     "threshold",
@@ -32,10 +33,12 @@ class BatchCase:
     tv: Path | None
     tc: Path | None
     spacing_mm: dict[str, float | None] | None = None
+    ga_weeks: float | None = None
 
 
 def cases_from(source: Path) -> list[BatchCase]:
-    """A neurosono cases.csv (paths relative to it) or a folder of NAME_tv.* / NAME_tc.* images."""
+    """A neurosono cases.csv (paths relative to it; its ga_weeks column, where filled, goes to
+    models that use the gestational age) or a folder of NAME_tv.* / NAME_tc.* images."""
     if source.is_file():
         root = source.parent
         return [
@@ -44,6 +47,7 @@ def cases_from(source: Path) -> list[BatchCase]:
                 root / c.tv_image if c.tv_image else None,
                 root / c.tc_image if c.tc_image else None,
                 {plane: c.spacing_mm(plane) for plane in ("tv", "tc")},
+                c.ga_weeks,
             )
             for c in load_cases(source)
         ]
@@ -56,10 +60,17 @@ def cases_from(source: Path) -> list[BatchCase]:
 
 
 def done_case_ids(results: Path) -> set[str]:
+    """Cases already predicted in a results file being resumed (it must have our columns)."""
     if not results.exists():
         return set()
     with results.open(newline="") as handle:
-        return {row["case_id"] for row in csv.DictReader(handle) if not row.get("error")}
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is not None and tuple(reader.fieldnames) != RESULT_COLUMNS:
+            raise ValueError(
+                f"{results}: its columns ({', '.join(reader.fieldnames)}) are not those of this "
+                "version's results; give a new --out file"
+            )
+        return {row["case_id"] for row in reader if not row.get("error")}
 
 
 def run_batch(
@@ -76,10 +87,17 @@ def run_batch(
         for case in cases:
             if case.case_id in done:
                 continue
-            row = {"case_id": case.case_id, "tv_image": str(case.tv or ""), "tc_image": str(case.tc or "")}
+            row = {
+                "case_id": case.case_id,
+                "tv_image": str(case.tv or ""),
+                "tc_image": str(case.tc or ""),
+                "ga_weeks": "" if case.ga_weeks is None else f"{case.ga_weeks:g}",
+            }
             error = None
             try:
-                result = pipeline.predict(case.tv, case.tc, frame=frame, spacing_mm=case.spacing_mm)
+                result = pipeline.predict(
+                    case.tv, case.tc, frame=frame, spacing_mm=case.spacing_mm, ga_weeks=case.ga_weeks
+                )
                 row.update(
                     p_abnormal=f"{result.p_abnormal:.4f}",
                     decision=result.decision,

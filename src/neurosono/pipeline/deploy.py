@@ -43,6 +43,7 @@ import torch
 
 from neurosono import __version__
 from neurosono.checkpoints import ModelFileError
+from neurosono.classify.gestation import N_GA_SCALARS
 from neurosono.data.atomic import OutputExistsError, atomic_write_text, staged_directory
 from neurosono.detect.env import config_dir, configure_ultralytics, cpu_cores
 from neurosono.detect.evaluate import MAX_DET
@@ -106,6 +107,7 @@ def export_onnx(
 
 def write_export(model_dir: Path, folder: Path, fixed_size: bool = False) -> dict:
     """Write detector.onnx, hexanet.onnx and onnx.json into an existing (staging) folder."""
+    from neurosono.classify.train import head_size_of
     from neurosono.pipeline.predict import load_torch_parts
 
     detector, classifier, meta, info = load_torch_parts(model_dir)
@@ -119,6 +121,11 @@ def write_export(model_dir: Path, folder: Path, fixed_size: bool = False) -> dic
         "planes": {k: list(v) for k, v in meta["planes"].items()},
         "threshold": float(meta["threshold"]),
         "threshold_rule": meta.get("threshold_rule", ""),
+        # How stage 2's inputs are made (classify/train.py): the head size behind relative
+        # region sizes, and case-level inputs such as the gestational age.
+        "head_size": head_size_of(meta),
+        "case_inputs": list(meta.get("case_inputs", [])),
+        "ga_weeks_range": meta.get("ga_weeks_range"),
         "notice": info["notice"],
         "trained_on": info["trained_on"],
         "detector": {
@@ -140,9 +147,11 @@ def write_export(model_dir: Path, folder: Path, fixed_size: bool = False) -> dic
             "source_sha256": info["classifier_sha256"],
             "n_regions": shapes["n_regions"],
             "n_scalars": shapes["n_scalars"],
+            "n_case_scalars": shapes["n_case_scalars"],
             "inputs": {
                 "crops": ["batch", shapes["n_regions"], 1, shapes["crop"], shapes["crop"]],
                 "scalars": ["batch", shapes["n_regions"], shapes["n_scalars"]],
+                **({"case_scalars": ["batch", shapes["n_case_scalars"]]} if shapes["n_case_scalars"] else {}),
             },
             "outputs": {"logit": ["batch"], "drop_one_logits": ["batch", shapes["n_regions"]]},
             "max_abs_diff_vs_torch": hexanet_check,
@@ -228,34 +237,35 @@ def export_hexanet(classifier: torch.nn.Module, target: Path) -> tuple[float, di
     from neurosono.pipeline.stage2 import drop_one_model, example_inputs
 
     wrapper = drop_one_model(classifier)
-    R, S, crop = wrapper.n_regions, wrapper.n_scalars, wrapper.crop
-    crops, scalars = example_inputs(R, S, batch=2, crop=crop)
+    R, S, C, crop = wrapper.n_regions, wrapper.n_scalars, wrapper.n_case_scalars, wrapper.crop
+    # A model with case-level inputs (the gestational age) gets a third input.
+    names = ["crops", "scalars", "case_scalars"][: 3 if C else 2]
+    example = example_inputs(R, S, batch=2, crop=crop, n_case_scalars=C)
     with _quiet(), torch.no_grad():
         torch.onnx.export(
             wrapper,
-            (crops, scalars),
+            example,
             str(target),
             dynamo=False,  # see the module docstring
             opset_version=OPSET,
-            input_names=["crops", "scalars"],
+            input_names=names,
             output_names=["logit", "drop_one_logits"],
             dynamic_axes={
-                "crops": {0: "batch"},
-                "scalars": {0: "batch"},
+                **{name: {0: "batch"} for name in names},
                 "logit": {0: "batch"},
                 "drop_one_logits": {0: "batch"},
             },
         )
     _fix_output_dims(target, {"drop_one_logits": {1: R}})
     # Another batch size than the one traced, so the dynamic axis is exercised.
-    crops, scalars = example_inputs(R, S, batch=3, crop=crop, seed=1)
+    example = example_inputs(R, S, batch=3, crop=crop, seed=1, n_case_scalars=C)
     with torch.no_grad():
-        expected = [t.numpy() for t in wrapper(crops, scalars)]
-    got = _session(target).run(None, {"crops": crops.numpy(), "scalars": scalars.numpy()})
+        expected = [t.numpy() for t in wrapper(*example)]
+    got = _session(target).run(None, {name: t.numpy() for name, t in zip(names, example, strict=True)})
     diff = max(float(np.max(np.abs(g - e))) for g, e in zip(got, expected, strict=True))
     if not diff <= HEXANET_ATOL:
         raise RuntimeError(f"hexanet.onnx differs from torch HexaNet (max abs diff {diff:.3g})")
-    return diff, {"n_regions": R, "n_scalars": S, "crop": crop}
+    return diff, {"n_regions": R, "n_scalars": S, "n_case_scalars": C, "crop": crop}
 
 
 def _fix_output_dims(path: Path, dims: dict[str, dict[int, int]]) -> None:
@@ -306,7 +316,11 @@ def read_manifest(folder: str | Path) -> dict:
 
 
 class OnnxHexaNet:
-    """hexanet.onnx on onnxruntime: (crops, scalars) -> (logits [B], drop-one logits [B, R])."""
+    """hexanet.onnx on onnxruntime: (crops, scalars, case scalars) -> (logits [B], drop-one logits [B, R]).
+
+    Exports of models without case-level inputs have no ``case_scalars`` input; theirs
+    ([B, 0]) are ignored.
+    """
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self.path = path
@@ -314,15 +328,18 @@ class OnnxHexaNet:
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.n_regions = int(shapes["crops"][1])
         self.n_scalars = int(shapes["scalars"][2])
+        self.n_case_scalars = int(shapes["case_scalars"][1]) if "case_scalars" in shapes else 0
 
-    def __call__(self, crops: np.ndarray, scalars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logit, drop = self.session.run(
-            ["logit", "drop_one_logits"],
-            {
-                "crops": np.ascontiguousarray(crops, np.float32),
-                "scalars": np.ascontiguousarray(scalars, np.float32),
-            },
-        )
+    def __call__(
+        self, crops: np.ndarray, scalars: np.ndarray, case_scalars: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        feed = {
+            "crops": np.ascontiguousarray(crops, np.float32),
+            "scalars": np.ascontiguousarray(scalars, np.float32),
+        }
+        if self.n_case_scalars:
+            feed["case_scalars"] = np.ascontiguousarray(case_scalars, np.float32)
+        logit, drop = self.session.run(["logit", "drop_one_logits"], feed)
         return logit, drop
 
 
@@ -415,7 +432,16 @@ def load_onnx_pipeline(
         "planes": manifest["planes"],
         "threshold": manifest["threshold"],
         "threshold_rule": manifest["threshold_rule"],
+        # Exports written before these keys existed: span head sizes, no case inputs.
+        "head_size": manifest.get("head_size", "span"),
+        "case_inputs": manifest.get("case_inputs", []),
+        "ga_weeks_range": manifest.get("ga_weeks_range"),
     }
+    if classifier.n_case_scalars != N_GA_SCALARS * len(meta["case_inputs"]):
+        raise OnnxModelError(
+            f"{classifier.path}: {classifier.n_case_scalars} case scalars, {MANIFEST} names "
+            f"case inputs {meta['case_inputs']}"
+        )
     info = {
         "name": manifest["name"],
         "neurosono_version": __version__,

@@ -1,7 +1,7 @@
 """The whole pipeline on one new case: TV and TC images in, a decision out.
 
 from neurosono import Pipeline
-result = Pipeline.load().predict("tv.png", "tc.dcm")
+result = Pipeline.load().predict("tv.png", "tc.dcm", ga_weeks=21.4)
 print(result.p_abnormal, result.decision, result.to_json())
 """
 
@@ -17,16 +17,18 @@ import torch
 
 from neurosono import __version__
 from neurosono.checkpoints import ModelFileError
+from neurosono.classify.gestation import ga_scalars
 from neurosono.classify.regions import Detection, head_sizes, region_inputs
-from neurosono.classify.train import DETECTION_CONF, head_size_of, load_classifier
+from neurosono.classify.train import DETECTION_CONF, head_size_of, load_classifier, uses_ga
 from neurosono.data.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
 from neurosono.detect.evaluate import predict_paths
 from neurosono.detect.model import Detector, file_sha256, load_detector
 from neurosono.pipeline.stage2 import drop_one_model, probabilities
 
 RUNTIMES = ("torch", "onnx")
-# Stage 2 at inference: (crops [B, R, 1, H, W], scalars [B, R, S]) -> (logits [B], drop-one logits [B, R]).
-Stage2 = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# Stage 2 at inference: (crops [B, R, 1, H, W], scalars [B, R, S], case scalars [B, C])
+# -> (logits [B], drop-one logits [B, R]). C is 0 for a model without case-level inputs.
+Stage2 = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 PHANTOM_NOTICE = "trained on synthetic phantoms; not for clinical use"
 RESEARCH_NOTICE = "research software; not for clinical use"
@@ -54,7 +56,8 @@ class Prediction:
     regions: list[RegionResult]
     warnings: list[str]
     model: dict
-    inputs: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)  # per plane: path, kind, pixel spacing, size
+    ga_weeks: float | None = None  # the gestational age given with the case
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,9 +107,12 @@ class TorchStage2:
     def __init__(self, classifier: torch.nn.Module) -> None:
         self.model = drop_one_model(classifier)
 
-    def __call__(self, crops: np.ndarray, scalars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, crops: np.ndarray, scalars: np.ndarray, case_scalars: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        case = (torch.from_numpy(case_scalars),) if self.model.n_case_scalars else ()
         with torch.no_grad():
-            logits, drop = self.model(torch.from_numpy(crops), torch.from_numpy(scalars))
+            logits, drop = self.model(torch.from_numpy(crops), torch.from_numpy(scalars), *case)
         return logits.numpy(), drop.numpy()
 
 
@@ -158,8 +164,13 @@ class Pipeline:
         frame: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         spacing_mm: dict[str, float | None] | None = None,
+        ga_weeks: float | None = None,
     ) -> Prediction:
-        """``spacing_mm`` (per plane) is used where the file itself carries no pixel spacing."""
+        """``spacing_mm`` (per plane) is used where the file itself carries no pixel spacing.
+
+        ``ga_weeks``: the gestational age in weeks (21+3 is 21.43), for models trained with
+        it (``uses_ga``); they decide without it too, and say so in the warnings.
+        """
         if tv is None and tc is None:
             raise ValueError("give at least one image (tv or tc)")
         images: dict[str, LoadedImage] = {}
@@ -168,10 +179,15 @@ class Pipeline:
                 images[plane] = read_image(path, frame=frame, max_pixels=max_pixels)
                 if images[plane].spacing_mm is None and spacing_mm and spacing_mm.get(plane):
                     images[plane].spacing_mm = float(spacing_mm[plane])
-        return self.predict_loaded(images)
+        return self.predict_loaded(images, ga_weeks)
 
-    def predict_loaded(self, images: dict[str, LoadedImage]) -> Prediction:
-        return self.classify(images, self.detect(images))
+    @property
+    def uses_ga(self) -> bool:
+        """Whether this pipeline's HexaNet takes the gestational age."""
+        return uses_ga(self.meta)
+
+    def predict_loaded(self, images: dict[str, LoadedImage], ga_weeks: float | None = None) -> Prediction:
+        return self.classify(images, self.detect(images), ga_weeks)
 
     def detect(self, images: dict[str, LoadedImage]) -> list[Detection]:
         """Stage 1: every detection in every image."""
@@ -182,7 +198,9 @@ class Pipeline:
             for c, s, b in zip(classes, scores, boxes, strict=True)
         ]
 
-    def classify(self, images: dict[str, LoadedImage], detections: list[Detection]) -> Prediction:
+    def classify(
+        self, images: dict[str, LoadedImage], detections: list[Detection], ga_weeks: float | None = None
+    ) -> Prediction:
         """Stage 2: region crops and scalars, HexaNet, drop-one attributions, the prediction."""
         regions, planes = self.meta["regions"], self.meta["planes"]
         spacing = {plane: im.spacing_mm for plane, im in images.items()}
@@ -190,7 +208,8 @@ class Pipeline:
         # The skull is fitted only for models that use it (it costs stage 2 a few ms per image).
         head_px = head_sizes(pixels, detections) if head_size_of(self.meta) == "skull" else {}
         crops, scalars, chosen = region_inputs(pixels, detections, regions, planes, spacing, head_px=head_px)
-        logits, drop_logits = self.stage2(crops[None, :, None], scalars[None])
+        case = ga_scalars(ga_weeks)[None] if self.uses_ga else np.zeros((1, 0), np.float32)
+        logits, drop_logits = self.stage2(crops[None, :, None], scalars[None], case)
         p_all, attribution_all = probabilities(logits, drop_logits)
         p, attribution = float(p_all[0]), attribution_all[0]
         threshold = float(self.meta["threshold"])
@@ -217,7 +236,8 @@ class Pipeline:
             decision="abnormal" if p >= threshold else "normal",
             threshold=round(threshold, 4),
             regions=results,
-            warnings=plane_warnings(detections, images, regions, planes, results),
+            warnings=plane_warnings(detections, images, regions, planes, results)
+            + ga_warnings(self.meta, ga_weeks),
             model=self.model_info,
             inputs={
                 plane: {
@@ -228,7 +248,26 @@ class Pipeline:
                 }
                 for plane, im in images.items()
             },
+            ga_weeks=None if ga_weeks is None else round(float(ga_weeks), 3),
         )
+
+
+def ga_warnings(meta: dict, ga_weeks: float | None) -> list[str]:
+    """What the user should know about the gestational age this prediction had (or lacked)."""
+    if not uses_ga(meta):
+        return ["this model does not use the gestational age; it was ignored"] if ga_weeks is not None else []
+    if ga_weeks is None:
+        return [
+            "gestational age not given: the model decided without it (it is less sure of sizes "
+            "that depend on age, such as the cerebellum's); give it with --ga-weeks"
+        ]
+    span = meta.get("ga_weeks_range")
+    if span and not span[0] - 0.5 <= ga_weeks <= span[1] + 0.5:
+        return [
+            f"gestational age {ga_weeks:.1f} weeks is outside the {span[0]:.1f}-{span[1]:.1f} weeks "
+            "the model was trained on"
+        ]
+    return []
 
 
 def plane_warnings(

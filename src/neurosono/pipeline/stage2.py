@@ -6,7 +6,8 @@ Each HexaNet branch sees only its own region's crop, so emptying region r change
 only region r's embedding, and always to the same vector: the branch's embedding of
 an empty crop (a constant of the trained weights). :class:`DropOneHexaNet` therefore
 embeds each crop once, builds the R+1 feature variants (as is, and each region
-swapped for its empty features) and runs them through HexaNet's head as one batch:
+swapped for its empty features; case-level inputs such as the gestational age belong
+to no region and stay as they are) and runs them through HexaNet's head as one batch:
 the same numbers as R+1 full passes, at the cost of one. The torch and ONNX runtimes
 both run this module (``hexanet.onnx`` is its export), so they compute alike.
 
@@ -34,13 +35,15 @@ def n_scalars_of(model: nn.Module) -> int:
 
 
 class DropOneHexaNet(nn.Module):
-    """crops [B, R, 1, CROP, CROP], scalars [B, R, S] -> (logits [B], drop-one logits [B, R])."""
+    """crops [B, R, 1, CROP, CROP], scalars [B, R, S] and, for a model with C > 0 case
+    scalars, case_scalars [B, C] -> (logits [B], drop-one logits [B, R])."""
 
     def __init__(self, model: nn.Module, crop: int = CROP) -> None:
         super().__init__()
         self.model = model.eval()
         self.n_regions = int(model.n_regions)
         self.n_scalars = n_scalars_of(model)
+        self.n_case_scalars = int(getattr(model, "n_case_scalars", 0))
         self.crop = crop
         with torch.no_grad():
             empty = self._embed(torch.zeros(1, self.n_regions, 1, crop, crop))[0]
@@ -56,14 +59,19 @@ class DropOneHexaNet(nn.Module):
             out.append(emb)
         return torch.stack(out, dim=1)
 
-    def forward(self, crops: torch.Tensor, scalars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, crops: torch.Tensor, scalars: torch.Tensor, case_scalars: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         features = torch.cat([self._embed(crops), scalars], dim=2)  # [B, R, E + S]
         empty = torch.cat([self.empty, torch.zeros_like(scalars[0])], dim=1)  # [R, E + S]
         # Variant 0 is the case as it is; variant k + 1 has region k removed.
         eye = torch.eye(self.n_regions, dtype=torch.bool, device=crops.device)
         removed = torch.cat([torch.zeros_like(eye[:1]), eye], dim=0)  # [R + 1, R]
-        variants = torch.where(removed[None, :, :, None], empty[None, None], features[:, None])
-        logits = self.model.head(variants.flatten(2)).squeeze(-1)  # [B, R + 1]
+        variants = torch.where(removed[None, :, :, None], empty[None, None], features[:, None]).flatten(2)
+        if self.n_case_scalars:
+            case = self.model.case_inputs(case_scalars, crops.shape[0])  # [B, C]
+            variants = torch.cat([variants, case[:, None].expand(-1, self.n_regions + 1, -1)], dim=2)
+        logits = self.model.head(variants).squeeze(-1)  # [B, R + 1]
         return logits[:, 0], logits[:, 1:]
 
 
@@ -78,23 +86,32 @@ def probabilities(logits: np.ndarray, drop_logits: np.ndarray) -> tuple[np.ndarr
 
 
 def example_inputs(
-    n_regions: int, n_scalars: int, batch: int = 2, crop: int = CROP, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop-like and scalar-like inputs, with one region already missing in the first case."""
+    n_regions: int, n_scalars: int, batch: int = 2, crop: int = CROP, seed: int = 0, n_case_scalars: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Crop-like and scalar-like inputs, with one region already missing in the first case
+    (and, with case scalars, the first case's unknown: zeros)."""
     generator = torch.Generator().manual_seed(seed)
     crops = torch.randn(batch, n_regions, 1, crop, crop, generator=generator)
     scalars = torch.rand(batch, n_regions, n_scalars, generator=generator)
     scalars[:, :, 0] = 1.0
     crops[0, -1] = 0
     scalars[0, -1] = 0
-    return crops, scalars
+    if not n_case_scalars:
+        return crops, scalars
+    case = torch.rand(batch, n_case_scalars, generator=generator)
+    case[0] = 0
+    return crops, scalars, case
 
 
 @torch.no_grad()
 def check_drop_one(wrapper: DropOneHexaNet, atol: float = 1e-4) -> float:
     """Largest logit difference between the wrapper and HexaNet's own passes; raises above ``atol``."""
     model, R = wrapper.model, wrapper.n_regions
-    crops, scalars = example_inputs(R, wrapper.n_scalars, batch=1, crop=wrapper.crop)
+    # batch=2: the second case has its case scalars (the first has them unknown).
+    crops, scalars, *case = example_inputs(
+        R, wrapper.n_scalars, batch=2, crop=wrapper.crop, n_case_scalars=wrapper.n_case_scalars
+    )
+    crops, scalars, case = crops[1:], scalars[1:], [c[1:] for c in case]
     # HexaNet itself on the case as it is and with two regions removed (first and middle):
     # a cheap spot check, run at every load; the tests compare all regions.
     removed = sorted({0, R // 2})
@@ -103,8 +120,8 @@ def check_drop_one(wrapper: DropOneHexaNet, atol: float = 1e-4) -> float:
     for i, r in enumerate(removed, start=1):
         c[i, r] = 0
         s[i, r] = 0
-    reference = model(c, s)
-    base, drop = wrapper(crops, scalars)
+    reference = model(c, s, *[k.repeat(1 + len(removed), 1) for k in case])
+    base, drop = wrapper(crops, scalars, *case)
     diff = float(torch.max(torch.abs(torch.cat([base, drop[0, removed]]) - reference)))
     if not diff <= atol:
         raise RuntimeError(
