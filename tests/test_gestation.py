@@ -71,6 +71,26 @@ def test_hexanet_with_ga_forward_missing_ga_and_attribution() -> None:
     assert torch.allclose(p[:, None] - torch.sigmoid(drop), attribution, atol=1e-5)
 
 
+def test_regions_of_a_ga_model_carry_their_size_for_age() -> None:
+    from neurosono.classify.regions import N_SIZE_FOR_AGE, Detection, region_inputs
+
+    regions, planes = ["csp", "cerebellum"], {"tc": ["csp", "cerebellum"]}
+    image = {"tc": np.full((200, 200), 80, np.uint8)}
+    detections = [Detection("tc", 1, 0.9, (50, 60, 150, 100))]  # 100 x 40 px, at 0.2 mm: 20 x 8 mm
+    _, plain, _ = region_inputs(image, detections, regions, planes, {"tc": 0.2})
+    _, scalars, _ = region_inputs(
+        image, detections, regions, planes, {"tc": 0.2}, size_for_age=True, ga_weeks=20
+    )
+    assert plain.shape == (2, 6) and scalars.shape == (2, 6 + N_SIZE_FOR_AGE)
+    assert np.allclose(scalars[:, :6], plain)  # the six numbers do not change
+    assert np.allclose(scalars[1, 6:], [20 / 20, 8 / 20]) and not scalars[0].any()  # CSP not found
+    for spacing, ga in (({"tc": 0.2}, None), ({"tc": None}, 20.0)):  # age or spacing unknown
+        _, unknown, _ = region_inputs(
+            image, detections, regions, planes, spacing, size_for_age=True, ga_weeks=ga
+        )
+        assert not unknown[:, 6:].any()
+
+
 @dataclass
 class _Case:
     label: int

@@ -439,6 +439,9 @@ def classify_train(
             help="also read each case's gestational age (cases.csv ga_weeks); optional at prediction",
         ),
     ] = False,
+    baseline: Annotated[
+        bool, typer.Option(help="also train the whole-image baseline (same split, budget and seed)")
+    ] = True,
 ) -> None:
     """Train HexaNet on the detector's regions; the threshold is chosen on validation data."""
     from neurosono.classify.train import HEAD_SIZES, ClassifyTrainConfig, train_classifier
@@ -457,7 +460,7 @@ def classify_train(
         gestational_age=ga,
     )
     try:
-        run_dir = train_classifier(dataset, detector or DEFAULT_DETECTOR, out_dir, config)
+        run_dir = train_classifier(dataset, detector or DEFAULT_DETECTOR, out_dir, config, baseline=baseline)
     except (OutputExistsError, PermissionError) as exc:
         raise fail(str(exc), EXIT_OUTPUT) from None
     except (DetectorFileError, RegionMismatchError, ValueError) as exc:

@@ -36,14 +36,11 @@ def score_cases(
     ``withhold_ga``: a gestational-age model decides as if no case had a GA.
     """
     rng = np.random.default_rng(0)
-    config = ClassifyTrainConfig(
-        head_size=head_size_of(meta), gestational_age=uses_ga(meta) and not withhold_ga
-    )
+    config = ClassifyTrainConfig(head_size=head_size_of(meta), gestational_age=uses_ga(meta))
     scores, attributions = [], []
     for start in range(0, len(items), batch):
-        inputs, _ = make_batch(
-            items[start : start + batch], meta["regions"], meta["planes"], False, rng, config
-        )
+        chunk = items[start : start + batch]
+        inputs, _ = make_batch(chunk, meta["regions"], meta["planes"], False, rng, config, withhold_ga)
         scores.append(torch.sigmoid(model(*inputs)).numpy())
         attributions.append(drop_one_region_attribution(model, *inputs).numpy())
     return np.concatenate(scores), np.concatenate(attributions)

@@ -17,6 +17,13 @@ model is not told: a 19 mm cerebellum is normal at 20 weeks and hypoplastic at
 span of the detected regions in that image (the default, ``head_size="span"``)
 or the skull's short axis (BPD-like, :mod:`neurosono.classify.skull`;
 ``head_size="skull"``, with the span where no skull can be fitted).
+
+Models that take the gestational age (:mod:`neurosono.classify.gestation`) get two more
+numbers per region, its size *for age*: box width and height in mm divided by the age in
+weeks (zero when either is unknown). Handing the age over as one more input was not
+enough: the network had to learn the small difference between two strongly correlated
+numbers (a cerebellum's mm and the weeks) from a few cases, and did not (0 of 8
+hypoplasias, as without the age). The ratio puts that difference in one number.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from neurosono.classify.skull import fit_skull
 CROP = 64
 MARGIN = 0.25  # context on each side, as a fraction of the box size
 MM_SCALE = 20.0  # sizes in mm are divided by this to sit near 1
+N_SIZE_FOR_AGE = 2  # box width and height in mm per week of gestational age
 
 
 @dataclass(frozen=True)
@@ -133,16 +141,20 @@ def region_inputs(
     jitter: float = 0.0,
     rng: np.random.Generator | None = None,
     head_px: dict[str, float | None] | None = None,
+    size_for_age: bool = False,
+    ga_weeks: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[Detection | None]]:
-    """crops [R, CROP, CROP], scalars [R, N_SCALARS] and the chosen detection of each region.
+    """crops [R, CROP, CROP], scalars [R, S] and the chosen detection of each region.
 
     ``head_px``: each plane's skull size from :func:`head_sizes`; a plane without one (or no
     ``head_px`` at all) measures sizes against the span of its detected regions.
+    S is N_SCALARS, plus N_SIZE_FOR_AGE with ``size_for_age`` (for gestational-age models;
+    zeros where ``ga_weeks`` or the plane's pixel spacing is unknown).
     """
     chosen = select_regions(detections, regions, planes)
     head_px = head_px or {}
     crops = np.zeros((len(regions), CROP, CROP), np.float32)
-    scalars = np.zeros((len(regions), N_SCALARS), np.float32)
+    scalars = np.zeros((len(regions), N_SCALARS + (N_SIZE_FOR_AGE if size_for_age else 0)), np.float32)
     for r, det in enumerate(chosen):
         if det is None or det.plane not in images:
             continue
@@ -152,5 +164,7 @@ def region_inputs(
         extent = head_px.get(det.plane) or head_extent(detections, det.plane) or max(images[det.plane].shape)
         relative = (w / extent, h / extent)
         size = (w * spacing / MM_SCALE, h * spacing / MM_SCALE) if spacing else relative
-        scalars[r] = (1.0, det.confidence, *size, *relative)
+        scalars[r, :N_SCALARS] = (1.0, det.confidence, *size, *relative)
+        if size_for_age and spacing and ga_weeks:
+            scalars[r, N_SCALARS:] = (w * spacing / ga_weeks, h * spacing / ga_weeks)
     return crops, scalars, chosen

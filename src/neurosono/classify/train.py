@@ -26,8 +26,15 @@ from sklearn.metrics import roc_auc_score
 
 from neurosono.checkpoints import load_payload, save_payload
 from neurosono.classify.gestation import CASE_INPUT, N_GA_SCALARS, ga_scalars
-from neurosono.classify.model import HexaNet, count_parameters
-from neurosono.classify.regions import CROP, Detection, head_sizes, load_grey, region_inputs
+from neurosono.classify.model import N_SCALARS, HexaNet, count_parameters
+from neurosono.classify.regions import (
+    CROP,
+    N_SIZE_FOR_AGE,
+    Detection,
+    head_sizes,
+    load_grey,
+    region_inputs,
+)
 from neurosono.data.atomic import atomic_write_text, staged_directory
 from neurosono.data.check import check_dataset
 from neurosono.data.format import Case, Dataset, read_labels
@@ -54,6 +61,11 @@ def head_size_of(meta: dict) -> str:
 def uses_ga(meta: dict) -> bool:
     """Whether a model (HexaNet or baseline record) takes the gestational age (absent: no)."""
     return CASE_INPUT in meta.get("case_inputs", [])
+
+
+def region_scalar_count(with_ga: bool) -> int:
+    """Numbers per region: six, and the two sizes for age of gestational-age models."""
+    return N_SCALARS + (N_SIZE_FOR_AGE if with_ga else 0)
 
 
 WEIGHTS_NAME = "classifier.pt"
@@ -153,14 +165,21 @@ def make_batch(
     train: bool,
     rng: np.random.Generator,
     config: ClassifyTrainConfig,
+    withhold_ga: bool = False,
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """HexaNet's inputs ``(crops, scalars[, case scalars])`` and the labels.
 
-    The gestational age goes in only with ``config.gestational_age``; a GA model given
-    two inputs treats the age as unknown.
+    With ``config.gestational_age`` each case's age goes in twice: as case scalars and as
+    the regions' sizes for age; in training a share ``ga_dropout`` of cases have it withheld
+    (both places), as for a user who does not give it; ``withhold_ga`` withholds every
+    case's (to measure a GA model without it).
     """
-    crops, scalars = [], []
+    crops, scalars, ages = [], [], []
     for item in items:
+        ga = item.ga_weeks if config.gestational_age and not withhold_ga else None
+        if train and ga is not None and rng.random() < config.ga_dropout:
+            ga = None
+        ages.append(ga_scalars(ga))
         detections, jitter = item.detections, 0.0
         if train and item.truth and rng.random() < config.gt_box_fraction:
             # Ground-truth boxes with jitter, and a plausible confidence rather than 1.0.
@@ -171,7 +190,18 @@ def make_batch(
         elif train:
             jitter = config.jitter / 2
         head_px = item.skull_px if config.head_size == "skull" else {}
-        c, s, _ = region_inputs(item.images, detections, regions, planes, item.spacing, jitter, rng, head_px)
+        c, s, _ = region_inputs(
+            item.images,
+            detections,
+            regions,
+            planes,
+            item.spacing,
+            jitter,
+            rng,
+            head_px,
+            size_for_age=config.gestational_age,
+            ga_weeks=ga,
+        )
         if train:
             flip = rng.random(len(regions)) < 0.5
             c[flip] = c[flip, :, ::-1]
@@ -183,7 +213,7 @@ def make_batch(
         torch.from_numpy(np.stack(scalars)),
     )
     if config.gestational_age:
-        inputs += (ga_batch(items, train, rng, config.ga_dropout),)
+        inputs += (torch.from_numpy(np.stack(ages)),)
     return inputs, torch.tensor([i.label for i in items], dtype=torch.float32)
 
 
@@ -301,6 +331,7 @@ def fit_hexanet(
     model = HexaNet(
         len(regions),
         share_branches=config.share_branches,
+        n_scalars=region_scalar_count(config.gestational_age),
         n_case_scalars=N_GA_SCALARS if config.gestational_age else 0,
     )
 
@@ -418,8 +449,8 @@ def model_card(record: dict) -> str:
 
 **Threshold:** {record["threshold"]:.4f}, {record["threshold_rule"]}.
 
-**Inputs:** per region a {CROP}x{CROP} crop and six numbers; region sizes relative to the head's
-{HEAD_SIZE_TEXT[head_size_of(record)]}.{_ga_text(record)}
+**Inputs:** per region a {CROP}x{CROP} crop and six numbers (eight with the age); region sizes
+relative to the head's {HEAD_SIZE_TEXT[head_size_of(record)]}.{_ga_text(record)}
 
 **Validation split:** AUC {auc["value"]:.3f}
 (95% CI {auc["ci95"][0]:.3f}-{auc["ci95"][1]:.3f}, {auc["method"]}).
@@ -436,7 +467,8 @@ def _ga_text(record: dict) -> str:
     span = record.get("ga_weeks_range")
     trained = f" (training cases {span[0]:g}-{span[1]:g} weeks)" if span else ""
     return (
-        f" And the case's gestational age{trained}, optional: withheld from "
+        f" And the case's gestational age{trained}, as two numbers and as each region's size in mm "
+        f"per week of age; optional: withheld from "
         f"{record['config']['ga_dropout']:.0%} of training cases so that it also decides without it."
     )
 
@@ -446,6 +478,7 @@ def load_classifier(path: str | Path) -> tuple[HexaNet, dict]:
     model = HexaNet(
         len(payload["regions"]),
         share_branches=payload["share_branches"],
+        n_scalars=region_scalar_count(uses_ga(payload)),
         n_case_scalars=N_GA_SCALARS if uses_ga(payload) else 0,
     )
     model.load_state_dict(payload["state_dict"])

@@ -207,7 +207,16 @@ class Pipeline:
         pixels = {p: im.pixels for p, im in images.items()}
         # The skull is fitted only for models that use it (it costs stage 2 a few ms per image).
         head_px = head_sizes(pixels, detections) if head_size_of(self.meta) == "skull" else {}
-        crops, scalars, chosen = region_inputs(pixels, detections, regions, planes, spacing, head_px=head_px)
+        crops, scalars, chosen = region_inputs(
+            pixels,
+            detections,
+            regions,
+            planes,
+            spacing,
+            head_px=head_px,
+            size_for_age=self.uses_ga,
+            ga_weeks=ga_weeks,
+        )
         case = ga_scalars(ga_weeks)[None] if self.uses_ga else np.zeros((1, 0), np.float32)
         logits, drop_logits = self.stage2(crops[None, :, None], scalars[None], case)
         p_all, attribution_all = probabilities(logits, drop_logits)
