@@ -63,9 +63,15 @@ def uses_ga(meta: dict) -> bool:
     return CASE_INPUT in meta.get("case_inputs", [])
 
 
-def region_scalar_count(with_ga: bool) -> int:
-    """Numbers per region: six, and the two sizes for age of gestational-age models."""
-    return N_SCALARS + (N_SIZE_FOR_AGE if with_ga else 0)
+def new_hexanet(n_regions: int, share_branches: bool, with_ga: bool) -> HexaNet:
+    """HexaNet with the inputs its configuration implies: six numbers per region, and for
+    gestational-age models two more (the sizes for age) plus two case numbers (the age)."""
+    return HexaNet(
+        n_regions,
+        share_branches=share_branches,
+        n_scalars=N_SCALARS + (N_SIZE_FOR_AGE if with_ga else 0),
+        n_case_scalars=N_GA_SCALARS if with_ga else 0,
+    )
 
 
 WEIGHTS_NAME = "classifier.pt"
@@ -328,12 +334,7 @@ def fit_hexanet(
     progress: bool = False,
 ) -> Fitted:
     """Train HexaNet and choose its threshold on the validation items."""
-    model = HexaNet(
-        len(regions),
-        share_branches=config.share_branches,
-        n_scalars=region_scalar_count(config.gestational_age),
-        n_case_scalars=N_GA_SCALARS if config.gestational_age else 0,
-    )
+    model = new_hexanet(len(regions), config.share_branches, config.gestational_age)
 
     def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
         return make_batch(items, regions, planes, train, rng, config)
@@ -475,12 +476,7 @@ def _ga_text(record: dict) -> str:
 
 def load_classifier(path: str | Path) -> tuple[HexaNet, dict]:
     _, payload = load_payload(path, WEIGHTS_NAME, FORMAT, "HexaNet")
-    model = HexaNet(
-        len(payload["regions"]),
-        share_branches=payload["share_branches"],
-        n_scalars=region_scalar_count(uses_ga(payload)),
-        n_case_scalars=N_GA_SCALARS if uses_ga(payload) else 0,
-    )
+    model = new_hexanet(len(payload["regions"]), payload["share_branches"], uses_ga(payload))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, {k: v for k, v in payload.items() if k != "state_dict"}

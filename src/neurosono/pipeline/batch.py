@@ -95,8 +95,10 @@ def run_batch(
             }
             error = None
             try:
+                # cases.csv often has the age: only a model that uses it gets it (no warning per row).
+                ga = case.ga_weeks if pipeline.uses_ga else None
                 result = pipeline.predict(
-                    case.tv, case.tc, frame=frame, spacing_mm=case.spacing_mm, ga_weeks=case.ga_weeks
+                    case.tv, case.tc, frame=frame, spacing_mm=case.spacing_mm, ga_weeks=ga
                 )
                 row.update(
                     p_abnormal=f"{result.p_abnormal:.4f}",
