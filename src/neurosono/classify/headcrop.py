@@ -131,10 +131,9 @@ def _model_and_batches(kind: str, stem_stride: int = 2):
     if kind == "head-crop":
         return HeadCropNet(stem_stride), head_crop_batches
     if kind == "whole-image":
-        from neurosono.classify.baseline import WholeImageNet
-        from neurosono.classify.baseline import batches as whole_batches
+        from neurosono.classify.baseline import WholeImageNet, batches_for
 
-        return WholeImageNet(stem_stride), whole_batches
+        return WholeImageNet(stem_stride), batches_for(with_ga=False)
     raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
 
 
