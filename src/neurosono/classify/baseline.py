@@ -82,8 +82,8 @@ def batches_for(with_ga: bool, ga_dropout: float = 0.0):
     return batches
 
 
-def _new_model(config: ClassifyTrainConfig) -> WholeImageNet:
-    return WholeImageNet(n_case_scalars=N_GA_SCALARS if config.gestational_age else 0)
+def _new_model(with_ga: bool) -> WholeImageNet:
+    return WholeImageNet(n_case_scalars=N_GA_SCALARS if with_ga else 0)
 
 
 def fit_baseline(
@@ -92,7 +92,7 @@ def fit_baseline(
     config: ClassifyTrainConfig,
     progress: bool = False,
 ) -> tuple[WholeImageNet, float, dict, list[dict], np.ndarray]:
-    model = _new_model(config)
+    model = _new_model(config.gestational_age)
     batches = batches_for(config.gestational_age, config.ga_dropout)
     best, history = fit_binary(
         model, train_items, val_items, batches, config, progress, "training whole-image baseline"
@@ -150,7 +150,7 @@ def load_baseline(path: str | Path) -> tuple[WholeImageNet, float]:
     )
     if payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a neurosono whole-image baseline file")
-    model = WholeImageNet(n_case_scalars=N_GA_SCALARS if uses_ga(payload) else 0)
+    model = _new_model(uses_ga(payload))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, float(payload["threshold"])

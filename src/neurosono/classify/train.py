@@ -156,12 +156,23 @@ def gather_cases(
     return inputs
 
 
-def ga_batch(items: list[CaseInputs], train: bool, rng: np.random.Generator, dropout: float) -> torch.Tensor:
-    """[B, 2] gestational-age scalars; in training a share ``dropout`` of them withheld."""
-    values = np.stack([ga_scalars(item.ga_weeks) for item in items])
-    if train and dropout > 0:
-        values[rng.random(len(items)) < dropout] = 0.0
-    return torch.from_numpy(values)
+def given_ga(
+    item: CaseInputs, train: bool, rng: np.random.Generator, dropout: float, withhold: bool = False
+) -> float | None:
+    """The case's gestational age as a GA model gets it: None when unknown, when ``withhold``,
+    and in training for a share ``dropout`` of cases (as for a user who does not give it)."""
+    ga = None if withhold else item.ga_weeks
+    if train and ga is not None and rng.random() < dropout:
+        return None
+    return ga
+
+
+def ga_batch(
+    items: list[CaseInputs], train: bool, rng: np.random.Generator, dropout: float, withhold: bool = False
+) -> torch.Tensor:
+    """[B, 2] gestational-age scalars of :func:`given_ga` (the baseline's case input)."""
+    ages = [given_ga(item, train, rng, dropout, withhold) for item in items]
+    return torch.from_numpy(np.stack([ga_scalars(ga) for ga in ages]))
 
 
 def make_batch(
@@ -182,9 +193,7 @@ def make_batch(
     """
     crops, scalars, ages = [], [], []
     for item in items:
-        ga = item.ga_weeks if config.gestational_age and not withhold_ga else None
-        if train and ga is not None and rng.random() < config.ga_dropout:
-            ga = None
+        ga = given_ga(item, train, rng, config.ga_dropout, withhold_ga) if config.gestational_age else None
         ages.append(ga_scalars(ga))
         detections, jitter = item.detections, 0.0
         if train and item.truth and rng.random() < config.gt_box_fraction:
