@@ -93,8 +93,13 @@ def test_threshold_choice() -> None:
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     s = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
     youden = choose_threshold(y, s)
-    # J = 0.75 at both 0.7 (tpr 0.75, fpr 0) and 0.4 (tpr 1, fpr 0.25): ties keep the higher threshold.
-    assert youden == pytest.approx(0.7)
+    # J = 0.75 at both cuts 0.7 (tpr 0.75, fpr 0) and 0.4 (tpr 1, fpr 0.25): ties keep the higher
+    # cut, and the threshold sits halfway to the next lower score (0.6).
+    assert youden == pytest.approx(0.65)
     screening = choose_threshold(y, s, target_sensitivity=1.0)
-    assert screening == pytest.approx(0.4)
+    assert screening == pytest.approx(0.35)  # cut 0.4, next lower score 0.3
     assert (s[y == 1] >= screening).all()
+    # Separable scores: halfway across the gap, not on the lowest abnormal case.
+    assert choose_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.3, 0.9, 0.95])) == pytest.approx(0.6)
+    # Nothing below the cut: the cut itself.
+    assert choose_threshold(np.array([1, 1, 0]), np.array([0.2, 0.5, 0.8]), target_sensitivity=1.0) == 0.2

@@ -432,6 +432,13 @@ def classify_train(
     head_size: Annotated[
         str, typer.Option(help="region sizes relative to the regions' 'span' or the 'skull' short axis")
     ] = "span",
+    crop_scale: Annotated[
+        str,
+        typer.Option(
+            help="region crops cut round the detector's 'box', or 'head'-scaled (a structure's size "
+            "relative to the head shows in its crop)"
+        ),
+    ] = "box",
     ga: Annotated[
         bool,
         typer.Option(
@@ -444,13 +451,17 @@ def classify_train(
     ] = True,
 ) -> None:
     """Train HexaNet on the detector's regions; the threshold is chosen on validation data."""
-    from neurosono.classify.train import HEAD_SIZES, ClassifyTrainConfig, train_classifier
+    from neurosono.classify.train import CROP_SCALES, HEAD_SIZES, ClassifyTrainConfig, train_classifier
     from neurosono.data.atomic import OutputExistsError
     from neurosono.detect.model import DetectorFileError, RegionMismatchError
     from neurosono.models import DEFAULT_DETECTOR
 
     if head_size not in HEAD_SIZES:
         raise fail(f"--head-size must be one of {', '.join(HEAD_SIZES)}, not {head_size!r}", EXIT_BAD_INPUT)
+    if crop_scale not in CROP_SCALES:
+        raise fail(
+            f"--crop-scale must be one of {', '.join(CROP_SCALES)}, not {crop_scale!r}", EXIT_BAD_INPUT
+        )
     config = ClassifyTrainConfig(
         seed=seed,
         epochs=epochs,
@@ -458,6 +469,7 @@ def classify_train(
         target_sensitivity=target_sensitivity,
         head_size=head_size,
         gestational_age=ga,
+        crop_scale=crop_scale,
     )
     try:
         run_dir = train_classifier(dataset, detector or DEFAULT_DETECTOR, out_dir, config, baseline=baseline)

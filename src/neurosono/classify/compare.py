@@ -204,7 +204,9 @@ def compare_variants(
                 fitted = fit_hexanet(
                     [pick[i] for i in train_ids], [pick[i] for i in val_ids], regions, planes, config
                 )
-                scores = predict_scores(fitted.model, [pick[i] for i in test_ids], regions, planes, config)
+                scores = predict_scores(
+                    fitted.model, [pick[i] for i in test_ids], regions, planes, fitted.config
+                )
             else:
                 kind = "head-crop" if variant == "headcrop" else "whole-image"
                 fitted = fit_single_image(

@@ -79,7 +79,7 @@ def cross_validate(
             raise ValueError(f"fold {fold}: training or validation part lacks one class")
         labels = np.array([i.label for i in test])
         fitted = fit_hexanet(train, val, regions, planes, config)
-        scores = predict_scores(fitted.model, test, regions, planes, config)
+        scores = predict_scores(fitted.model, test, regions, planes, fitted.config)
         entry = {
             "fold": fold,
             "n": len(test),

@@ -14,9 +14,8 @@ import torch
 from neurosono.classify.model import drop_one_region_attribution
 from neurosono.classify.train import (
     CaseInputs,
-    ClassifyTrainConfig,
     gather_cases,
-    head_size_of,
+    input_config,
     load_classifier,
     make_batch,
     uses_ga,
@@ -36,7 +35,7 @@ def score_cases(
     ``withhold_ga``: a gestational-age model decides as if no case had a GA.
     """
     rng = np.random.default_rng(0)
-    config = ClassifyTrainConfig(head_size=head_size_of(meta), gestational_age=uses_ga(meta))
+    config = input_config(meta)
     scores, attributions = [], []
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]

@@ -10,13 +10,17 @@ sensitivity) and stored with the model. The test split is never touched here.
 With ``gestational_age`` the model also reads each case's GA from cases.csv
 (``classify/gestation.py``); training withholds it from a share of cases so that
 the model still decides when a user does not give it.
+
+With ``crop_scale="head"`` the region crops are head-scaled (``classify/regions.py``): the
+crop fractions are learnt from the normal training cases, kept in the run's config and
+stored with the model, and every later use of the model crops with them.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from neurosono.classify.regions import (
     CROP,
     N_SIZE_FOR_AGE,
     Detection,
+    head_crop_fractions,
     head_sizes,
     load_grey,
     region_inputs,
@@ -51,6 +56,7 @@ HEAD_SIZE_TEXT = {
     "skull": "skull short axis (BPD-like, fitted per image; the regions' span where no skull is found)",
     "span": "span of the detected regions",
 }
+CROP_SCALES = ("box", "head")
 
 
 def head_size_of(meta: dict) -> str:
@@ -97,6 +103,36 @@ class ClassifyTrainConfig:
     # training cases so that the model also decides without it.
     gestational_age: bool = False
     ga_dropout: float = 0.3
+    # Region crops cut round the detector's box ("box") or head-scaled ("head": the crop's side
+    # a fixed fraction of the head size per region, so that a structure's size shows in it).
+    crop_scale: str = "box"
+    # The head-scaled crops' fractions per region: learnt from the normal training cases when
+    # None; a model's own are kept in its config.
+    crop_fractions: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop_scale not in CROP_SCALES:
+            raise ValueError(f"crop_scale must be one of {', '.join(CROP_SCALES)}, not {self.crop_scale!r}")
+        if self.crop_fractions is not None:
+            # From a JSON record they arrive as a list.
+            object.__setattr__(self, "crop_fractions", tuple(float(f) for f in self.crop_fractions))
+
+
+def crop_fractions_of(meta: dict) -> tuple[float, ...] | None:
+    """A model's head-scaled crop fractions; None for box crops (and files written before)."""
+    fractions = meta.get("crop_fractions")
+    return tuple(fractions) if fractions else None
+
+
+def input_config(meta: dict) -> ClassifyTrainConfig:
+    """The part of the configuration that decides how a trained model's inputs are made."""
+    fractions = crop_fractions_of(meta)
+    return ClassifyTrainConfig(
+        head_size=head_size_of(meta),
+        gestational_age=uses_ga(meta),
+        crop_scale="head" if fractions else "box",
+        crop_fractions=fractions,
+    )
 
 
 @dataclass
@@ -216,6 +252,7 @@ def make_batch(
             head_px,
             size_for_age=config.gestational_age,
             ga_weeks=ga,
+            crop_fractions=config.crop_fractions if config.crop_scale == "head" else None,
         )
         if train:
             flip = rng.random(len(regions)) < 0.5
@@ -326,12 +363,18 @@ class Fitted:
     best: dict
     history: list[dict]
     val_scores: np.ndarray
+    config: ClassifyTrainConfig  # as trained: with the crop fractions where they were learnt
 
 
 def threshold_rule(config: ClassifyTrainConfig) -> str:
+    # The threshold lies halfway between the rule's cut and the next lower validation score
+    # (evaluate/metrics.py choose_threshold); files from before say only the rule.
     if config.target_sensitivity is None:
-        return "Youden's J on the validation split"
-    return f"highest threshold reaching sensitivity {config.target_sensitivity} on validation"
+        return "Youden's J on the validation split, halfway to the next lower score"
+    return (
+        f"highest cut reaching sensitivity {config.target_sensitivity} on validation, "
+        "halfway to the next lower score"
+    )
 
 
 def fit_hexanet(
@@ -344,6 +387,12 @@ def fit_hexanet(
 ) -> Fitted:
     """Train HexaNet and choose its threshold on the validation items."""
     model = new_hexanet(len(regions), config.share_branches, config.gestational_age)
+    if config.crop_scale == "head" and config.crop_fractions is None:
+        normal = [i for i in train_items if i.label == 0]
+        samples = [
+            (i.images, i.detections, i.skull_px if config.head_size == "skull" else {}) for i in normal
+        ]
+        config = replace(config, crop_fractions=head_crop_fractions(samples, regions, planes))
 
     def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
         return make_batch(items, regions, planes, train, rng, config)
@@ -352,7 +401,7 @@ def fit_hexanet(
     val_scores = predict_scores(model, val_items, regions, planes, config)
     val_labels = np.array([i.label for i in val_items])
     threshold = choose_threshold(val_labels, val_scores, config.target_sensitivity)
-    return Fitted(model, threshold, best, history, val_scores)
+    return Fitted(model, threshold, best, history, val_scores, config)
 
 
 def save_classifier(path: Path, model: HexaNet, meta: dict) -> None:
@@ -392,6 +441,7 @@ def train_classifier(
     started = time.perf_counter()
     fitted = fit_hexanet(train_items, val_items, regions, planes, config, progress)
     model, threshold, best, history = fitted.model, fitted.threshold, fitted.best, fitted.history
+    config = fitted.config
     val_metrics = classification_metrics(
         val_labels, fitted.val_scores, threshold, n_boot=1000, seed=config.seed
     )
@@ -404,6 +454,7 @@ def train_classifier(
             "planes": planes,
             "share_branches": config.share_branches,
             "head_size": config.head_size,
+            "crop_fractions": list(config.crop_fractions) if config.crop_scale == "head" else None,
             "case_inputs": [CASE_INPUT] if config.gestational_age else [],
             # The ages it learnt from: predict warns outside them.
             "ga_weeks_range": [round(min(train_ga), 2), round(max(train_ga), 2)]
@@ -459,8 +510,8 @@ def model_card(record: dict) -> str:
 
 **Threshold:** {record["threshold"]:.4f}, {record["threshold_rule"]}.
 
-**Inputs:** per region a {CROP}x{CROP} crop and six numbers (eight with the age); region sizes
-relative to the head's {HEAD_SIZE_TEXT[head_size_of(record)]}.{_ga_text(record)}
+**Inputs:** per region a {CROP}x{CROP} crop{_crop_text(record)} and six numbers (eight with the
+age); region sizes relative to the head's {HEAD_SIZE_TEXT[head_size_of(record)]}.{_ga_text(record)}
 
 **Validation split:** AUC {auc["value"]:.3f}
 (95% CI {auc["ci95"][0]:.3f}-{auc["ci95"][1]:.3f}, {auc["method"]}).
@@ -469,6 +520,14 @@ Early stopping and the threshold used this split: see a held-out test evaluation
 **Limits:** {"Trained on synthetic phantoms only; it says nothing about real scans." if synthetic else ""}
 Not for clinical use.
 """
+
+
+def _crop_text(record: dict) -> str:
+    fractions = crop_fractions_of(record)
+    if not fractions:
+        return " (round the detector's box, plus margin)"
+    sides = ", ".join(f"{name} {f:.2f}" for name, f in zip(record["regions"], fractions, strict=True))
+    return f" (head-scaled: side a fixed fraction of the head size, {sides})"
 
 
 def _ga_text(record: dict) -> str:

@@ -165,12 +165,23 @@ def classification_metrics(
 def choose_threshold(
     y_true: np.ndarray, scores: np.ndarray, target_sensitivity: float | None = None
 ) -> float:
-    """Operating threshold from validation data: Youden's J, or the highest threshold that
-    reaches ``target_sensitivity`` (screening). Never call this on test data."""
-    fpr, tpr, thresholds = roc_curve(np.asarray(y_true).astype(int), np.asarray(scores, dtype=float))
+    """Operating threshold from validation data: Youden's J, or the highest cut that reaches
+    ``target_sensitivity`` (screening). Never call this on test data.
+
+    Every threshold between the chosen cut (a validation score) and the next lower
+    validation score classifies the validation cases alike; the cut itself sits on a case,
+    as close to the abnormal cases as the rule allows. We return the middle of that
+    interval: on a validation split the model separates well, the cut is otherwise set by
+    its single lowest-scoring abnormal case and new cases just below it are missed.
+    """
+    scores = np.asarray(scores, dtype=float)
+    fpr, tpr, thresholds = roc_curve(np.asarray(y_true).astype(int), scores)
     finite = np.isfinite(thresholds)
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
     if target_sensitivity is None:
-        return float(thresholds[int(np.argmax(tpr - fpr))])
-    reaching = np.where(tpr >= target_sensitivity)[0]
-    return float(thresholds[reaching[0]]) if len(reaching) else float(thresholds[-1])
+        cut = float(thresholds[int(np.argmax(tpr - fpr))])
+    else:
+        reaching = np.where(tpr >= target_sensitivity)[0]
+        cut = float(thresholds[reaching[0]]) if len(reaching) else float(thresholds[-1])
+    below = scores[scores < cut]
+    return (cut + float(below.max())) / 2 if len(below) else cut

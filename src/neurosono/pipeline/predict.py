@@ -19,7 +19,13 @@ from neurosono import __version__
 from neurosono.checkpoints import ModelFileError
 from neurosono.classify.gestation import ga_scalars
 from neurosono.classify.regions import Detection, head_sizes, region_inputs
-from neurosono.classify.train import DETECTION_CONF, head_size_of, load_classifier, uses_ga
+from neurosono.classify.train import (
+    DETECTION_CONF,
+    crop_fractions_of,
+    head_size_of,
+    load_classifier,
+    uses_ga,
+)
 from neurosono.data.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
 from neurosono.detect.evaluate import predict_paths
 from neurosono.detect.model import Detector, file_sha256, load_detector
@@ -216,6 +222,7 @@ class Pipeline:
             head_px=head_px,
             size_for_age=self.uses_ga,
             ga_weeks=ga_weeks,
+            crop_fractions=crop_fractions_of(self.meta),
         )
         case = ga_scalars(ga_weeks)[None] if self.uses_ga else np.zeros((1, 0), np.float32)
         logits, drop_logits = self.stage2(crops[None, :, None], scalars[None], case)

@@ -1,0 +1,144 @@
+"""Head-scaled region crops: a structure's size relative to the head shows in its crop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from neurosono.classify.regions import (
+    HEAD_CROP_CENTILE,
+    MARGIN,
+    Detection,
+    crop_box,
+    head_crop_fractions,
+    region_inputs,
+)
+from neurosono.classify.train import ClassifyTrainConfig, input_config
+from neurosono.cli import app
+from neurosono.data.format import Dataset
+from neurosono.pipeline.predict import Pipeline
+
+runner = CliRunner()
+
+
+def _discs(radii: tuple[int, ...]) -> np.ndarray:
+    image = np.zeros((240, 120 * len(radii)), np.uint8)
+    for k, r in enumerate(radii):
+        cv2.circle(image, (60 + 120 * k, 120), r, 255, -1)
+    return image
+
+
+def _bright_share(crop: np.ndarray) -> float:
+    return float((crop > crop.mean()).mean())
+
+
+def test_a_head_scaled_crop_shows_the_size_a_box_crop_hides() -> None:
+    image = _discs((12, 24))
+    boxes = [(60 - 12, 108, 60 + 12, 132), (180 - 24, 96, 180 + 24, 144)]
+    box_shares = [_bright_share(crop_box(image, b)) for b in boxes]
+    head_shares = [_bright_share(crop_box(image, b, side=100.0)) for b in boxes]
+    # Cut round their boxes the two discs look alike; on one scale the larger fills four times the area.
+    assert box_shares[1] == pytest.approx(box_shares[0], rel=0.1)
+    assert head_shares[1] / head_shares[0] == pytest.approx(4.0, rel=0.2)
+
+
+def test_crop_fractions_come_from_the_normal_cases_region_sizes() -> None:
+    regions, planes = ["a", "b"], {"tv": ["a", "b"]}
+    image = np.zeros((200, 200), np.uint8)
+    sizes = np.linspace(10, 30, 11)
+    samples = [
+        (
+            {"tv": image},
+            [
+                Detection("tv", 0, 0.9, (50, 50, 50 + s, 60)),
+                Detection("tv", 1, 0.9, (10, 10, 20, 10 + 2 * s)),
+            ],
+            {"tv": 100.0},
+        )
+        for s in sizes
+    ]
+    fractions = head_crop_fractions(samples, regions, planes)
+    expected_a = np.percentile(sizes / 100, HEAD_CROP_CENTILE) * (1 + 2 * MARGIN)
+    assert fractions == pytest.approx((expected_a, 2 * expected_a), abs=1e-4)
+    with pytest.raises(ValueError, match="no normal training case shows b"):
+        head_crop_fractions([(s[0], s[1][:1], s[2]) for s in samples], regions, planes)
+
+
+def test_region_inputs_crop_on_the_head_scale_with_the_same_scalars() -> None:
+    image = {"tv": _discs((12, 24))}
+    planes = {"tv": ["small", "large"]}
+    detections = [Detection("tv", 0, 0.9, (48, 108, 72, 132)), Detection("tv", 1, 0.9, (156, 96, 204, 144))]
+    args = (image, detections, ["small", "large"], planes, {"tv": 0.2})
+    box_crops, box_scalars, _ = region_inputs(*args)
+    head_crops, head_scalars, _ = region_inputs(*args, head_px={"tv": 200.0}, crop_fractions=(0.5, 0.5))
+    assert np.array_equal(box_scalars[:, :4], head_scalars[:, :4])  # present, confidence, mm sizes
+    shares = [_bright_share(c) for c in head_crops]
+    assert shares[1] / shares[0] == pytest.approx(4.0, rel=0.2)
+    assert not np.allclose(box_crops, head_crops)
+
+
+def test_config_and_model_records_say_how_crops_are_cut() -> None:
+    with pytest.raises(ValueError, match="crop_scale must be one of box, head"):
+        ClassifyTrainConfig(crop_scale="wide")
+    # From a JSON record: a list becomes the tuple the config holds.
+    assert ClassifyTrainConfig(crop_scale="head", crop_fractions=[0.5, 0.7]).crop_fractions == (0.5, 0.7)
+    head = input_config({"head_size": "skull", "crop_fractions": [0.5, 0.7]})
+    assert (head.crop_scale, head.crop_fractions, head.head_size) == ("head", (0.5, 0.7), "skull")
+    old = input_config({})  # a model written before head-scaled crops
+    assert (old.crop_scale, old.crop_fractions, old.head_size) == ("box", None, "span")
+
+
+# ---------------------------------------------------------------- a tiny head-scaled model, end to end
+
+
+@pytest.fixture(scope="module")
+def head_run(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two epochs on the tiny cohort with the shipped detector (it finds every region on these phantoms)."""
+    cohort, _, _ = tiny_run
+    run = tmp_path_factory.mktemp("head") / "run"
+    args = ["classify", "train", str(cohort), "--out", str(run), "--epochs", "2", "--no-baseline"]
+    result = runner.invoke(app, [*args, "--crop-scale", "head", "--head-size", "skull"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_head_scaled_training_records_its_fractions_and_prediction_uses_them(
+    tiny_run, head_run: Path, tmp_path: Path
+) -> None:
+    from neurosono.models import PHANTOM_DIR
+    from neurosono.pipeline.deploy import export_onnx, read_manifest
+
+    cohort, _, _ = tiny_run
+    record = json.loads((head_run / "classifier.json").read_text())
+    fractions = record["crop_fractions"]
+    assert record["config"]["crop_scale"] == "head" and record["config"]["crop_fractions"] == fractions
+    assert len(fractions) == 6 and all(0.05 < f < 3 for f in fractions)
+    assert "head-scaled" in (head_run / "MODEL_CARD.md").read_text()
+
+    model = tmp_path / "phantom-head"
+    (model / "hexanet").mkdir(parents=True)
+    for name in ("detector.pt", "detector.json"):
+        shutil.copy(PHANTOM_DIR / name, model)
+    shutil.copy(head_run / "classifier.pt", model / "hexanet")
+    pipeline = Pipeline.load(model)
+    case = Dataset.load(cohort).cases[0]
+    tv, tc = cohort / case.tv_image, cohort / case.tc_image
+    head = pipeline.predict(tv, tc)
+    pipeline.meta = {**pipeline.meta, "crop_fractions": None}
+    assert pipeline.predict(tv, tc).p_abnormal != head.p_abnormal  # the fractions reach prediction
+
+    export_onnx(model, tmp_path / "export")
+    assert read_manifest(tmp_path / "export")["crop_fractions"] == fractions
+    onnx = Pipeline.load(tmp_path / "export", runtime="onnx").predict(tv, tc)
+    assert abs(onnx.p_abnormal - head.p_abnormal) < 2e-3
+
+    args = ["classify", "train", str(cohort), "--out", str(tmp_path / "x"), "--crop-scale", "w"]
+    bad = runner.invoke(app, args)
+    assert bad.exit_code == 2 and "--crop-scale must be one of box, head" in bad.output
+    assert not (tmp_path / "x").exists()
