@@ -16,7 +16,7 @@ from neurosono.classify.regions import (
     MARGIN,
     Detection,
     crop_box,
-    head_crop_fractions,
+    learn_crop_fractions,
     region_inputs,
 )
 from neurosono.classify.train import ClassifyTrainConfig, input_config
@@ -63,11 +63,11 @@ def test_crop_fractions_come_from_the_normal_cases_region_sizes() -> None:
         )
         for s in sizes
     ]
-    fractions = head_crop_fractions(samples, regions, planes)
+    fractions = learn_crop_fractions(samples, regions, planes)
     expected_a = np.percentile(sizes / 100, HEAD_CROP_CENTILE) * (1 + 2 * MARGIN)
     assert fractions == pytest.approx((expected_a, 2 * expected_a), abs=1e-4)
     with pytest.raises(ValueError, match="no normal training case shows b"):
-        head_crop_fractions([(s[0], s[1][:1], s[2]) for s in samples], regions, planes)
+        learn_crop_fractions([(s[0], s[1][:1], s[2]) for s in samples], regions, planes)
 
 
 def test_region_inputs_crop_on_the_head_scale_with_the_same_scalars() -> None:

@@ -435,8 +435,8 @@ def classify_train(
     crop_scale: Annotated[
         str,
         typer.Option(
-            help="region crops cut round the detector's 'box', or 'head'-scaled (a structure's size "
-            "relative to the head shows in its crop)"
+            help="region crops cut round the detector's 'box', 'head'-scaled (a structure's size "
+            "relative to the head shows in its crop) or 'age'-scaled (with --ga: size for age)"
         ),
     ] = "box",
     ga: Annotated[
@@ -458,6 +458,8 @@ def classify_train(
 
     if head_size not in HEAD_SIZES:
         raise fail(f"--head-size must be one of {', '.join(HEAD_SIZES)}, not {head_size!r}", EXIT_BAD_INPUT)
+    if crop_scale == "age" and not ga:
+        raise fail("--crop-scale age needs --ga (the crops are scaled by each case's age)", EXIT_BAD_INPUT)
     if crop_scale not in CROP_SCALES:
         raise fail(
             f"--crop-scale must be one of {', '.join(CROP_SCALES)}, not {crop_scale!r}", EXIT_BAD_INPUT

@@ -34,6 +34,12 @@ true boxes but 0.93 on the detector's). A head-scaled crop is centred on the box
 side is a fixed fraction of the head's size (one fraction per region, learnt from the
 normal training cases), so the structure's size relative to the head is in the picture,
 measured by the network from the anatomy itself rather than from the box's edges.
+
+Age-scaled crops (``age_crop_fractions``; ``--crop-scale age``, for gestational-age models):
+where the age and the pixel spacing are known the side is a fraction of the age in weeks
+taken as millimetres, the clinical yardstick (a normal transverse cerebellar diameter is
+about the age in weeks, in mm; hypoplasia is below it by 2 mm or more), so a structure
+small *for age* looks small; without them the crop falls back to the head scale.
 """
 
 from __future__ import annotations
@@ -168,16 +174,18 @@ def head_extent_px(
     return head_px.get(plane) or head_extent(detections, plane) or max(images[plane].shape)
 
 
-def head_crop_fractions(
+def learn_crop_fractions(
     samples: Sequence[tuple[dict[str, np.ndarray], list[Detection], dict[str, float | None]]],
     regions: list[str],
     planes: dict[str, list[str]],
 ) -> tuple[float, ...]:
-    """Each region's head-scaled crop side as a fraction of the head size.
+    """Each region's crop side as a fraction of a reference length.
 
-    ``samples``: (images, detections, head_px) of normal cases. The window holds the
-    region's box at the ``HEAD_CROP_CENTILE`` of those cases plus the usual margin, so a
-    normal structure fills it about as a box crop would and an abnormal size shows.
+    ``samples``: (images, detections, reference) of normal cases, ``reference`` each
+    plane's reference length in pixels (skull short axis; or the age in weeks as mm; a
+    plane without one: the span of its detections). The window holds the region's box at
+    the ``HEAD_CROP_CENTILE`` of those cases plus the usual margin, so a normal structure
+    fills it about as a box crop would and an abnormal size shows.
     """
     ratios: list[list[float]] = [[] for _ in regions]
     for images, detections, head_px in samples:
@@ -194,6 +202,11 @@ def head_crop_fractions(
     )
 
 
+def age_length_px(ga_weeks: float, spacing_mm: float) -> float:
+    """The age-scaled crops' reference: the age in weeks as millimetres, in pixels."""
+    return ga_weeks / spacing_mm
+
+
 def region_inputs(
     images: dict[str, np.ndarray],
     detections: list[Detection],
@@ -206,6 +219,7 @@ def region_inputs(
     size_for_age: bool = False,
     ga_weeks: float | None = None,
     crop_fractions: Sequence[float] | None = None,
+    age_crop_fractions: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[Detection | None]]:
     """crops [R, CROP, CROP], scalars [R, S] and the chosen detection of each region.
 
@@ -214,7 +228,8 @@ def region_inputs(
     S is N_SCALARS, plus N_SIZE_FOR_AGE with ``size_for_age`` (for gestational-age models;
     zeros where ``ga_weeks`` or the plane's pixel spacing is unknown).
     ``crop_fractions``: head-scaled crops, each region's side that fraction of the head size
-    (:func:`head_crop_fractions`); None: crops from the boxes.
+    (:func:`learn_crop_fractions`); None: crops from the boxes. ``age_crop_fractions``:
+    age-scaled crops where ``ga_weeks`` and the plane's spacing are known (else head-scaled).
     """
     chosen = select_regions(detections, regions, planes)
     head_px = head_px or {}
@@ -224,10 +239,12 @@ def region_inputs(
         if det is None or det.plane not in images:
             continue
         extent = head_extent_px(det, detections, images, head_px)
+        spacing = spacing_mm.get(det.plane)
         side = crop_fractions[r] * extent if crop_fractions is not None else None
+        if age_crop_fractions is not None and ga_weeks and spacing:
+            side = age_crop_fractions[r] * age_length_px(ga_weeks, spacing)
         crops[r] = crop_box(images[det.plane], det.box, jitter=jitter, rng=rng, side=side)
         w, h = det.box[2] - det.box[0], det.box[3] - det.box[1]
-        spacing = spacing_mm.get(det.plane)
         relative = (w / extent, h / extent)
         size = (w * spacing / MM_SCALE, h * spacing / MM_SCALE) if spacing else relative
         scalars[r, :N_SCALARS] = (1.0, det.confidence, *size, *relative)

@@ -13,7 +13,8 @@ the model still decides when a user does not give it.
 
 With ``crop_scale="head"`` the region crops are head-scaled (``classify/regions.py``): the
 crop fractions are learnt from the normal training cases, kept in the run's config and
-stored with the model, and every later use of the model crops with them.
+stored with the model, and every later use of the model crops with them. ``"age"`` (with
+``gestational_age``) also learns age-scaled fractions, used where a case's age is given.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from neurosono.classify.regions import (
     CROP,
     N_SIZE_FOR_AGE,
     Detection,
-    head_crop_fractions,
+    age_length_px,
     head_sizes,
+    learn_crop_fractions,
     load_grey,
     region_inputs,
 )
@@ -56,7 +58,7 @@ HEAD_SIZE_TEXT = {
     "skull": "skull short axis (BPD-like, fitted per image; the regions' span where no skull is found)",
     "span": "span of the detected regions",
 }
-CROP_SCALES = ("box", "head")
+CROP_SCALES = ("box", "head", "age")
 
 
 def head_size_of(meta: dict) -> str:
@@ -103,35 +105,43 @@ class ClassifyTrainConfig:
     # training cases so that the model also decides without it.
     gestational_age: bool = False
     ga_dropout: float = 0.3
-    # Region crops cut round the detector's box ("box") or head-scaled ("head": the crop's side
-    # a fixed fraction of the head size per region, so that a structure's size shows in it).
+    # Region crops cut round the detector's box ("box"), head-scaled ("head": the crop's side
+    # a fixed fraction of the head size per region, so that a structure's size shows in it) or
+    # age-scaled ("age", GA models: a fraction of the age in weeks as mm where it is given).
     crop_scale: str = "box"
-    # The head-scaled crops' fractions per region: learnt from the normal training cases when
-    # None; a model's own are kept in its config.
+    # The crops' fractions per region: learnt from the normal training cases when None; a
+    # model's own are kept in its config.
     crop_fractions: tuple[float, ...] | None = None
+    age_crop_fractions: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.crop_scale not in CROP_SCALES:
             raise ValueError(f"crop_scale must be one of {', '.join(CROP_SCALES)}, not {self.crop_scale!r}")
-        if self.crop_fractions is not None:
-            # From a JSON record they arrive as a list.
-            object.__setattr__(self, "crop_fractions", tuple(float(f) for f in self.crop_fractions))
+        if self.crop_scale == "age" and not self.gestational_age:
+            raise ValueError("age-scaled crops need the gestational age as an input (--ga)")
+        for name in ("crop_fractions", "age_crop_fractions"):
+            value = getattr(self, name)
+            if value is not None:
+                # From a JSON record they arrive as a list.
+                object.__setattr__(self, name, tuple(float(f) for f in value))
 
 
-def crop_fractions_of(meta: dict) -> tuple[float, ...] | None:
-    """A model's head-scaled crop fractions; None for box crops (and files written before)."""
-    fractions = meta.get("crop_fractions")
+def crop_fractions_of(meta: dict, key: str = "crop_fractions") -> tuple[float, ...] | None:
+    """A model's head-scaled (``key="age_crop_fractions"``: age-scaled) crop fractions; None
+    where it has none (box crops, and files written before)."""
+    fractions = meta.get(key)
     return tuple(fractions) if fractions else None
 
 
 def input_config(meta: dict) -> ClassifyTrainConfig:
     """The part of the configuration that decides how a trained model's inputs are made."""
-    fractions = crop_fractions_of(meta)
+    fractions, age_fractions = crop_fractions_of(meta), crop_fractions_of(meta, "age_crop_fractions")
     return ClassifyTrainConfig(
         head_size=head_size_of(meta),
         gestational_age=uses_ga(meta),
-        crop_scale="head" if fractions else "box",
+        crop_scale="age" if age_fractions else "head" if fractions else "box",
         crop_fractions=fractions,
+        age_crop_fractions=age_fractions,
     )
 
 
@@ -252,7 +262,8 @@ def make_batch(
             head_px,
             size_for_age=config.gestational_age,
             ga_weeks=ga,
-            crop_fractions=config.crop_fractions if config.crop_scale == "head" else None,
+            crop_fractions=config.crop_fractions if config.crop_scale != "box" else None,
+            age_crop_fractions=config.age_crop_fractions if config.crop_scale == "age" else None,
         )
         if train:
             flip = rng.random(len(regions)) < 0.5
@@ -377,6 +388,33 @@ def threshold_rule(config: ClassifyTrainConfig) -> str:
     )
 
 
+def learnt_crop_fractions(
+    train_items: list[CaseInputs],
+    regions: list[str],
+    planes: dict[str, list[str]],
+    config: ClassifyTrainConfig,
+) -> dict[str, tuple[float, ...]]:
+    """Head-scaled (and for ``crop_scale="age"`` age-scaled) crop fractions from the normal
+    training cases."""
+    normal = [i for i in train_items if i.label == 0]
+    skull = config.head_size == "skull"
+    learnt = {
+        "crop_fractions": learn_crop_fractions(
+            [(i.images, i.detections, i.skull_px if skull else {}) for i in normal], regions, planes
+        )
+    }
+    if config.crop_scale == "age":
+        dated = [
+            (i.images, i.detections, {p: age_length_px(i.ga_weeks, i.spacing[p]) for p in i.images})
+            for i in normal
+            if i.ga_weeks and all(i.spacing.get(p) for p in i.images)
+        ]
+        if not dated:
+            raise ValueError("age-scaled crops need normal training cases with ga_weeks and pixel spacing")
+        learnt["age_crop_fractions"] = learn_crop_fractions(dated, regions, planes)
+    return learnt
+
+
 def fit_hexanet(
     train_items: list[CaseInputs],
     val_items: list[CaseInputs],
@@ -387,12 +425,8 @@ def fit_hexanet(
 ) -> Fitted:
     """Train HexaNet and choose its threshold on the validation items."""
     model = new_hexanet(len(regions), config.share_branches, config.gestational_age)
-    if config.crop_scale == "head" and config.crop_fractions is None:
-        normal = [i for i in train_items if i.label == 0]
-        samples = [
-            (i.images, i.detections, i.skull_px if config.head_size == "skull" else {}) for i in normal
-        ]
-        config = replace(config, crop_fractions=head_crop_fractions(samples, regions, planes))
+    if config.crop_scale != "box" and config.crop_fractions is None:
+        config = replace(config, **learnt_crop_fractions(train_items, regions, planes, config))
 
     def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
         return make_batch(items, regions, planes, train, rng, config)
@@ -454,7 +488,8 @@ def train_classifier(
             "planes": planes,
             "share_branches": config.share_branches,
             "head_size": config.head_size,
-            "crop_fractions": list(config.crop_fractions) if config.crop_scale == "head" else None,
+            "crop_fractions": list(config.crop_fractions) if config.crop_scale != "box" else None,
+            "age_crop_fractions": list(config.age_crop_fractions) if config.crop_scale == "age" else None,
             "case_inputs": [CASE_INPUT] if config.gestational_age else [],
             # The ages it learnt from: predict warns outside them.
             "ga_weeks_range": [round(min(train_ga), 2), round(max(train_ga), 2)]
@@ -527,7 +562,15 @@ def _crop_text(record: dict) -> str:
     if not fractions:
         return " (round the detector's box, plus margin)"
     sides = ", ".join(f"{name} {f:.2f}" for name, f in zip(record["regions"], fractions, strict=True))
-    return f" (head-scaled: side a fixed fraction of the head size, {sides})"
+    text = f" (head-scaled: side a fixed fraction of the head size, {sides}"
+    age = crop_fractions_of(record, "age_crop_fractions")
+    if age:
+        ages = ", ".join(f"{name} {f:.2f}" for name, f in zip(record["regions"], age, strict=True))
+        text = (
+            f" (age-scaled where the age and pixel spacing are known: side a fixed fraction of the "
+            f"age in weeks as mm, {ages};{text[2:]} otherwise"
+        )
+    return text + ")"
 
 
 def _ga_text(record: dict) -> str:

@@ -125,6 +125,7 @@ def write_export(model_dir: Path, folder: Path, fixed_size: bool = False) -> dic
         # region sizes, and case-level inputs such as the gestational age.
         "head_size": head_size_of(meta),
         "crop_fractions": meta.get("crop_fractions"),
+        "age_crop_fractions": meta.get("age_crop_fractions"),
         "case_inputs": list(meta.get("case_inputs", [])),
         "ga_weeks_range": meta.get("ga_weeks_range"),
         "notice": info["notice"],
@@ -436,6 +437,7 @@ def load_onnx_pipeline(
         # Exports written before these keys existed: span head sizes, no case inputs.
         "head_size": manifest.get("head_size", "span"),
         "crop_fractions": manifest.get("crop_fractions"),
+        "age_crop_fractions": manifest.get("age_crop_fractions"),
         "case_inputs": manifest.get("case_inputs", []),
         "ga_weeks_range": manifest.get("ga_weeks_range"),
     }

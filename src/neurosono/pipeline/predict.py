@@ -223,6 +223,7 @@ class Pipeline:
             size_for_age=self.uses_ga,
             ga_weeks=ga_weeks,
             crop_fractions=crop_fractions_of(self.meta),
+            age_crop_fractions=crop_fractions_of(self.meta, "age_crop_fractions"),
         )
         case = ga_scalars(ga_weeks)[None] if self.uses_ga else np.zeros((1, 0), np.float32)
         logits, drop_logits = self.stage2(crops[None, :, None], scalars[None], case)
