@@ -83,62 +83,96 @@ def test_region_inputs_crop_on_the_head_scale_with_the_same_scalars() -> None:
     assert not np.allclose(box_crops, head_crops)
 
 
+def test_age_scaled_crops_where_the_age_and_spacing_are_known() -> None:
+    image = {"tv": _discs((12, 24))}
+    planes = {"tv": ["small", "large"]}
+    detections = [Detection("tv", 0, 0.9, (48, 108, 72, 132)), Detection("tv", 1, 0.9, (156, 96, 204, 144))]
+    args = (image, detections, ["small", "large"], planes)
+    head = {"head_px": {"tv": 200.0}, "crop_fractions": (0.5, 0.5)}
+    by_head, _, _ = region_inputs(*args, {"tv": 0.2}, **head)
+    # 20 weeks at 0.2 mm/px: the reference is 100 px, so fraction 1.0 is a 100-px side, as the head's.
+    same, _, _ = region_inputs(*args, {"tv": 0.2}, ga_weeks=20.0, age_crop_fractions=(1.0, 1.0), **head)
+    assert np.allclose(same, by_head, atol=1e-4)
+    wider, _, _ = region_inputs(*args, {"tv": 0.2}, ga_weeks=20.0, age_crop_fractions=(2.0, 2.0), **head)
+    assert _bright_share(wider[0]) == pytest.approx(_bright_share(by_head[0]) / 4, rel=0.25)
+    # Without the age, or without the spacing, the head scale.
+    for spacing, ga in (({"tv": 0.2}, None), ({"tv": None}, 20.0)):
+        crops, _, _ = region_inputs(*args, spacing, ga_weeks=ga, age_crop_fractions=(2.0, 2.0), **head)
+        assert np.allclose(crops, by_head, atol=1e-4)
+
+
 def test_config_and_model_records_say_how_crops_are_cut() -> None:
     with pytest.raises(ValueError, match="crop_scale must be one of box, head"):
         ClassifyTrainConfig(crop_scale="wide")
+    with pytest.raises(ValueError, match="need the gestational age"):
+        ClassifyTrainConfig(crop_scale="age")
     # From a JSON record: a list becomes the tuple the config holds.
     assert ClassifyTrainConfig(crop_scale="head", crop_fractions=[0.5, 0.7]).crop_fractions == (0.5, 0.7)
     head = input_config({"head_size": "skull", "crop_fractions": [0.5, 0.7]})
     assert (head.crop_scale, head.crop_fractions, head.head_size) == ("head", (0.5, 0.7), "skull")
     old = input_config({})  # a model written before head-scaled crops
     assert (old.crop_scale, old.crop_fractions, old.head_size) == ("box", None, "span")
+    age = input_config({"case_inputs": ["ga_weeks"], "crop_fractions": [0.5], "age_crop_fractions": [1.2]})
+    assert (age.crop_scale, age.age_crop_fractions, age.gestational_age) == ("age", (1.2,), True)
 
 
-# ---------------------------------------------------------------- a tiny head-scaled model, end to end
+# ---------------------------------------------------------------- a tiny age-scaled model, end to end
 
 
 @pytest.fixture(scope="module")
-def head_run(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two epochs on the tiny cohort with the shipped detector (it finds every region on these phantoms)."""
+def age_run(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two epochs on the tiny cohort with the shipped detector (it finds every region on these
+    phantoms); age-scaled crops, head-scaled where the age is not given."""
     cohort, _, _ = tiny_run
-    run = tmp_path_factory.mktemp("head") / "run"
+    run = tmp_path_factory.mktemp("age") / "run"
     args = ["classify", "train", str(cohort), "--out", str(run), "--epochs", "2", "--no-baseline"]
-    result = runner.invoke(app, [*args, "--crop-scale", "head", "--head-size", "skull"])
+    result = runner.invoke(app, [*args, "--ga", "--crop-scale", "age", "--head-size", "skull"])
     assert result.exit_code == 0, result.output
     return run
 
 
-def test_head_scaled_training_records_its_fractions_and_prediction_uses_them(
-    tiny_run, head_run: Path, tmp_path: Path
+def test_scaled_crop_training_records_its_fractions_and_prediction_uses_them(
+    tiny_run, age_run: Path, tmp_path: Path
 ) -> None:
     from neurosono.models import PHANTOM_DIR
     from neurosono.pipeline.deploy import export_onnx, read_manifest
 
     cohort, _, _ = tiny_run
-    record = json.loads((head_run / "classifier.json").read_text())
-    fractions = record["crop_fractions"]
-    assert record["config"]["crop_scale"] == "head" and record["config"]["crop_fractions"] == fractions
-    assert len(fractions) == 6 and all(0.05 < f < 3 for f in fractions)
-    assert "head-scaled" in (head_run / "MODEL_CARD.md").read_text()
+    record = json.loads((age_run / "classifier.json").read_text())
+    fractions, age_fractions = record["crop_fractions"], record["age_crop_fractions"]
+    assert record["config"]["crop_scale"] == "age" and record["config"]["crop_fractions"] == fractions
+    for values in (fractions, age_fractions):
+        assert len(values) == 6 and all(0.05 < f < 5 for f in values)
+    card = (age_run / "MODEL_CARD.md").read_text()
+    assert "age-scaled" in card and "head-scaled" in card
 
     model = tmp_path / "phantom-head"
     (model / "hexanet").mkdir(parents=True)
     for name in ("detector.pt", "detector.json"):
         shutil.copy(PHANTOM_DIR / name, model)
-    shutil.copy(head_run / "classifier.pt", model / "hexanet")
+    shutil.copy(age_run / "classifier.pt", model / "hexanet")
     pipeline = Pipeline.load(model)
     case = Dataset.load(cohort).cases[0]
     tv, tc = cohort / case.tv_image, cohort / case.tc_image
-    head = pipeline.predict(tv, tc)
+    spacing = {plane: case.spacing_mm(plane) for plane in ("tv", "tc")}
+    dated, undated = pipeline.predict(tv, tc, spacing_mm=spacing, ga_weeks=21.0), pipeline.predict(tv, tc)
+    # The fractions reach prediction: without them the same inputs give other scores.
+    pipeline.meta = {**pipeline.meta, "age_crop_fractions": None}
+    assert pipeline.predict(tv, tc, spacing_mm=spacing, ga_weeks=21.0).p_abnormal != dated.p_abnormal
     pipeline.meta = {**pipeline.meta, "crop_fractions": None}
-    assert pipeline.predict(tv, tc).p_abnormal != head.p_abnormal  # the fractions reach prediction
+    assert pipeline.predict(tv, tc).p_abnormal != undated.p_abnormal
 
     export_onnx(model, tmp_path / "export")
-    assert read_manifest(tmp_path / "export")["crop_fractions"] == fractions
-    onnx = Pipeline.load(tmp_path / "export", runtime="onnx").predict(tv, tc)
-    assert abs(onnx.p_abnormal - head.p_abnormal) < 2e-3
+    manifest = read_manifest(tmp_path / "export")
+    assert (manifest["crop_fractions"], manifest["age_crop_fractions"]) == (fractions, age_fractions)
+    onnx = Pipeline.load(tmp_path / "export", runtime="onnx")
+    for ga, expected in ((21.0, dated), (None, undated)):
+        got = onnx.predict(tv, tc, spacing_mm=spacing if ga else None, ga_weeks=ga)
+        assert abs(got.p_abnormal - expected.p_abnormal) < 2e-3
 
     args = ["classify", "train", str(cohort), "--out", str(tmp_path / "x"), "--crop-scale", "w"]
     bad = runner.invoke(app, args)
-    assert bad.exit_code == 2 and "--crop-scale must be one of box, head" in bad.output
+    assert bad.exit_code == 2 and "--crop-scale must be one of box, head, age" in bad.output
+    no_age = runner.invoke(app, [*args[:-1], "age"])
+    assert no_age.exit_code == 2 and "needs --ga" in no_age.output
     assert not (tmp_path / "x").exists()

@@ -193,7 +193,7 @@ def test_ga_training_records_the_input_and_evaluation_says_how_it_was_used(
     assert both.exit_code == 0 and "gestational age: withheld" in both.output
 
 
-def test_predict_with_and_without_ga(tiny_run, ga_model: Path, tmp_path: Path) -> None:
+def test_predict_with_and_without_ga(tiny_run, tiny_hexanet: Path, ga_model: Path, tmp_path: Path) -> None:
     cohort, _, _ = tiny_run
     case = Dataset.load(cohort).cases[0]
     tv, tc = cohort / case.tv_image, cohort / case.tc_image
@@ -207,8 +207,12 @@ def test_predict_with_and_without_ga(tiny_run, ga_model: Path, tmp_path: Path) -
     late = pipeline.predict(tv, tc, ga_weeks=34)
     assert any("outside" in w and "trained on" in w for w in late.warnings)
     # A model without the input says it ignored the age.
+    plain = tmp_path / "plain"
+    shutil.copytree(ga_model, plain)
+    shutil.copy(tiny_hexanet / "classifier.pt", plain / "hexanet")
     assert any(
-        "does not use the gestational age" in w for w in Pipeline.load().predict(tv, tc, ga_weeks=21).warnings
+        "does not use the gestational age" in w
+        for w in Pipeline.load(plain).predict(tv, tc, ga_weeks=21).warnings
     )
 
     out = tmp_path / "r.json"

@@ -188,12 +188,12 @@ def learn_crop_fractions(
     fills it about as a box crop would and an abnormal size shows.
     """
     ratios: list[list[float]] = [[] for _ in regions]
-    for images, detections, head_px in samples:
+    for images, detections, reference in samples:
         for r, det in enumerate(select_regions(detections, regions, planes)):
             if det is None or det.plane not in images:
                 continue
             w, h = det.box[2] - det.box[0], det.box[3] - det.box[1]
-            ratios[r].append(max(w, h) / head_extent_px(det, detections, images, head_px))
+            ratios[r].append(max(w, h) / head_extent_px(det, detections, images, reference))
     missing = [name for name, values in zip(regions, ratios, strict=True) if not values]
     if missing:
         raise ValueError(f"no normal training case shows {', '.join(missing)}: cannot size its crop")

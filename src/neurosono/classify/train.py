@@ -568,7 +568,7 @@ def _crop_text(record: dict) -> str:
         ages = ", ".join(f"{name} {f:.2f}" for name, f in zip(record["regions"], age, strict=True))
         text = (
             f" (age-scaled where the age and pixel spacing are known: side a fixed fraction of the "
-            f"age in weeks as mm, {ages};{text[2:]} otherwise"
+            f"age in weeks as mm, {ages}; {text[2:]} otherwise"
         )
     return text + ")"
 
