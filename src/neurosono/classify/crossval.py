@@ -55,6 +55,9 @@ def cross_validate(
     from neurosono.classify.train import gather_cases
 
     detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
+    # Scaled crops: each fold learns its crop fractions from its own training cases, not
+    # those of the run whose configuration it repeats (they saw the held-out fold).
+    config = dataclasses.replace(config, crop_fractions=None, age_crop_fractions=None)
     cases = kfold(dataset.cases, config.seed, folds) if scheme == "kfold" else by_center(dataset.cases)
     items = gather_cases(dataset, detector, cases, progress, with_truth=True)
     regions = dataset.spec.regions
