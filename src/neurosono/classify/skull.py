@@ -20,6 +20,7 @@ cohort, centred on the truth boxes) the short axis matched the true BPD within
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import cv2
 import numpy as np
@@ -99,6 +100,16 @@ def _ridges(image: np.ndarray) -> np.ndarray:
     return ridges
 
 
+@cache
+def _subsets(n_points: int) -> np.ndarray:
+    """RANSAC's point subsets [RANSAC_TRIALS, SUBSET] for n points: the same for every fit
+    with n points (seeded), so drawn once per n (read-only: shared between threads)."""
+    rng = np.random.default_rng(0)
+    subsets = np.argsort(rng.random((RANSAC_TRIALS, n_points)), axis=1)[:, :SUBSET]
+    subsets.setflags(write=False)
+    return subsets
+
+
 def _fit_once(ridges: np.ndarray, centre: tuple[float, float], weak: float) -> SkullFit | None:
     height, width = ridges.shape
     size = max(height, width)
@@ -115,9 +126,8 @@ def _fit_once(ridges: np.ndarray, centre: tuple[float, float], weak: float) -> S
         return None
     # RANSAC (seeded, so a fit is reproducible): the ellipse through random subsets that
     # most points agree with, then refitted on those points.
-    rng = np.random.default_rng(0)
-    subsets = np.argsort(rng.random((RANSAC_TRIALS, len(points))), axis=1)[:, :SUBSET]
-    agree = _residuals(points, [cv2.fitEllipse(points[s]) for s in subsets]) < INLIER_RESIDUAL
+    agree = _residuals(points, [cv2.fitEllipse(subset) for subset in points[_subsets(len(points))]])
+    agree = agree < INLIER_RESIDUAL
     best = agree[agree.sum(axis=1).argmax()]
     if best.sum() < MIN_POINTS:
         return None
