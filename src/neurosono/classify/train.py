@@ -425,7 +425,10 @@ def fit_hexanet(
 ) -> Fitted:
     """Train HexaNet and choose its threshold on the validation items."""
     model = new_hexanet(len(regions), config.share_branches, config.gestational_age)
-    if config.crop_scale != "box" and config.crop_fractions is None:
+    unlearnt = config.crop_fractions is None or (
+        config.crop_scale == "age" and config.age_crop_fractions is None
+    )
+    if config.crop_scale != "box" and unlearnt:
         config = replace(config, **learnt_crop_fractions(train_items, regions, planes, config))
 
     def batches(items: list[CaseInputs], train: bool, rng: np.random.Generator):
@@ -558,19 +561,19 @@ Not for clinical use.
 
 
 def _crop_text(record: dict) -> str:
-    fractions = crop_fractions_of(record)
-    if not fractions:
+    def listed(fractions: tuple[float, ...]) -> str:
+        return ", ".join(f"{name} {f:.2f}" for name, f in zip(record["regions"], fractions, strict=True))
+
+    head, age = crop_fractions_of(record), crop_fractions_of(record, "age_crop_fractions")
+    if not head:
         return " (round the detector's box, plus margin)"
-    sides = ", ".join(f"{name} {f:.2f}" for name, f in zip(record["regions"], fractions, strict=True))
-    text = f" (head-scaled: side a fixed fraction of the head size, {sides}"
-    age = crop_fractions_of(record, "age_crop_fractions")
-    if age:
-        ages = ", ".join(f"{name} {f:.2f}" for name, f in zip(record["regions"], age, strict=True))
-        text = (
-            f" (age-scaled where the age and pixel spacing are known: side a fixed fraction of the "
-            f"age in weeks as mm, {ages}; {text[2:]} otherwise"
-        )
-    return text + ")"
+    head_text = f"head-scaled: side a fixed fraction of the head size, {listed(head)}"
+    if not age:
+        return f" ({head_text})"
+    return (
+        " (age-scaled where the age and pixel spacing are known: side a fixed fraction of the "
+        f"age in weeks as mm, {listed(age)}; {head_text} otherwise)"
+    )
 
 
 def _ga_text(record: dict) -> str:
