@@ -45,9 +45,7 @@ small *for age* looks small; without them the crop falls back to the head scale.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import cv2
@@ -145,37 +143,23 @@ def head_extent(detections: list[Detection], plane: str) -> float | None:
     return float(np.hypot(arr[:, 2].max() - arr[:, 0].min(), arr[:, 3].max() - arr[:, 1].min()))
 
 
-def _skull_centre(image: np.ndarray, detections: list[Detection], plane: str) -> tuple[float, float]:
-    sure = [d.box for d in detections if d.plane == plane and d.confidence >= CENTRE_CONFIDENCE]
-    if not sure:
-        return (image.shape[1] / 2, image.shape[0] / 2)
-    boxes = np.asarray(sure)
-    return (float(boxes[:, [0, 2]].mean()), float(boxes[:, [1, 3]].mean()))
-
-
-def _skull_short_axis(image: np.ndarray, centre: tuple[float, float]) -> float | None:
-    fit = fit_skull(image, centre)
-    return fit.short_axis_px if fit else None
-
-
 def head_sizes(images: dict[str, np.ndarray], detections: list[Detection]) -> dict[str, float | None]:
     """Each plane's head size in pixels: the skull's short axis, or None where it cannot be fitted.
 
     The skull is searched round the middle of the confident detections (the image's
-    centre when there are none). The planes are fitted in parallel threads (OpenCV and
-    numpy release the GIL): the fits are most of a skull model's stage-2 time.
+    centre when there are none).
     """
-    planes = list(images)
-    centres = [_skull_centre(images[p], detections, p) for p in planes]
-    if len(planes) < 2:
-        return {p: _skull_short_axis(images[p], c) for p, c in zip(planes, centres, strict=True)}
-    sizes = _fit_pool().map(_skull_short_axis, [images[p] for p in planes], centres)
-    return dict(zip(planes, sizes, strict=True))
-
-
-@cache
-def _fit_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="neurosono-skull")
+    sizes: dict[str, float | None] = {}
+    for plane, image in images.items():
+        sure = [d.box for d in detections if d.plane == plane and d.confidence >= CENTRE_CONFIDENCE]
+        if sure:
+            boxes = np.asarray(sure)
+            centre = (float(boxes[:, [0, 2]].mean()), float(boxes[:, [1, 3]].mean()))
+        else:
+            centre = (image.shape[1] / 2, image.shape[0] / 2)
+        fit = fit_skull(image, centre)
+        sizes[plane] = fit.short_axis_px if fit else None
+    return sizes
 
 
 def head_extent_px(
