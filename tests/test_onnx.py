@@ -155,24 +155,35 @@ def test_one_pass_attribution_is_hexanets_drop_one(
     cohort: Path, pipelines: tuple[Pipeline, Pipeline]
 ) -> None:
     """The stage-2 shortcut both runtimes run equals HexaNet's own R + 1 passes."""
+    from neurosono.classify.gestation import ga_scalars
     from neurosono.classify.model import drop_one_region_attribution
     from neurosono.classify.regions import region_inputs
+    from neurosono.classify.train import input_config
 
     torch_pipeline, onnx_pipeline = pipelines
     case = Dataset.load(cohort).cases[0]
     images = {p: read_image(cohort / getattr(case, f"{p}_image")) for p in ("tv", "tc")}
     detections = onnx_pipeline.detect(images)  # any detections serve: this is about stage 2
     meta = torch_pipeline.meta
+    config = input_config(meta)  # the shipped model's inputs, whatever they are
     crops, scalars, _ = region_inputs(
-        {p: im.pixels for p, im in images.items()}, detections, meta["regions"], meta["planes"], {}
+        {p: im.pixels for p, im in images.items()},
+        detections,
+        meta["regions"],
+        meta["planes"],
+        {},
+        size_for_age=config.gestational_age,
+        crop_fractions=config.crop_fractions,
     )
+    case = ga_scalars(None)[None] if config.gestational_age else np.zeros((1, 0), np.float32)
     crops_t, scalars_t = torch.from_numpy(crops[None, :, None].copy()), torch.from_numpy(scalars[None])
+    extra = (torch.from_numpy(case),) if config.gestational_age else ()
     model = torch_pipeline.classifier
     with torch.no_grad():
-        p_ref = torch.sigmoid(model(crops_t, scalars_t)).numpy()
-    attribution_ref = drop_one_region_attribution(model, crops_t, scalars_t).numpy()
+        p_ref = torch.sigmoid(model(crops_t, scalars_t, *extra)).numpy()
+    attribution_ref = drop_one_region_attribution(model, crops_t, scalars_t, *extra).numpy()
     for pipeline in (torch_pipeline, onnx_pipeline):
-        logits, drop = pipeline.stage2(crops[None, :, None], scalars[None], np.zeros((1, 0), np.float32))
+        logits, drop = pipeline.stage2(crops[None, :, None], scalars[None], case)
         p = 1 / (1 + np.exp(-logits.astype(np.float64)))
         attribution = p[:, None] - 1 / (1 + np.exp(-drop.astype(np.float64)))
         assert np.allclose(p, p_ref, atol=1e-5)
@@ -242,9 +253,12 @@ def test_predict_cli_with_onnx_runtime_single_and_batch(
     with results.open(newline="") as handle:
         rows = {row["case_id"]: row for row in csv.DictReader(handle)}
     assert len(rows) == len(Dataset.load(cohort).cases)
-    for case in Dataset.load(cohort).cases:  # batch mode takes the spacing from cases.csv
+    for case in Dataset.load(cohort).cases:  # batch mode takes spacing (and age) from cases.csv
         spacing = {plane: case.spacing_mm(plane) for plane in ("tv", "tc")}
-        expected = onnx_pipeline.predict(cohort / case.tv_image, cohort / case.tc_image, spacing_mm=spacing)
+        ga = case.ga_weeks if onnx_pipeline.uses_ga else None
+        expected = onnx_pipeline.predict(
+            cohort / case.tv_image, cohort / case.tc_image, spacing_mm=spacing, ga_weeks=ga
+        )
         assert rows[case.case_id]["p_abnormal"] == f"{expected.p_abnormal:.4f}"
         assert rows[case.case_id]["decision"] == expected.decision
 
