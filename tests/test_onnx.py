@@ -172,8 +172,7 @@ def test_one_pass_attribution_is_hexanets_drop_one(
         meta["regions"],
         meta["planes"],
         {},
-        size_for_age=config.gestational_age,
-        crop_fractions=config.crop_fractions,
+        **config.region_options(),
     )
     case = ga_scalars(None)[None] if config.gestational_age else np.zeros((1, 0), np.float32)
     crops_t, scalars_t = torch.from_numpy(crops[None, :, None].copy()), torch.from_numpy(scalars[None])

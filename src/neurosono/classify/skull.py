@@ -103,7 +103,7 @@ def _ridges(image: np.ndarray) -> np.ndarray:
 @cache
 def _subsets(n_points: int) -> np.ndarray:
     """RANSAC's point subsets [RANSAC_TRIALS, SUBSET] for n points: the same for every fit
-    with n points (seeded), so drawn once per n (read-only: shared between threads)."""
+    with n points (seeded), so drawn once per n (read-only, as every such fit shares it)."""
     rng = np.random.default_rng(0)
     subsets = np.argsort(rng.random((RANSAC_TRIALS, n_points)), axis=1)[:, :SUBSET]
     subsets.setflags(write=False)

@@ -125,6 +125,19 @@ class ClassifyTrainConfig:
                 # From a JSON record they arrive as a list.
                 object.__setattr__(self, name, tuple(float(f) for f in value))
 
+    def region_options(self) -> dict:
+        """The keyword arguments of ``region_inputs`` this configuration decides (the age
+        itself is the case's): one rule for training, evaluation and prediction."""
+        return {
+            "size_for_age": self.gestational_age,
+            "crop_fractions": self.crop_fractions if self.crop_scale != "box" else None,
+            "age_crop_fractions": self.age_crop_fractions if self.crop_scale == "age" else None,
+        }
+
+    def head_px(self, item: CaseInputs) -> dict[str, float | None]:
+        """The skull sizes the regions are measured against ({}: the regions' span)."""
+        return item.skull_px if self.head_size == "skull" else {}
+
 
 def crop_fractions_of(meta: dict, key: str = "crop_fractions") -> tuple[float, ...] | None:
     """A model's head-scaled (``key="age_crop_fractions"``: age-scaled) crop fractions; None
@@ -250,7 +263,6 @@ def make_batch(
             jitter = config.jitter
         elif train:
             jitter = config.jitter / 2
-        head_px = item.skull_px if config.head_size == "skull" else {}
         c, s, _ = region_inputs(
             item.images,
             detections,
@@ -259,11 +271,9 @@ def make_batch(
             item.spacing,
             jitter,
             rng,
-            head_px,
-            size_for_age=config.gestational_age,
+            config.head_px(item),
             ga_weeks=ga,
-            crop_fractions=config.crop_fractions if config.crop_scale != "box" else None,
-            age_crop_fractions=config.age_crop_fractions if config.crop_scale == "age" else None,
+            **config.region_options(),
         )
         if train:
             flip = rng.random(len(regions)) < 0.5
@@ -397,10 +407,9 @@ def learnt_crop_fractions(
     """Head-scaled (and for ``crop_scale="age"`` age-scaled) crop fractions from the normal
     training cases."""
     normal = [i for i in train_items if i.label == 0]
-    skull = config.head_size == "skull"
     learnt = {
         "crop_fractions": learn_crop_fractions(
-            [(i.images, i.detections, i.skull_px if skull else {}) for i in normal], regions, planes
+            [(i.images, i.detections, config.head_px(i)) for i in normal], regions, planes
         )
     }
     if config.crop_scale == "age":

@@ -21,8 +21,7 @@ from neurosono.classify.gestation import ga_scalars
 from neurosono.classify.regions import Detection, head_sizes, region_inputs
 from neurosono.classify.train import (
     DETECTION_CONF,
-    crop_fractions_of,
-    head_size_of,
+    input_config,
     load_classifier,
     uses_ga,
 )
@@ -211,8 +210,9 @@ class Pipeline:
         regions, planes = self.meta["regions"], self.meta["planes"]
         spacing = {plane: im.spacing_mm for plane, im in images.items()}
         pixels = {p: im.pixels for p, im in images.items()}
+        config = input_config(self.meta)
         # The skull is fitted only for models that use it (it costs stage 2 a few ms per image).
-        head_px = head_sizes(pixels, detections) if head_size_of(self.meta) == "skull" else {}
+        head_px = head_sizes(pixels, detections) if config.head_size == "skull" else {}
         crops, scalars, chosen = region_inputs(
             pixels,
             detections,
@@ -220,10 +220,8 @@ class Pipeline:
             planes,
             spacing,
             head_px=head_px,
-            size_for_age=self.uses_ga,
             ga_weeks=ga_weeks,
-            crop_fractions=crop_fractions_of(self.meta),
-            age_crop_fractions=crop_fractions_of(self.meta, "age_crop_fractions"),
+            **config.region_options(),
         )
         case = ga_scalars(ga_weeks)[None] if self.uses_ga else np.zeros((1, 0), np.float32)
         logits, drop_logits = self.stage2(crops[None, :, None], scalars[None], case)
