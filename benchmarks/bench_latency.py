@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neurosono.core.images import read_image
 from neurosono.data.format import Dataset
-from neurosono.data.images import read_image
 from neurosono.detect.env import cpu_cores
 from neurosono.phantom.cohort import CohortConfig, generate_cohort
 from neurosono.pipeline.batch import cases_from, run_batch

@@ -102,7 +102,7 @@ def missing_labels_file(root: Path) -> str:
 
 BREAKAGES = {
     "missing image": (missing_image, "missing image"),
-    "unreadable image": (not_an_image, "unreadable"),
+    "unreadable image": (not_an_image, "not an image file"),
     "truncated image": (truncated_image, "truncated"),
     "box outside image": (_append_label_line("0 0.98 0.5 0.2 0.1"), "outside the image"),
     "zero-area box": (_append_label_line("1 0.5 0.5 0 0.1"), "zero area"),

@@ -10,11 +10,13 @@ import numpy as np
 import torch
 from typer.testing import CliRunner
 
-from neurosono.classify.model import HexaNet, MiniResNet, count_parameters, drop_one_region_attribution
-from neurosono.classify.regions import Detection, crop_box, select_regions
-from neurosono.classify.train import ClassifyTrainConfig, _scores, fit_binary
+from neurosono.classify.config import ClassifyTrainConfig
+from neurosono.classify.fit import fit_binary, predict_scores
+from neurosono.classify.networks import HexaNet, MiniResNet, count_parameters, drop_one_region_attribution
+from neurosono.classify.regions import crop_box, select_regions
 from neurosono.cli import app
-from neurosono.evaluate.metrics import point_metrics
+from neurosono.core.metrics import point_metrics
+from neurosono.detect.predict import Detection
 
 runner = CliRunner()
 
@@ -92,11 +94,11 @@ def test_hexanet_learns_region_level_abnormalities() -> None:
     train, val, test = _synthetic_items(90, rng), _synthetic_items(30, rng), _synthetic_items(45, rng)
     model = HexaNet(6, widths=(8, 16, 32))
     config = ClassifyTrainConfig(epochs=12, batch=16, lr=3e-3, patience=12)
-    best, history = fit_binary(model, train, val, _batches, config, False, "test")
-    scores = _scores(model, test, _batches)
+    fit = fit_binary(model, train, val, _batches, config, False, "test")
+    scores = predict_scores(model, test, _batches)
     labels = np.array([i.label for i in test])
     assert point_metrics(labels, scores, 0.5)["auc"] > 0.9
-    assert len(history) >= best["epoch"]
+    assert len(fit.history) >= fit.best_epoch and 0 < fit.threshold < 1
 
 
 def test_tiny_end_to_end_train_and_eval(tiny_run, tiny_hexanet: Path, tmp_path: Path) -> None:
@@ -111,8 +113,9 @@ def test_tiny_end_to_end_train_and_eval(tiny_run, tiny_hexanet: Path, tmp_path: 
         [
             "classify",
             "eval",
-            str(run),
             str(cohort),
+            "--model",
+            str(run),
             "--split",
             "all",
             "--out",
@@ -152,26 +155,12 @@ def test_cross_validation_and_pipeline_evaluate(tiny_run, tiny_hexanet: Path, tm
     assert (run / "baseline" / "baseline.pt").exists()  # trained beside HexaNet, same split and budget
 
     cv_file = tmp_path / "cv.json"
-    cv = runner.invoke(
-        app,
-        [
-            "classify",
-            "eval",
-            str(run),
-            str(cohort),
-            "--scheme",
-            "kfold",
-            "--folds",
-            "2",
-            "--n-boot",
-            "50",
-            "--json",
-            str(cv_file),
-        ],
-    )
+    args = ["classify", "cv", str(cohort), "--like", str(run), "--kind", "hexanet", "--kind", "whole-image"]
+    cv = runner.invoke(app, [*args, "--folds", "2", "--n-boot", "50", "--json", str(cv_file)])
     assert cv.exit_code == 0, cv.output
     result = json.loads(cv_file.read_text())
-    for model_name in ("hexanet", "baseline"):
+    assert result["config"]["epochs"] == 2  # the run's own configuration, repeated per fold
+    for model_name in ("hexanet", "whole-image"):
         folds = result[model_name]["per_fold"]
         assert [f["fold"] for f in folds] == ["0", "1"]
         assert sum(f["n"] for f in folds) == 24  # every case held out exactly once
@@ -180,7 +169,9 @@ def test_cross_validation_and_pipeline_evaluate(tiny_run, tiny_hexanet: Path, tm
         assert "mean" in result[model_name]["mean_sd"]["accuracy"]
 
     both = tmp_path / "both.json"
-    evaluated = runner.invoke(app, ["evaluate", str(run), str(cohort), "--n-boot", "50", "--json", str(both)])
+    evaluated = runner.invoke(
+        app, ["eval", str(cohort), "--model", str(run), "--n-boot", "50", "--json", str(both)]
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert "whole-image baseline" in evaluated.output
     payload = json.loads(both.read_text())
@@ -189,11 +180,12 @@ def test_cross_validation_and_pipeline_evaluate(tiny_run, tiny_hexanet: Path, tm
 
     every = tmp_path / "every.json"
     whole = runner.invoke(
-        app, ["evaluate", str(run), str(cohort), "--split", "all", "--n-boot", "50", "--json", str(every)]
+        app,
+        ["eval", str(cohort), "--model", str(run), "--split", "all", "--n-boot", "50", "--json", str(every)],
     )
     assert whole.exit_code == 0, whole.output
     counts = json.loads(every.read_text())["hexanet"]
     assert counts["n_normal"] + counts["n_abnormal"] == 24  # every case, not one split
-    unknown = runner.invoke(app, ["evaluate", str(run), str(cohort), "--split", "nosuch"])
+    unknown = runner.invoke(app, ["eval", str(cohort), "--model", str(run), "--split", "nosuch"])
     assert unknown.exit_code == 2 and "no cases in split 'nosuch'" in unknown.output
     assert unknown.exception is None or isinstance(unknown.exception, SystemExit)

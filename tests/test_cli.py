@@ -35,7 +35,7 @@ def test_synth_check_split_export_preview(tmp_path: Path) -> None:
     assert runner.invoke(app, ["data", "check", str(cohort)]).exit_code == 0
 
     coco = tmp_path / "coco.json"
-    exported = runner.invoke(app, ["data", "export-coco", str(cohort), "--out", str(coco)])
+    exported = runner.invoke(app, ["data", "export-coco", str(cohort), "--json", str(coco)])
     assert exported.exit_code == 0, exported.output
     assert len(json.loads(coco.read_text())["images"]) == 16
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from neurosono.classify.config import ClassifyTrainConfig, input_config
 from neurosono.classify.regions import (
     HEAD_CROP_CENTILE,
     MARGIN,
@@ -19,7 +20,6 @@ from neurosono.classify.regions import (
     learn_crop_fractions,
     region_inputs,
 )
-from neurosono.classify.train import ClassifyTrainConfig, input_config
 from neurosono.cli import app
 from neurosono.data.format import Dataset
 from neurosono.pipeline.predict import Pipeline
@@ -135,7 +135,8 @@ def test_scaled_crop_training_records_its_fractions_and_prediction_uses_them(
     tiny_run, age_run: Path, tmp_path: Path
 ) -> None:
     from neurosono.models import PHANTOM_DIR
-    from neurosono.pipeline.deploy import export_onnx, read_manifest
+    from neurosono.pipeline.export import export_onnx
+    from neurosono.pipeline.onnx_files import read_manifest
 
     cohort, _, _ = tiny_run
     record = json.loads((age_run / "classifier.json").read_text())
@@ -155,12 +156,22 @@ def test_scaled_crop_training_records_its_fractions_and_prediction_uses_them(
     case = Dataset.load(cohort).cases[0]
     tv, tc = cohort / case.tv_image, cohort / case.tc_image
     spacing = {plane: case.spacing_mm(plane) for plane in ("tv", "tc")}
+    crops_seen = []
+    stage2 = pipeline.stage2
+
+    def recording(crops, scalars, case):
+        crops_seen.append(crops.copy())
+        return stage2(crops, scalars, case)
+
+    pipeline.stage2 = recording
     dated, undated = pipeline.predict(tv, tc, spacing_mm=spacing, ga_weeks=21.0), pipeline.predict(tv, tc)
-    # The fractions reach prediction: without them the same inputs give other scores.
+    # The fractions reach prediction: without them the same images give HexaNet other crops.
     pipeline.meta = {**pipeline.meta, "age_crop_fractions": None}
-    assert pipeline.predict(tv, tc, spacing_mm=spacing, ga_weeks=21.0).p_abnormal != dated.p_abnormal
+    pipeline.predict(tv, tc, spacing_mm=spacing, ga_weeks=21.0)
     pipeline.meta = {**pipeline.meta, "crop_fractions": None}
-    assert pipeline.predict(tv, tc).p_abnormal != undated.p_abnormal
+    pipeline.predict(tv, tc)
+    assert not np.allclose(crops_seen[0], crops_seen[2]) and not np.allclose(crops_seen[1], crops_seen[3])
+    pipeline.stage2 = stage2
 
     export_onnx(model, tmp_path / "export")
     manifest = read_manifest(tmp_path / "export")
@@ -172,7 +183,7 @@ def test_scaled_crop_training_records_its_fractions_and_prediction_uses_them(
 
     args = ["classify", "train", str(cohort), "--out", str(tmp_path / "x"), "--crop-scale", "w"]
     bad = runner.invoke(app, args)
-    assert bad.exit_code == 2 and "--crop-scale must be one of box, head, age" in bad.output
+    assert bad.exit_code == 2 and "'w' is not one of 'box', 'head', 'age'" in bad.output
     no_age = runner.invoke(app, [*args[:-1], "age"])
-    assert no_age.exit_code == 2 and "needs --ga" in no_age.output
+    assert no_age.exit_code == 2 and "need the gestational age as an input (--ga)" in no_age.output
     assert not (tmp_path / "x").exists()

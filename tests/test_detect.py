@@ -13,11 +13,12 @@ import yaml
 from typer.testing import CliRunner
 
 from neurosono.cli import app
+from neurosono.core.images import ImageReadError
 from neurosono.data.format import Dataset
 from neurosono.detect.env import config_dir
 from neurosono.detect.evaluate import IOU_THRESHOLDS, ImageResult, coco_map, match, matched_ap
 from neurosono.detect.model import RegionMismatchError, load_detector
-from neurosono.detect.predict import ImageInputError, detect_regions
+from neurosono.detect.predict import detect_regions
 
 runner = CliRunner()
 
@@ -106,7 +107,7 @@ def test_corrupt_image_is_a_clear_error(tiny_run, tmp_path: Path) -> None:
     _, run, _ = tiny_run
     fake = tmp_path / "scan.png"
     fake.write_text("not an image")
-    with pytest.raises(ImageInputError, match=r"scan\.png"):
+    with pytest.raises(ImageReadError, match=r"scan\.png"):
         detect_regions(load_detector(run), [fake])
     result = runner.invoke(app, ["detect", "predict", str(run), str(fake)])
     assert result.exit_code == 2 and "scan.png" in result.output

@@ -14,12 +14,13 @@ import torch
 from typer.testing import CliRunner
 
 from neurosono import Pipeline
-from neurosono.classify.gestation import ga_scalars, parse_ga
-from neurosono.classify.model import HexaNet, drop_one_region_attribution
-from neurosono.classify.train import ClassifyTrainConfig, _scores, fit_binary, ga_batch
+from neurosono.classify.config import ClassifyTrainConfig
+from neurosono.classify.fit import fit_binary, predict_scores
+from neurosono.classify.gestation import ga_batch, ga_scalars, parse_ga
+from neurosono.classify.networks import HexaNet, drop_one_region_attribution
 from neurosono.cli import app
+from neurosono.core.metrics import point_metrics
 from neurosono.data.format import Dataset
-from neurosono.evaluate.metrics import point_metrics
 from neurosono.pipeline.stage2 import DropOneHexaNet, check_drop_one
 
 runner = CliRunner()
@@ -72,7 +73,8 @@ def test_hexanet_with_ga_forward_missing_ga_and_attribution() -> None:
 
 
 def test_regions_of_a_ga_model_carry_their_size_for_age() -> None:
-    from neurosono.classify.regions import N_SIZE_FOR_AGE, Detection, region_inputs
+    from neurosono.classify.regions import N_SIZE_FOR_AGE, region_inputs
+    from neurosono.detect.predict import Detection
 
     regions, planes = ["csp", "cerebellum"], {"tc": ["csp", "cerebellum"]}
     image = {"tc": np.full((200, 200), 80, np.uint8)}
@@ -134,8 +136,8 @@ def test_hexanet_learns_a_size_for_age_finding_only_with_the_age() -> None:
     config = ClassifyTrainConfig(epochs=20, batch=16, lr=1e-2, patience=20)
     fit_binary(model, train, val, _batches(False), config, False, "test")
     labels = np.array([i.label for i in test])
-    with_age = point_metrics(labels, _scores(model, test, _batches(False)), 0.5)["auc"]
-    without = point_metrics(labels, _scores(model, test, _batches(True)), 0.5)["auc"]
+    with_age = point_metrics(labels, predict_scores(model, test, _batches(False)), 0.5)["auc"]
+    without = point_metrics(labels, predict_scores(model, test, _batches(True)), 0.5)["auc"]
     assert with_age > 0.95, with_age
     assert without < with_age - 0.1, (with_age, without)
 
@@ -179,7 +181,7 @@ def test_ga_training_records_the_input_and_evaluation_says_how_it_was_used(
     runs = {}
     for name, extra in (("given", []), ("withheld", ["--withhold-ga"])):
         out = tmp_path / name
-        args = ["classify", "eval", str(ga_run), str(cohort), "--split", "all", "--out", str(out)]
+        args = ["classify", "eval", str(cohort), "--model", str(ga_run), "--split", "all", "--out", str(out)]
         result = runner.invoke(app, [*args, "--n-boot", "50", *extra])
         assert result.exit_code == 0, result.output
         runs[name] = json.loads((out / "metrics.json").read_text())
@@ -189,7 +191,9 @@ def test_ga_training_records_the_input_and_evaluation_says_how_it_was_used(
     given = [float(r["p_abnormal"]) for r in runs["given"]["rows"]]
     withheld = [float(r["p_abnormal"]) for r in runs["withheld"]["rows"]]
     assert given != withheld  # the age reaches the decision
-    both = runner.invoke(app, ["evaluate", str(ga_run), str(cohort), "--n-boot", "50", "--withhold-ga"])
+    both = runner.invoke(
+        app, ["eval", str(cohort), "--model", str(ga_run), "--n-boot", "50", "--withhold-ga"]
+    )
     assert both.exit_code == 0 and "gestational age: withheld" in both.output
 
 
@@ -238,7 +242,7 @@ def test_batch_takes_the_ga_from_cases_csv(tiny_run, ga_model: Path, tmp_path: P
         writer.writeheader()
         writer.writerows(r for r in rows if r["case_id"] in keep)
     results = tmp_path / "results.csv"
-    args = ["predict", "--model", str(ga_model), "--batch", str(table), "--out", str(results)]
+    args = ["predict", "--model", str(ga_model), "--batch", str(table), "--csv", str(results)]
     assert runner.invoke(app, [*args, "--ga-weeks", "21"]).exit_code == 2  # one age for many cases
     done = runner.invoke(app, args)
     assert done.exit_code == 0, done.output
@@ -255,13 +259,14 @@ def test_batch_takes_the_ga_from_cases_csv(tiny_run, ga_model: Path, tmp_path: P
     old = tmp_path / "old.csv"
     old.write_text("case_id,tv_image,tc_image,p_abnormal,decision,threshold,warnings,error\n")
     refused = runner.invoke(
-        app, ["predict", "--model", str(ga_model), "--batch", str(table), "--out", str(old)]
+        app, ["predict", "--model", str(ga_model), "--batch", str(table), "--csv", str(old)]
     )
-    assert refused.exit_code == 2 and "give a new --out" in " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "give a new --csv" in " ".join(refused.output.split())
 
 
 def test_onnx_export_of_a_ga_model_matches_torch(tiny_run, ga_model: Path, tmp_path: Path) -> None:
-    from neurosono.pipeline.deploy import export_onnx, read_manifest
+    from neurosono.pipeline.export import export_onnx
+    from neurosono.pipeline.onnx_files import read_manifest
 
     cohort, _, _ = tiny_run
     export_onnx(ga_model, tmp_path / "export")

@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from neurosono.data.images import ImageReadError, read_image
+from neurosono.core.images import ImageReadError, read_image
 
 
 def _dicom(

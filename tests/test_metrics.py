@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from neurosono.evaluate.metrics import (
+from neurosono.core.metrics import (
     bootstrap,
     choose_threshold,
     classification_metrics,

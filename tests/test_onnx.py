@@ -16,13 +16,14 @@ from typer.testing import CliRunner
 
 from neurosono import Pipeline
 from neurosono.cli import app
+from neurosono.core.checkpoints import file_sha256
+from neurosono.core.images import read_image
 from neurosono.data.format import Dataset
-from neurosono.data.images import read_image
 from neurosono.detect.env import cpu_cores
-from neurosono.detect.model import file_sha256
 from neurosono.phantom.cohort import CohortConfig, generate_cohort
-from neurosono.pipeline import deploy
-from neurosono.pipeline.predict import default_model_dir, model_files
+from neurosono.pipeline import export as deploy
+from neurosono.pipeline import onnx_files, onnx_runtime
+from neurosono.pipeline.bundle import default_model_dir, model_files
 
 runner = CliRunner()
 
@@ -40,7 +41,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped models exported through the CLI, replacing an earlier export (--overwrite)."""
     out = tmp_path_factory.mktemp("onnx") / "export"
     out.mkdir()
-    (out / deploy.MANIFEST).write_text("{}")  # an earlier export, as far as --overwrite cares
+    (out / onnx_files.MANIFEST).write_text("{}")  # an earlier export, as far as --overwrite cares
     (out / "stale.txt").write_text("from the earlier export")
     result = runner.invoke(app, ["export", "--format", "onnx", "--out", str(out), "--overwrite"])
     assert result.exit_code == 0, result.output
@@ -72,7 +73,7 @@ def test_export_writes_both_stages_and_a_manifest(export: Path, pipelines: tuple
     assert manifest["detector"]["source_sha256"] == file_sha256(detector_file)
     assert manifest["hexanet"]["source_sha256"] == file_sha256(classifier_file)
     assert manifest["detector"]["sha256"] == file_sha256(export / "detector.onnx")
-    assert manifest["opset"] == deploy.OPSET and manifest["versions"]["onnxruntime"]
+    assert manifest["opset"] == onnx_files.OPSET and manifest["versions"]["onnxruntime"]
     imgsz = json.loads(detector_file.with_suffix(".json").read_text())["config"]["imgsz"]
     assert manifest["detector"]["imgsz"] == imgsz and manifest["detector"]["fixed_size"] is False
     assert manifest["detector"]["input"]["images"] == ["batch", 3, "height", "width"]
@@ -92,7 +93,7 @@ def test_onnx_pipeline_matches_torch(cohort: Path, pipelines: tuple[Pipeline, Pi
     backend = onnx_pipeline.detector.yolo.predictor.model.backend
     assert type(backend).__name__ == "ONNXBackend"  # stage 1 really runs on onnxruntime
     assert backend.session.get_providers() == ["CPUExecutionProvider"]
-    for session in (backend.session, onnx_pipeline.classifier.session):  # every core
+    for session in (backend.session, onnx_pipeline.stage2.session):  # every core
         assert session.get_session_options().intra_op_num_threads == cpu_cores()
     decisions = set()
     for case in Dataset.load(cohort).cases:
@@ -155,10 +156,10 @@ def test_one_pass_attribution_is_hexanets_drop_one(
     cohort: Path, pipelines: tuple[Pipeline, Pipeline]
 ) -> None:
     """The stage-2 shortcut both runtimes run equals HexaNet's own R + 1 passes."""
+    from neurosono.classify.config import input_config
     from neurosono.classify.gestation import ga_scalars
-    from neurosono.classify.model import drop_one_region_attribution
+    from neurosono.classify.networks import drop_one_region_attribution
     from neurosono.classify.regions import region_inputs
-    from neurosono.classify.train import input_config
 
     torch_pipeline, onnx_pipeline = pipelines
     case = Dataset.load(cohort).cases[0]
@@ -177,7 +178,7 @@ def test_one_pass_attribution_is_hexanets_drop_one(
     case = ga_scalars(None)[None] if config.gestational_age else np.zeros((1, 0), np.float32)
     crops_t, scalars_t = torch.from_numpy(crops[None, :, None].copy()), torch.from_numpy(scalars[None])
     extra = (torch.from_numpy(case),) if config.gestational_age else ()
-    model = torch_pipeline.classifier
+    model = torch_pipeline.stage2.model.model  # HexaNet itself, inside the one-pass wrapper
     with torch.no_grad():
         p_ref = torch.sigmoid(model(crops_t, scalars_t, *extra)).numpy()
     attribution_ref = drop_one_region_attribution(model, crops_t, scalars_t, *extra).numpy()
@@ -190,7 +191,7 @@ def test_one_pass_attribution_is_hexanets_drop_one(
 
 
 def test_a_changed_hexanet_forward_is_caught() -> None:
-    from neurosono.classify.model import HexaNet
+    from neurosono.classify.networks import HexaNet
     from neurosono.pipeline.stage2 import drop_one_model
 
     class Changed(HexaNet):
@@ -204,7 +205,7 @@ def test_a_changed_hexanet_forward_is_caught() -> None:
 
 
 def test_hexanet_export_takes_regions_and_scalars_from_the_model(tmp_path: Path) -> None:
-    from neurosono.classify.model import HexaNet
+    from neurosono.classify.networks import HexaNet
 
     if "n_scalars" not in inspect.signature(HexaNet).parameters:
         pytest.skip("this HexaNet has a fixed number of region scalars")
@@ -212,7 +213,7 @@ def test_hexanet_export_takes_regions_and_scalars_from_the_model(tmp_path: Path)
     model = HexaNet(4, n_scalars=3).eval()
     diff, shapes = deploy.export_hexanet(model, tmp_path / "h.onnx")
     assert shapes == {"n_regions": 4, "n_scalars": 3, "n_case_scalars": 0, "crop": 64} and diff < 1e-4
-    net = deploy.OnnxHexaNet(tmp_path / "h.onnx")
+    net = onnx_runtime.OnnxHexaNet(tmp_path / "h.onnx")
     assert (net.n_regions, net.n_scalars, net.n_case_scalars) == (4, 3, 0)
     logits, drop = net(
         np.zeros((5, 4, 1, 64, 64), np.float32), np.zeros((5, 4, 3), np.float32), np.zeros((5, 0), np.float32)
@@ -247,7 +248,7 @@ def test_predict_cli_with_onnx_runtime_single_and_batch(
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text()) == onnx_pipeline.predict(tv, tc).to_dict()
     results = tmp_path / "batch.csv"
-    batch = runner.invoke(app, [*args, "--batch", str(cohort / "cases.csv"), "--out", str(results)])
+    batch = runner.invoke(app, [*args, "--batch", str(cohort / "cases.csv"), "--csv", str(results)])
     assert batch.exit_code == 0, batch.output
     with results.open(newline="") as handle:
         rows = {row["case_id"]: row for row in csv.DictReader(handle)}
@@ -281,7 +282,7 @@ def test_folder_without_onnx_files_is_a_clear_error(export: Path, tmp_path: Path
     result = runner.invoke(app, ["predict", "--runtime", "onnx", "--model", str(tampered), "--tv", "x.png"])
     assert result.exit_code == 2 and "changed since export" in " ".join(result.output.split())
     bad = runner.invoke(app, ["predict", "--runtime", "tensorrt", "--tv", "x.png"])
-    assert bad.exit_code == 2 and "torch or onnx" in bad.output
+    assert bad.exit_code == 2 and "'tensorrt' is not one of 'torch', 'onnx'" in bad.output
 
 
 def test_default_model_is_exported_once_into_the_cache(
@@ -292,7 +293,7 @@ def test_default_model_is_exported_once_into_the_cache(
     The real exporter is covered by the ``export`` fixture; here a stand-in copies its
     result, so this test is about the cache, not about exporting again.
     """
-    monkeypatch.setattr(deploy, "config_dir", lambda: tmp_path / "cache" / "ultralytics")
+    monkeypatch.setattr(onnx_runtime, "config_dir", lambda: tmp_path / "cache" / "ultralytics")
     calls = []
 
     def fake_export(model_dir, out, overwrite=False):
@@ -300,7 +301,7 @@ def test_default_model_is_exported_once_into_the_cache(
         shutil.copytree(export, out)
         return Path(out)
 
-    monkeypatch.setattr(deploy, "export_onnx", fake_export)
+    monkeypatch.setattr(onnx_runtime, "export_onnx", fake_export)
     case = Dataset.load(cohort).cases[0]
     tv = str(cohort / case.tv_image)
     first = runner.invoke(app, ["predict", "--runtime", "onnx", "--tv", tv])
@@ -310,5 +311,5 @@ def test_default_model_is_exported_once_into_the_cache(
     messages = []
     pipeline = Pipeline.load(runtime="onnx", notify=messages.append, threads=1)
     assert len(calls) == 1 and not messages
-    assert pipeline.classifier.session.get_session_options().intra_op_num_threads == 1
+    assert pipeline.stage2.session.get_session_options().intra_op_num_threads == 1
     assert pipeline.model_info["detector_sha256"] == file_sha256(default_model_dir() / "detector.pt")

@@ -134,7 +134,7 @@ def test_batch_resumes_and_survives_a_bad_file(tiny_run, model_dir: Path, tmp_pa
     results = tmp_path / "results.csv"
     # An interrupted earlier run: the first two cases are done.
     first = runner.invoke(
-        app, ["predict", "--model", str(model_dir), "--batch", str(folder), "--out", str(results)]
+        app, ["predict", "--model", str(model_dir), "--batch", str(folder), "--csv", str(results)]
     )
     assert first.exit_code == 4 and "broken" in first.output  # finished, one case failed
     rows = list(csv.DictReader(results.open()))
@@ -145,7 +145,7 @@ def test_batch_resumes_and_survives_a_bad_file(tiny_run, model_dir: Path, tmp_pa
         writer.writeheader()
         writer.writerows(kept)
     again = runner.invoke(
-        app, ["predict", "--model", str(model_dir), "--batch", str(folder), "--out", str(results)]
+        app, ["predict", "--model", str(model_dir), "--batch", str(folder), "--csv", str(results)]
     )
     assert again.exit_code == 4
     rows = list(csv.DictReader(results.open()))

@@ -34,7 +34,8 @@ def test_quick_run_trains_both_stages_and_writes_a_self_contained_report(quick_r
     for key in ("auc", "sensitivity", "specificity", "f1"):
         entry = metrics["hexanet"][key]
         assert set(entry) >= {"value", "ci95", "method"}
-    assert "baseline" in metrics and metrics["detector"]["map50"]["value"] >= 0
+    # The shipped detector, fine-tuned for one epoch, still finds the phantom's regions.
+    assert "auc" in metrics["baseline"] and metrics["detector"]["map50"]["value"] >= 0.8
     cases = json.loads((out / "evaluation" / "cases.json").read_text())["cases"]
     assert cases and all(len(c["attribution"]) == 6 for c in cases)
 
@@ -75,10 +76,17 @@ def test_run_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     assert (tmp_path / "mine.txt").read_text() == "user data"
 
 
-def test_run_on_a_user_dataset_with_a_one_class_test_split(tiny_cohort: Path, tmp_path: Path) -> None:
+def test_run_on_a_user_dataset_with_a_one_class_test_split(cohort_copy: Path, tmp_path: Path) -> None:
     """A given dataset is used as split; a report is still written when AUC is undefined."""
     from neurosono.data.format import Dataset
     from neurosono.pipeline.run import RunConfig, run_pipeline
+
+    dataset = Dataset.load(cohort_copy)
+    for case in dataset.cases:  # the test split keeps its normal cases only
+        if case.split == "test" and case.label == "abnormal":
+            case.split = "train"
+    dataset.write_cases()
+    assert {c.label for c in dataset.split("test")} == {"normal"}
 
     config = RunConfig(
         cases=30,
@@ -90,13 +98,11 @@ def test_run_on_a_user_dataset_with_a_one_class_test_split(tiny_cohort: Path, tm
         gallery=2,
     )
     messages: list[str] = []
-    record = run_pipeline(tmp_path / "run", tiny_cohort, config, progress=False, log=messages.append)
-    assert "cohort" not in record["stages"] and record["dataset_dir"] == str(tiny_cohort)
+    record = run_pipeline(tmp_path / "run", cohort_copy, config, progress=False, log=messages.append)
+    assert "cohort" not in record["stages"] and record["dataset_dir"] == str(cohort_copy)
     assert not (tmp_path / "run" / "cohort").exists()
     html = (tmp_path / "run" / "report.html").read_text()
-    test_labels = {c.label for c in Dataset.load(tiny_cohort).split("test")}
-    if len(test_labels) == 1:
-        assert "one class only" in html
+    assert "one class only" in html
     assert any("[1/4] detector" in m for m in messages)
 
 

@@ -8,8 +8,8 @@ import numpy as np
 
 from neurosono.classify.regions import Detection, head_sizes
 from neurosono.classify.skull import fit_skull
+from neurosono.core.images import read_image
 from neurosono.data.format import Dataset, read_labels
-from neurosono.data.images import read_image
 
 
 def test_short_axis_tracks_the_true_bpd(tiny_cohort: Path) -> None:

@@ -1,34 +1,66 @@
-"""Cross-validation of HexaNet (and the whole-image baseline): k-fold or leave-one-centre-out.
+"""One cross-validation engine for every classifier kind: k-fold or leave-one-centre-out.
 
-The detector runs once per image. For each fold, the held-out part is the fold;
-the rest is divided 80/20 (label-stratified, group-aware) into training and
-validation, a fresh model is trained with the run's configuration, and its
-threshold is chosen on that validation part. Reported: each fold's metrics,
-their mean and standard deviation, and the pooled out-of-fold metrics with CIs.
+The detectors run once per image. For each fold, the held-out part is the fold; the rest is
+divided 80/20 (label-stratified, group-aware) into training and validation; a fresh model of
+each kind is trained with the same configuration (scaled crops learn their fractions from that
+fold's training cases), and its threshold is chosen on that validation part. The held-out
+fold is never seen. Folds come from :func:`neurosono.data.split.kfold` (stratified by label,
+source groups intact), exactly as ``neurosono data split --scheme kfold`` writes them with the
+same seed and folds, or from the centres (``center``).
+
+Reported per kind: each fold's metrics, their mean and standard deviation, pooled out-of-fold
+metrics over cases with bootstrap CIs (each case decided at its own fold's threshold), and the
+same pooled over source groups (a group's score is the mean of its cases' scores), since the
+images of one source are not independent.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 
-from neurosono.classify.train import ClassifyTrainConfig, fit_hexanet, predict_scores
-from neurosono.data.format import Dataset
+from neurosono.classify.config import ClassifyTrainConfig, head_size_of
+from neurosono.classify.inputs import CaseInputs, gather_cases, is_single_image
+from neurosono.classify.kinds import kind_class
+from neurosono.core.metrics import classification_metrics, point_metrics
+from neurosono.core.progress import track
+from neurosono.data.format import Case, Dataset
 from neurosono.data.split import by_center, holdout, kfold
+from neurosono.detect.evaluate import transfer_summary
 from neurosono.detect.model import Detector
-from neurosono.evaluate.metrics import classification_metrics, point_metrics
-from neurosono.progress import track
+from neurosono.detect.predict import OPERATING_CONF
 
+SCHEMES = ("kfold", "center")
 KEYS = ("auc", "sensitivity", "specificity", "f1", "accuracy", "ppv", "npv")
 
 
-def _fold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+def fold_table(cases: list[Case]) -> dict:
+    """Per fold: cases, abnormal cases and source groups; a group must never be in two folds."""
+    folds: dict[str, dict] = {}
+    seen: dict[str, str] = {}
+    for case in cases:
+        if seen.setdefault(case.group, case.fold) != case.fold:
+            raise ValueError(f"source group {case.group} is in folds {seen[case.group]} and {case.fold}")
+        entry = folds.setdefault(case.fold, {"n": 0, "n_abnormal": 0, "groups": set()})
+        entry["n"] += 1
+        entry["n_abnormal"] += case.label == "abnormal"
+        entry["groups"].add(case.group)
+    order = sorted(folds, key=lambda f: (len(f), f))
+    return {
+        f: {"n": folds[f]["n"], "n_abnormal": folds[f]["n_abnormal"], "n_groups": len(folds[f]["groups"])}
+        for f in order
+    }
+
+
+def fold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     values = point_metrics(labels, scores, threshold)
     return {k: (round(v, 4) if np.isfinite(v) else None) for k, v in values.items()}
 
 
-def _summary(folds: list[dict]) -> dict:
+def mean_sd(folds: list[dict]) -> dict:
     out = {}
     for key in KEYS:
         values = [f[key] for f in folds if f.get(key) is not None]
@@ -41,79 +73,176 @@ def _summary(folds: list[dict]) -> dict:
     return out
 
 
+def pooled(rows: list[dict], n_boot: int, seed: int) -> tuple[dict, dict]:
+    """Case-level and group-level pooled out-of-fold metrics (decisions at each fold's threshold)."""
+
+    def metrics(labels: list, scores: list, decisions: list) -> dict:
+        # Decisions carry each fold's own threshold: scored 1/0 at 0.5; the AUC and Brier use the scores.
+        out = classification_metrics(np.array(labels), np.array(decisions, float), 0.5, n_boot, seed)
+        scored = classification_metrics(np.array(labels), np.array(scores), 0.5, n_boot, seed)
+        out["auc"], out["brier"] = scored["auc"], scored["brier"]
+        return out
+
+    cases = metrics(
+        [r["label"] for r in rows], [r["score"] for r in rows], [r["score"] >= r["threshold"] for r in rows]
+    )
+    cases["threshold"] = "each fold's own validation-chosen threshold"
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    means = [float(np.mean([r["score"] for r in g])) for g in groups.values()]
+    by_group = metrics(
+        [g[0]["label"] for g in groups.values()],
+        means,
+        [m >= g[0]["threshold"] for m, g in zip(means, groups.values(), strict=True)],
+    )
+    by_group["threshold"] = "each fold's own threshold on the group's mean score"
+    by_group["unit"] = "source group (mean score of its cases)"
+    return cases, by_group
+
+
+def _detection_summaries(items: list[CaseInputs], dataset: Dataset, detector, heads) -> dict:
+    out = {}
+    if heads is not None:
+        confs = np.array([i.head_conf for i in items])
+        out["head_detection"] = {
+            "n_no_head": int(sum(i.head is None for i in items)),
+            "median_confidence": round(float(np.median(confs)), 4),
+            f"fraction_at_{OPERATING_CONF}": round(float((confs >= OPERATING_CONF).mean()), 4),
+            "detector_sha256": heads.sha256,
+        }
+    if detector is not None and is_single_image([i.case for i in items]):
+        # How the six-region (phantom) detector fares on these images (one plane slot: the image).
+        found = [[d for d in i.detections if d.plane == "tv"] for i in items]
+        out["transfer"] = {
+            **transfer_summary(found, [i.label for i in items], dataset.spec.regions),
+            "detector_sha256": detector.sha256,
+        }
+    return out
+
+
 def cross_validate(
     dataset: Dataset,
-    detector: Detector,
-    scheme: str,
+    kinds: list[str],
     config: ClassifyTrainConfig,
-    folds: int = 3,
-    with_baseline: bool = True,
+    scheme: str = "kfold",
+    folds: int = 5,
+    detector: Detector | None = None,
+    head_detector: Detector | None = None,
     n_boot: int = 1000,
     progress: bool = False,
 ) -> dict:
-    from neurosono.classify.baseline import baseline_scores, fit_baseline
-    from neurosono.classify.train import gather_cases
-
-    detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
-    # Scaled crops: each fold learns its crop fractions from its own training cases, not
-    # those of the run whose configuration it repeats (they saw the held-out fold).
+    """Every kind in ``kinds`` trained and tested on the same folds; see the module docstring."""
+    classes = [kind_class(k) for k in kinds]
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, not {scheme!r}")
+    if any(c.needs_detector for c in classes) and detector is None:
+        raise ValueError("the hexanet kind needs the six-region detector")
+    if any(c.needs_head_detector for c in classes) and head_detector is None:
+        raise ValueError("the head-crop kind needs a head detector")
+    # Scaled crops: each fold learns its crop fractions from its own training cases.
     config = dataclasses.replace(config, crop_fractions=None, age_crop_fractions=None)
     cases = kfold(dataset.cases, config.seed, folds) if scheme == "kfold" else by_center(dataset.cases)
-    items = gather_cases(dataset, detector, cases, progress, with_truth=True)
-    regions = dataset.spec.regions
-    planes = {name: list(spec.regions) for name, spec in dataset.spec.planes.items()}
-    fold_names = sorted({c.fold for c in cases}, key=lambda f: (len(f), f))
-    per_fold: dict[str, list[dict]] = {"hexanet": [], "baseline": []}
-    pooled: dict[str, list] = {
-        "labels": [],
-        "hexanet": [],
-        "hexanet_pred": [],
-        "baseline": [],
-        "baseline_pred": [],
+    table = fold_table(cases)
+    regions_detector = detector if any(c.needs_detector for c in classes) else None
+    heads = head_detector if any(c.needs_head_detector for c in classes) else None
+    items = gather_cases(dataset, cases, regions_detector, heads, with_truth=True, progress=progress)
+    result: dict = {
+        "dataset": dataset.spec.name,
+        "scheme": scheme,
+        "scheme_text": f"stratified group k-fold by source_group ({folds} folds, seed {config.seed})"
+        if scheme == "kfold"
+        else "leave one centre out",
+        "folds": table,
+        "n_cases": len(cases),
+        "n_groups": len({c.group for c in cases}),
+        "config": dataclasses.asdict(config),
+        **_detection_summaries(items, dataset, regions_detector, heads),
     }
-    for fold in track(fold_names, f"{scheme} folds", total=len(fold_names), enabled=progress):
+    planes = {name: list(spec.regions) for name, spec in dataset.spec.planes.items()}
+    rows: dict[str, list[dict]] = {c.kind: [] for c in classes}
+    per_fold: dict[str, list[dict]] = {c.kind: [] for c in classes}
+    for fold in track(list(table), f"{scheme} folds", total=len(table), enabled=progress):
         test = [i for i in items if i.case.fold == fold]
         rest = [i for i in items if i.case.fold != fold]
-        inner = holdout([i.case for i in rest], seed=config.seed, fractions=(0.8, 0.2, 0.0))
-        role = {c.case_id: c.split for c in inner}
+        role = {
+            c.case_id: c.split
+            for c in holdout([i.case for i in rest], seed=config.seed, fractions=(0.8, 0.2, 0.0))
+        }
         train = [i for i in rest if role[i.case.case_id] == "train"]
         val = [i for i in rest if role[i.case.case_id] == "val"]
-        if len({i.label for i in val}) < 2 or len({i.label for i in train}) < 2:
-            raise ValueError(f"fold {fold}: training or validation part lacks one class")
         labels = np.array([i.label for i in test])
-        fitted = fit_hexanet(train, val, regions, planes, config)
-        scores = predict_scores(fitted.model, test, regions, planes, fitted.config)
-        entry = {
-            "fold": fold,
-            "n": len(test),
-            "n_abnormal": int(labels.sum()),
-            "threshold": round(fitted.threshold, 4),
-        }
-        per_fold["hexanet"].append({**entry, **_fold_metrics(labels, scores, fitted.threshold)})
-        pooled["labels"].extend(labels.tolist())
-        pooled["hexanet"].extend(scores.tolist())
-        pooled["hexanet_pred"].extend((scores >= fitted.threshold).astype(int).tolist())
-        if with_baseline:
-            model, threshold, *_ = fit_baseline(train, val, config)
-            b_scores = baseline_scores(model, test)
-            per_fold["baseline"].append(
-                {**entry, "threshold": round(threshold, 4), **_fold_metrics(labels, b_scores, threshold)}
+        for cls in classes:
+            classifier = cls.create(config, dataset.spec.regions, planes)
+            try:
+                fit = classifier.fit(train, val)
+            except ValueError as exc:
+                raise ValueError(f"fold {fold}: {exc}") from None
+            scores = classifier.scores(test)
+            per_fold[cls.kind].append(
+                {
+                    "fold": fold,
+                    "n": len(test),
+                    "n_abnormal": int(labels.sum()),
+                    "threshold": round(float(fit.threshold), 4),
+                    "best_epoch": fit.best_epoch,
+                    **fold_metrics(labels, scores, fit.threshold),
+                }
             )
-            pooled["baseline"].extend(b_scores.tolist())
-            pooled["baseline_pred"].extend((b_scores >= threshold).astype(int).tolist())
-    result: dict = {"scheme": scheme, "folds": fold_names, "config": dataclasses.asdict(config)}
-    labels = np.array(pooled["labels"])
-    for model_name in ("hexanet", "baseline") if with_baseline else ("hexanet",):
-        scores = np.array(pooled[model_name])
-        # Pooled out-of-fold decisions use each fold's own threshold: score 1/0 stands for them.
-        decisions = np.array(pooled[f"{model_name}_pred"], dtype=float)
-        pooled_metrics = classification_metrics(labels, decisions, 0.5, n_boot, config.seed)
-        scored = classification_metrics(labels, scores, 0.5, n_boot, config.seed)
-        pooled_metrics["auc"], pooled_metrics["brier"] = scored["auc"], scored["brier"]
-        pooled_metrics["threshold"] = "each fold's own validation-chosen threshold"
-        result[model_name] = {
-            "per_fold": per_fold[model_name],
-            "mean_sd": _summary(per_fold[model_name]),
-            "pooled_out_of_fold": pooled_metrics,
+            rows[cls.kind] += [
+                {
+                    "case_id": item.case.case_id,
+                    "group": item.case.group,
+                    "fold": fold,
+                    "label": int(item.label),
+                    "score": float(score),
+                    "threshold": float(fit.threshold),
+                }
+                for item, score in zip(test, scores, strict=True)
+            ]
+    for cls in classes:
+        by_case, by_group = pooled(rows[cls.kind], n_boot, config.seed)
+        result[cls.kind] = {
+            "per_fold": per_fold[cls.kind],
+            "mean_sd": mean_sd(per_fold[cls.kind]),
+            "pooled_out_of_fold": by_case,
+            "pooled_by_group": by_group,
+            "out_of_fold": rows[cls.kind],
         }
     return result
+
+
+def cross_validate_like(
+    dataset: Dataset,
+    kinds: list[str],
+    scheme: str = "kfold",
+    folds: int = 5,
+    like: str | Path | None = None,
+    budget: dict | None = None,
+    batch: int = 16,
+    detector: str | Path | None = None,
+    head_detector: str | Path | None = None,
+    n_boot: int = 1000,
+    progress: bool = True,
+) -> dict:
+    """:func:`cross_validate` with the models resolved: ``like`` a trained run whose
+    configuration (and detector) the folds repeat; ``budget`` overrides (seed, epochs,
+    patience); detectors default to the shipped ones."""
+    from neurosono.classify.train import load_detectors, training_detector
+
+    config = ClassifyTrainConfig(batch=batch)
+    if like is not None:
+        record = json.loads(record_file(like).read_text())
+        config = ClassifyTrainConfig(**{**record["config"], "head_size": head_size_of(record)})
+        detector = detector or training_detector(like)
+    config = dataclasses.replace(config, **(budget or {}))
+    regions, heads = load_detectors([kind_class(k) for k in kinds], detector, head_detector)
+    return cross_validate(dataset, kinds, config, scheme, folds, regions, heads, n_boot, progress)
+
+
+def record_file(run: str | Path) -> Path:
+    run = Path(run)
+    record = run / "classifier.json" if run.is_dir() else run.with_name("classifier.json")
+    if not record.is_file():
+        raise ValueError(f"{run}: not a classifier run folder (no classifier.json)")
+    return record

@@ -61,3 +61,23 @@ def parse_ga(text: str | float | None) -> float | None:
     if not np.isfinite(weeks) or not low <= weeks <= high:
         raise ValueError(f"gestational age {weeks:g} weeks is outside {low:g}-{high:g} weeks")
     return weeks
+
+
+def given_ga(
+    item, train: bool, rng: np.random.Generator, dropout: float, withhold: bool = False
+) -> float | None:
+    """The case's gestational age as a GA model gets it: None when unknown, when ``withhold``,
+    and in training for a share ``dropout`` of cases (as for a user who does not give it).
+    ``item`` is anything with a ``ga_weeks`` (a case's inputs)."""
+    ga = None if withhold else item.ga_weeks
+    if train and ga is not None and rng.random() < dropout:
+        return None
+    return ga
+
+
+def ga_batch(items: list, train: bool, rng: np.random.Generator, dropout: float, withhold: bool = False):
+    """[B, 2] gestational-age scalars of :func:`given_ga` (a torch tensor)."""
+    import torch
+
+    ages = [given_ga(item, train, rng, dropout, withhold) for item in items]
+    return torch.from_numpy(np.stack([ga_scalars(ga) for ga in ages]))

@@ -45,15 +45,13 @@ small *for age* looks small; without them the crop falls back to the head scale.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from neurosono.classify.model import N_SCALARS
+from neurosono.classify.networks import N_SCALARS
 from neurosono.classify.skull import fit_skull
+from neurosono.detect.predict import Detection
 
 CROP = 64
 MARGIN = 0.25  # context on each side, as a fraction of the box size
@@ -63,23 +61,6 @@ N_SIZE_FOR_AGE = 2  # box width and height in mm per week of gestational age
 HEAD_CROP_SCALE_JITTER = 0.25
 # Head-scaled windows hold the region's normal size at this centile, plus the margin.
 HEAD_CROP_CENTILE = 90
-
-
-@dataclass(frozen=True)
-class Detection:
-    plane: str
-    class_id: int
-    confidence: float
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
-
-
-def load_grey(path: str | Path) -> np.ndarray:
-    with Image.open(path) as image:
-        if image.mode in ("I;16", "I;16B", "I"):
-            array = np.asarray(image, dtype=np.float32)
-            span = max(float(array.max() - array.min()), 1.0)
-            return ((array - array.min()) / span * 255).astype(np.uint8)
-        return np.asarray(image.convert("L"))
 
 
 def select_regions(

@@ -6,14 +6,13 @@ warnings are worth a look but do not fail the check.
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
+from neurosono.core.images import ImageReadError, read_image
+from neurosono.core.progress import track
 from neurosono.data.format import (
     IMAGE_SUFFIXES,
     LABELS,
@@ -28,7 +27,6 @@ from neurosono.data.format import (
     load_spec,
     parse_label_line,
 )
-from neurosono.progress import track
 
 # A box may poke this far outside the image (in normalised units) from rounding alone.
 EDGE_TOLERANCE = 1e-3
@@ -72,6 +70,17 @@ class CheckReport:
 
     def warn(self, path: str | Path, message: str, line: int | None = None) -> None:
         self.problems.append(Problem("warning", str(path), message, line))
+
+    def to_dict(self) -> dict:
+        """The report as ``data check --json`` writes it."""
+        return {
+            "dataset": str(self.root),
+            "ok": self.ok,
+            "n_cases": self.n_cases,
+            "n_images": self.n_images,
+            "n_boxes": self.n_boxes,
+            "problems": [p.__dict__ for p in self.problems],
+        }
 
 
 def check_dataset(root: str | Path, progress: bool = False, workers: int = 2) -> CheckReport:
@@ -206,26 +215,13 @@ def _check_images(dataset: Dataset, report: CheckReport, progress: bool, workers
 
 
 def _image_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
-    """(width, height) after a full decode, or a problem description."""
+    """(width, height) after a full decode by the one image reader, or a problem description."""
     if not path.exists():
         return None, "missing image (listed in cases.csv but not on disk)"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as image:
-                image.load()  # a full decode is the only way to catch truncation
-                size = image.size
-    except UnidentifiedImageError:
-        return None, "unreadable: not an image file Pillow recognises"
-    except OSError as exc:
-        if "truncated" in str(exc).lower():
-            return None, f"truncated image: {exc}"
-        return None, f"unreadable image: {exc}"
-    except Exception as exc:  # decoders raise a wide variety on corrupt data
-        return None, f"unreadable image: {type(exc).__name__}: {exc}"
-    if size[0] < 2 or size[1] < 2:
-        return None, f"image is only {size[0]}x{size[1]} pixels"
-    return size, None
+        return read_image(path).size, None
+    except ImageReadError as exc:
+        return None, str(exc).removeprefix(f"{path}: ")
 
 
 def _check_labels(

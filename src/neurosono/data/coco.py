@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PIL import Image
-
 from neurosono import __version__
+from neurosono.core.images import image_size
 from neurosono.data.format import Dataset, read_labels
 
 # COCO category ids start at 1; neurosono class ids start at 0.
@@ -26,8 +25,7 @@ def to_coco(dataset: Dataset, split: str | None = None) -> dict:
                 continue
             image_id = len(images) + 1
             seen[rel] = image_id
-            with Image.open(dataset.image_path(rel)) as image:
-                width, height = image.size
+            width, height = image_size(dataset.image_path(rel))
             images.append(
                 {
                     "id": image_id,
@@ -72,7 +70,7 @@ def to_coco(dataset: Dataset, split: str | None = None) -> dict:
 
 
 def export_coco(dataset: Dataset, out: Path, split: str | None = None) -> dict:
-    from neurosono.data.atomic import atomic_write_text
+    from neurosono.core.atomic import atomic_write_text
 
     coco = to_coco(dataset, split)
     atomic_write_text(out, json.dumps(coco, indent=1))

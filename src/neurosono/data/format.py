@@ -18,6 +18,7 @@ image size. A missing labels file means "not annotated" (allowed only when
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from neurosono.data.atomic import atomic_write_text
+from neurosono.core.atomic import atomic_write_text
+from neurosono.core.images import IMAGE_EXTENSIONS
 
 FORMAT_VERSION = 1
 DEFAULT_REGIONS: tuple[str, ...] = (
@@ -46,7 +48,7 @@ DEFAULT_PLANE_REGIONS: dict[str, tuple[str, ...]] = {
 }
 LABELS: tuple[str, ...] = ("normal", "abnormal")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES: tuple[str, ...] = IMAGE_EXTENSIONS  # what the one image reader reads
 
 # Required columns of cases.csv, in the order they are written.
 CASE_COLUMNS: tuple[str, ...] = (
@@ -423,3 +425,18 @@ def _case_value(case: Case, column: str) -> str:
 
 def write_cases(path: Path, cases: list[Case]) -> None:
     atomic_write_text(path, cases_csv_text(cases))
+
+
+def dataset_hash(dataset: Dataset, splits: tuple[str, ...]) -> str:
+    """SHA-256 over dataset.yaml, and the bytes of every image and labels file in these splits:
+    the data a run was trained on, recorded beside its weights."""
+    digest = hashlib.sha256((dataset.root / "dataset.yaml").read_bytes())
+    for case in sorted(dataset.cases, key=lambda c: c.case_id):
+        if case.split not in splits:
+            continue
+        for plane, rel in case.images():
+            digest.update(f"{case.case_id}/{plane}/{case.label}".encode())
+            digest.update(dataset.image_path(rel).read_bytes())
+            label = dataset.label_path(rel)
+            digest.update(label.read_bytes() if label.exists() else b"<no labels>")
+    return digest.hexdigest()

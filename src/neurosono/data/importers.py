@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
-from neurosono.data.atomic import staged_directory
+from neurosono.core.atomic import staged_directory
+from neurosono.core.images import read_grey
 from neurosono.data.format import (
     IMAGE_SUFFIXES,
     Box,
@@ -44,9 +44,9 @@ from neurosono.data.format import (
     labels_text,
     parse_label_line,
 )
+from neurosono.models import HEAD_REGION
 
 FORMATS = ("roboflow-classification", "yolo", "hc18")
-HEAD_REGION = "fetal_head"
 
 
 class SourceFormatError(DatasetFormatError):
@@ -303,8 +303,7 @@ def import_hc18(src: str | Path, out: str | Path, name: str | None = None) -> Da
             spacing, hc = float(row[header[1]]), float(row[header[2]])
         except ValueError:
             raise SourceFormatError(f"{table}:{line}: pixel size or HC is not a number") from None
-        with Image.open(mask) as m:
-            pixels = np.asarray(m.convert("L")) > 127
+        pixels = read_grey(mask) > 127
         ys, xs = np.nonzero(pixels)
         if not len(xs):
             raise SourceFormatError(f"{mask}: the mask is empty")
@@ -337,6 +336,15 @@ def import_hc18(src: str | Path, out: str | Path, name: str | None = None) -> Da
     return _write(Path(out), spec, cases, boxes)
 
 
+def import_dataset(fmt: str, src: str | Path, out: str | Path, name: str | None = None) -> Dataset:
+    """Import ``src`` (a public set in format ``fmt``, one of FORMATS) as a new dataset ``out``."""
+    if fmt not in IMPORTERS:
+        raise DatasetFormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not Path(src).is_dir():
+        raise DatasetFormatError(f"{src}: source folder does not exist")
+    return IMPORTERS[fmt](src, out, name)
+
+
 IMPORTERS = {
     "roboflow-classification": import_roboflow_classification,
     "yolo": import_yolo,
@@ -347,6 +355,7 @@ __all__ = [
     "FORMATS",
     "IMPORTERS",
     "SourceFormatError",
+    "import_dataset",
     "source_group_from_name",
     "source_image_from_name",
 ]

@@ -32,7 +32,8 @@ import re
 import shutil
 from pathlib import Path
 
-from neurosono.data.atomic import staged_directory
+from neurosono.core.atomic import staged_directory
+from neurosono.core.images import image_size, read_image
 from neurosono.data.format import Case, Dataset, DatasetFormatError, DatasetSpec, PlaneSpec, label_path_for
 
 
@@ -54,14 +55,15 @@ def _copy_image(source: Path, target: Path, max_side: int | None) -> float:
         return 1.0
     from PIL import Image
 
-    with Image.open(source) as image:
-        width, height = image.size
-        if max(width, height) <= max_side:
-            shutil.copy2(source, target)
-            return 1.0
-        scale = max_side / max(width, height)
-        small = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.LANCZOS)
-        small.save(target, quality=95) if target.suffix.lower() in (".jpg", ".jpeg") else small.save(target)
+    width, height = image_size(source)
+    if max(width, height) <= max_side:
+        shutil.copy2(source, target)
+        return 1.0
+    loaded = read_image(source)
+    image = Image.fromarray(loaded.colour if loaded.colour is not None else loaded.pixels)
+    scale = max_side / max(width, height)
+    small = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.LANCZOS)
+    small.save(target, quality=95) if target.suffix.lower() in (".jpg", ".jpeg") else small.save(target)
     return max(width, height) / max_side
 
 

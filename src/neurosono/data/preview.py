@@ -7,7 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from neurosono.data.atomic import atomic_write_bytes
+from neurosono.core.atomic import atomic_write_bytes
+from neurosono.core.images import read_image
 from neurosono.data.format import Case, Dataset, read_labels
 
 REGION_COLOURS = (
@@ -45,8 +46,7 @@ def _tile(dataset: Dataset, rel: str, tile: int, font: ImageFont.ImageFont) -> I
     if not rel:
         ImageDraw.Draw(canvas).text((8, tile // 2), "no image", fill=(200, 200, 200), font=font)
         return canvas
-    with Image.open(dataset.image_path(rel)) as src:
-        image = src.convert("RGB")
+    image = Image.fromarray(read_image(dataset.image_path(rel)).rgb())
     width, height = image.size
     scale = tile / max(width, height)
     image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)

@@ -12,11 +12,15 @@ two planes of one case, always land on the same side.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
-from neurosono.data.format import SPLITS, Case
+from neurosono.core.atomic import OutputExistsError
+from neurosono.data.format import SPLITS, Case, Dataset
 
 SCHEMES = ("holdout", "kfold", "center")
 STUDY_FRACTIONS = (0.65, 0.20, 0.15)
@@ -41,7 +45,12 @@ def _stratum(members: list[Case]) -> str:
 def holdout(
     cases: list[Case], seed: int, fractions: tuple[float, float, float] = STUDY_FRACTIONS
 ) -> list[Case]:
-    """Assign train/val/test, matching ``fractions`` of cases within each label stratum."""
+    """Assign train/val/test, matching ``fractions`` of cases within each label stratum.
+
+    Written here rather than taken from scikit-learn, which has no three-way split that is
+    stratified, group-aware and held to target fractions; every phantom cohort's split and
+    every figure measured on one come from this rule, so it stays as it is.
+    """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise SplitError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
     rng = np.random.default_rng(seed)
@@ -114,6 +123,43 @@ def make_split(
     if scheme == "center":
         return by_center(cases)
     raise SplitError(f"unknown scheme {scheme!r}; choose one of {SCHEMES}")
+
+
+def column_of(scheme: str) -> str:
+    """The cases.csv column a scheme writes: ``split`` for holdout, ``fold`` for the others."""
+    return "split" if scheme == "holdout" else "fold"
+
+
+def write_split(
+    dataset_path: str | Path,
+    scheme: str = "holdout",
+    seed: int = 0,
+    folds: int = 3,
+    fractions: tuple[float, float, float] = STUDY_FRACTIONS,
+    overwrite: bool = False,
+) -> tuple[list[Case], Path | None]:
+    """Assign a split into the dataset's cases.csv; returns (cases, backup of the old file or None).
+
+    An existing assignment in the scheme's column is replaced only with ``overwrite``, and
+    the old cases.csv is then kept beside it as ``cases.csv.<UTC time>.bak``.
+    """
+    dataset = Dataset.load(dataset_path)
+    column = column_of(scheme)
+    new_cases = make_split(dataset.cases, scheme, seed, folds=folds, fractions=fractions)
+    existing = any(getattr(c, column) for c in dataset.cases)
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{dataset.root / 'cases.csv'} already has a '{column}' assignment; "
+            "pass --overwrite to replace it"
+        )
+    backup = None
+    if existing:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        backup = dataset.root / f"cases.csv.{stamp}.bak"
+        shutil.copy2(dataset.root / "cases.csv", backup)
+    dataset.cases = new_cases
+    dataset.write_cases()
+    return new_cases, backup
 
 
 def summary(cases: list[Case], column: str = "split") -> dict[str, dict[str, int]]:

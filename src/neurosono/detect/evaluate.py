@@ -14,19 +14,16 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from neurosono.data.coco import CATEGORY_OFFSET, to_coco
 from neurosono.data.format import Dataset
 from neurosono.detect.model import Detector
+from neurosono.detect.predict import MAX_DET, OPERATING_CONF, predict_images
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0, 1, 101)
-OPERATING_CONF = 0.25
-EVAL_CONF = 0.001
-MAX_DET = 50
 BOOT_METHOD = "bootstrap percentile over images ({n} resamples, seed {seed})"
 
 
@@ -43,31 +40,6 @@ class ImageResult:
     det_boxes: np.ndarray
 
 
-def predict_paths(
-    detector: Detector,
-    paths: list[Path | np.ndarray],
-    conf: float = EVAL_CONF,
-    max_det: int = MAX_DET,
-    batch: int = 8,
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(classes, scores, xyxy boxes) for each image, in order: file paths, or BGR uint8 arrays."""
-    results = []
-    for start in range(0, len(paths), batch):
-        chunk = [p if isinstance(p, np.ndarray) else str(p) for p in paths[start : start + batch]]
-        for result in detector.yolo.predict(
-            chunk, imgsz=detector.imgsz, conf=conf, iou=0.6, max_det=max_det, device="cpu", verbose=False
-        ):
-            boxes = result.boxes
-            results.append(
-                (
-                    boxes.cls.numpy().astype(int),
-                    boxes.conf.numpy().astype(float),
-                    boxes.xyxy.numpy().astype(float),
-                )
-            )
-    return results
-
-
 def collect(detector: Detector, dataset: Dataset, split: str | None) -> tuple[dict, list[ImageResult]]:
     """COCO ground truth for the split, and every image's detections."""
     detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
@@ -77,7 +49,7 @@ def collect(detector: Detector, dataset: Dataset, split: str | None) -> tuple[di
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in kept]
     if not coco["images"]:
         raise ValueError(f"{dataset.root}: no annotated images in split {split!r}")
-    predictions = predict_paths(detector, [dataset.image_path(im["file_name"]) for im in coco["images"]])
+    predictions = predict_images(detector, [dataset.image_path(im["file_name"]) for im in coco["images"]])
     by_image: dict[int, list[dict]] = {im["id"]: [] for im in coco["images"]}
     for ann in coco["annotations"]:
         by_image[ann["image_id"]].append(ann)
@@ -318,3 +290,54 @@ def evaluate_detector(
             "n_images": len(ids),
         }
     return metrics
+
+
+def transfer_summary(
+    detections: list[list], labels: list[int], regions: list[str], conf: float = OPERATING_CONF
+) -> dict:
+    """How a detector fares on images it may never have been trained for (real images for the
+    phantom detector): per region the share of images where it is found at ``conf``, by label,
+    and its best confidence (0 where not found at all); regions found per image.
+
+    ``detections``: each image's list of :class:`~neurosono.detect.predict.Detection`.
+    """
+    best = np.array(
+        [
+            [max((d.confidence for d in found if d.class_id == k), default=0.0) for k in range(len(regions))]
+            for found in detections
+        ]
+    ).reshape(len(detections), len(regions))
+    labels_arr = np.asarray(labels)
+    out = {}
+    for k, region in enumerate(regions):
+        by_label = {}
+        for label, name in ((0, "normal"), (1, "abnormal")):
+            sub = best[labels_arr == label, k]
+            by_label[name] = round(float((sub >= conf).mean()), 4) if len(sub) else None
+        out[region] = {
+            "found_fraction": round(float((best[:, k] >= conf).mean()), 4),
+            "found_fraction_by_label": by_label,
+            "median_best_confidence": round(float(np.median(best[:, k])), 4),
+            "p90_best_confidence": round(float(np.percentile(best[:, k], 90)), 4),
+        }
+    per_image = (best >= conf).sum(axis=1)
+    return {
+        "conf": conf,
+        "n_images": len(detections),
+        "regions": out,
+        "regions_found_per_image": {
+            "mean": round(float(per_image.mean()), 3),
+            "histogram": {str(k): int((per_image == k).sum()) for k in range(len(regions) + 1)},
+        },
+    }
+
+
+def measure_transfer(dataset: Dataset, detector: Detector, conf: float = OPERATING_CONF) -> dict:
+    """:func:`transfer_summary` of a detector over the first image of every case of a dataset."""
+    from neurosono.detect.predict import as_detections
+
+    detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
+    paths = [dataset.image_path(next(rel for _, rel in c.images())) for c in dataset.cases]
+    found = [as_detections("image", boxes) for boxes in predict_images(detector, paths)]
+    labels = [int(c.label == "abnormal") for c in dataset.cases]
+    return {**transfer_summary(found, labels, dataset.spec.regions, conf), "detector_sha256": detector.sha256}

@@ -7,13 +7,12 @@ not run code from the file.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from neurosono.checkpoints import ModelFileError, load_payload, save_payload
+from neurosono.core.checkpoints import ModelFileError, file_sha256, load_payload, save_payload
 from neurosono.detect.env import configure_ultralytics
 
 FORMAT = "neurosono-detector-v1"
@@ -46,14 +45,6 @@ class Detector:
                 f"{where}: the dataset's regions {list(dataset_regions)} do not match the detector's "
                 f"{self.regions} (same names in the same class-id order are required)"
             )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_detector(

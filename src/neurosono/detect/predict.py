@@ -1,31 +1,113 @@
-"""Detector inference on image files: boxes (pixels), region names and confidences."""
+"""Stage-1 inference: region boxes (pixels), class ids and confidences for images.
+
+Every image reaches the detector through the one image reader (``core.images``), as a
+3-channel BGR array, whether it comes from a file, a dataset or a prediction request, so
+training, evaluation and prediction give the detector the same pixels. Images are batched
+only with images of the same size: ultralytics letterboxes a batch of mixed sizes to a full
+square, so a box would otherwise depend on the other images in its batch.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from neurosono.data.check import _image_size
-from neurosono.detect.evaluate import OPERATING_CONF, predict_paths
+import numpy as np
+
+from neurosono.core.images import LoadedImage, read_image
 from neurosono.detect.model import Detector
 
+OPERATING_CONF = 0.25  # the confidence at which a region counts as found (precision, recall, reports)
+EVAL_CONF = 0.001  # every detection, for mAP
+MAX_DET = 50
+NMS_IOU = 0.6
+BATCH = 8
 
-class ImageInputError(ValueError):
-    """An input image is missing or unreadable; the message names the file."""
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected region in one plane's image."""
+
+    plane: str
+    class_id: int
+    confidence: float
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 
 
-def validate_images(paths: list[Path]) -> None:
-    for path in paths:
-        _, problem = _image_size(Path(path))
-        if problem:
-            raise ImageInputError(f"{path}: {problem}")
+ImageInput = Path | str | np.ndarray | LoadedImage
+Boxes = tuple[np.ndarray, np.ndarray, np.ndarray]  # classes [N], scores [N], xyxy boxes [N, 4]
+
+
+def _bgr(image: ImageInput) -> np.ndarray:
+    if isinstance(image, np.ndarray):
+        return image
+    if isinstance(image, LoadedImage):
+        return image.bgr()
+    return read_image(image).bgr()
+
+
+def _same_size_batches(images: Sequence[ImageInput], batch: int) -> Iterator[list[np.ndarray]]:
+    chunk: list[np.ndarray] = []
+    for image in images:
+        array = _bgr(image)
+        if chunk and (len(chunk) == batch or array.shape != chunk[0].shape):
+            yield chunk
+            chunk = []
+        chunk.append(array)
+    if chunk:
+        yield chunk
+
+
+def predict_images(
+    detector: Detector,
+    images: Sequence[ImageInput],
+    conf: float = EVAL_CONF,
+    max_det: int = MAX_DET,
+    batch: int = BATCH,
+) -> list[Boxes]:
+    """(classes, scores, xyxy boxes) for each image, in order: files are read one batch at a time."""
+    results = []
+    for chunk in _same_size_batches(images, batch):
+        for result in detector.yolo.predict(
+            chunk, imgsz=detector.imgsz, conf=conf, iou=NMS_IOU, max_det=max_det, device="cpu", verbose=False
+        ):
+            boxes = result.boxes
+            results.append(
+                (
+                    boxes.cls.numpy().astype(int),
+                    boxes.conf.numpy().astype(float),
+                    boxes.xyxy.numpy().astype(float),
+                )
+            )
+    return results
+
+
+def as_detections(plane: str, boxes: Boxes) -> list[Detection]:
+    classes, scores, xyxy = boxes
+    return [
+        Detection(plane, int(c), float(s), tuple(float(v) for v in b))
+        for c, s, b in zip(classes, scores, xyxy, strict=True)
+    ]
+
+
+def detect_planes(detector: Detector, images: dict[str, ImageInput], conf: float) -> list[Detection]:
+    """Every detection in every plane's image (one batch: TV and TC of a case)."""
+    outputs = predict_images(detector, list(images.values()), conf=conf)
+    return [d for plane, boxes in zip(images, outputs, strict=True) for d in as_detections(plane, boxes)]
 
 
 def detect_regions(detector: Detector, paths: list[str | Path], conf: float = OPERATING_CONF) -> list[dict]:
-    """One record per image: its regions with box [x0, y0, x1, y1] in pixels and confidence."""
-    files = [Path(p) for p in paths]
-    validate_images(files)
+    """One record per image file: its regions with box [x0, y0, x1, y1] in pixels and confidence.
+
+    Every file is read before the detector runs, so a bad file stops the call with an
+    :class:`~neurosono.core.images.ImageReadError` naming it and nothing is half done.
+    """
+    images = [read_image(p) for p in paths]
     records = []
-    for path, (classes, scores, boxes) in zip(files, predict_paths(detector, files, conf=conf), strict=True):
+    for image, (classes, scores, boxes) in zip(
+        images, predict_images(detector, images, conf=conf), strict=True
+    ):
         detections = [
             {
                 "region": detector.regions[int(c)],
@@ -35,5 +117,5 @@ def detect_regions(detector: Detector, paths: list[str | Path], conf: float = OP
             }
             for c, s, b in zip(classes, scores, boxes, strict=True)
         ]
-        records.append({"image": str(path), "detections": detections})
+        records.append({"image": str(image.path), "detections": detections})
     return records

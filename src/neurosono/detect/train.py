@@ -13,10 +13,8 @@ The run folder holds everything needed to trust and reuse the model::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -24,10 +22,11 @@ from pathlib import Path
 
 import yaml
 
-from neurosono import __version__
-from neurosono.data.atomic import atomic_write_text, staged_directory
+from neurosono.core import DEFAULT_SEED
+from neurosono.core.atomic import atomic_write_text, staged_directory
+from neurosono.core.provenance import package_versions
 from neurosono.data.check import check_dataset
-from neurosono.data.format import Dataset
+from neurosono.data.format import Dataset, dataset_hash
 from neurosono.detect.env import configure_ultralytics, cpu_cores
 from neurosono.detect.model import WEIGHTS_NAME, save_detector
 
@@ -52,7 +51,7 @@ ULTRASOUND_AUGMENTATION = {
 
 
 class DatasetInvalidError(ValueError):
-    pass
+    """The dataset failed validation (exit 1 on the command line)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class DetectTrainConfig:
     imgsz: int = 512
     epochs: int = 60
     batch: int = 16
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     patience: int = 30
     close_mosaic: int = 10
     workers: int = 2
@@ -83,23 +82,28 @@ class DetectTrainConfig:
             raise ValueError("--epochs must be at least 1")
 
 
-def dataset_hash(dataset: Dataset, splits: tuple[str, ...]) -> str:
-    """SHA-256 over dataset.yaml, and the bytes of every image and labels file in these splits."""
-    digest = hashlib.sha256((dataset.root / "dataset.yaml").read_bytes())
-    for case in sorted(dataset.cases, key=lambda c: c.case_id):
-        if case.split not in splits:
-            continue
-        for plane, rel in case.images():
-            digest.update(f"{case.case_id}/{plane}/{case.label}".encode())
-            digest.update(dataset.image_path(rel).read_bytes())
-            label = dataset.label_path(rel)
-            digest.update(label.read_bytes() if label.exists() else b"<no labels>")
-    return digest.hexdigest()
+def resolve_init(value: str | None) -> str | None:
+    """Where fine-tuning starts: ``scratch`` (or None) -> None, ``shipped`` -> the shipped detector,
+    anything else a detector file or run folder that must exist."""
+    if value in (None, "", "scratch"):
+        return None
+    if value == "shipped":
+        from neurosono.models import DEFAULT_DETECTOR
+
+        return str(DEFAULT_DETECTOR)
+    if not Path(value).exists():
+        raise ValueError(f"{value}: detector to start from does not exist (use scratch, shipped or a path)")
+    return str(value)
 
 
 def build_view(dataset: Dataset, folder: Path, splits: tuple[str, ...] = ("train", "val")) -> Path:
     """An ultralytics data.yaml over symlinks to the dataset: no copies, and ultralytics'
-    label cache lands in the run folder, never in the user's dataset."""
+    label cache lands in the run folder, never in the user's dataset.
+
+    Ultralytics decodes image files itself (OpenCV); an image it would read otherwise than
+    neurosono's reader (16-bit, float, DICOM) is written into the view as the 8-bit PNG the
+    reader makes of it, so the detector trains on the pixels it is later given.
+    """
     images_dir, labels_dir = folder / "images", folder / "labels"
     images_dir.mkdir(parents=True, exist_ok=True)
     labels_dir.mkdir(parents=True, exist_ok=True)
@@ -111,11 +115,10 @@ def build_view(dataset: Dataset, folder: Path, splits: tuple[str, ...] = ("train
             label = dataset.label_path(rel)
             if not label.exists():
                 continue  # classification-only image: nothing to learn boxes from
-            name = Path(rel).name
-            link = images_dir / name
-            if not link.exists():
-                os.symlink(dataset.image_path(rel).resolve(), link)
-                os.symlink(label.resolve(), labels_dir / (Path(name).stem + ".txt"))
+            link = _view_image(dataset.image_path(rel), images_dir, _flat_name(rel))
+            label_link = labels_dir / (link.stem + ".txt")
+            if not label_link.exists():
+                os.symlink(label.resolve(), label_link)
             lists[case.split].append(str(link.absolute()))
     for split, paths in lists.items():
         if not paths:
@@ -136,20 +139,34 @@ def build_view(dataset: Dataset, folder: Path, splits: tuple[str, ...] = ("train
     return data_yaml
 
 
-def package_versions() -> dict[str, str]:
-    import numpy
-    import torch
-    import torchvision
-    import ultralytics
+def _flat_name(rel: str) -> str:
+    """A file name unique in the view: the image's path below images/, folders joined by '__'."""
+    parts = Path(rel).parts
+    return "__".join(parts[1:] if parts[0] == "images" and len(parts) > 1 else parts)
 
-    return {
-        "neurosono": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "ultralytics": ultralytics.__version__,
-        "numpy": numpy.__version__,
-    }
+
+# What OpenCV decodes as neurosono's reader does: 8-bit grey, colour or palette images.
+_OPENCV_SAFE = {"PNG", "JPEG", "BMP"}, {"L", "RGB", "RGBA", "P", "LA"}
+
+
+def _view_image(source: Path, images_dir: Path, name: str) -> Path:
+    from PIL import Image
+
+    from neurosono.core.images import is_dicom, read_image
+
+    link = images_dir / name
+    safe = False
+    if not is_dicom(source):
+        with Image.open(source) as image:
+            safe = image.format in _OPENCV_SAFE[0] and image.mode in _OPENCV_SAFE[1]
+    if safe:
+        if not link.exists():
+            os.symlink(source.resolve(), link)
+        return link
+    converted = link.with_suffix(".png")
+    if not converted.exists():
+        Image.fromarray(read_image(source).rgb()).save(converted)
+    return converted
 
 
 def train_detector(
@@ -305,7 +322,7 @@ class _EpochProgress:
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            from neurosono.progress import _console
+            from neurosono.core.progress import console
 
             self.progress = Progress(
                 TextColumn("[bold]training detector"),
@@ -314,7 +331,7 @@ class _EpochProgress:
                 TextColumn("epochs eta"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
-                console=_console,
+                console=console,
             )
             self.progress.start()
             self.task = self.progress.add_task("train", total=epochs, info="")

@@ -4,7 +4,7 @@ The models live in one folder (default: ``neurosono/models/real``):
 
 * ``head_detector.pt``: one-region (``fetal_head``) YOLOv5 detector;
 * ``classifier.pt``: the single-image normal/abnormal classifier
-  (:mod:`neurosono.classify.headcrop`).
+  (:mod:`neurosono.classify.kinds`).
 
 :func:`evaluate_real` measures what the dataset can measure:
 
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from neurosono.data.format import Dataset
+from neurosono.models import REAL_CLASSIFIER, REAL_DIR, REAL_HEAD_DETECTOR
 
-REAL_DIR = Path(__file__).resolve().parents[1] / "models" / "real"
-HEAD_DETECTOR = "head_detector.pt"
-CLASSIFIER = "classifier.pt"
+HEAD_DETECTOR = REAL_HEAD_DETECTOR.name
+CLASSIFIER = REAL_CLASSIFIER.name
 TASKS = ("auto", "detection", "classification", "both")
 
 
@@ -83,31 +83,29 @@ def evaluate_real(
     seed: int = 0,
     progress: bool = False,
 ) -> dict:
-    from neurosono.classify.headcrop import load_single_image
+    """What the dataset can measure of a real-image model folder (head detector, classifier)."""
+    from neurosono.classify.kinds import load_classifier
+    from neurosono.core.metrics import classification_metrics
     from neurosono.detect.evaluate import evaluate_detector
     from neurosono.detect.model import load_detector
-    from neurosono.evaluate.metrics import classification_metrics
+    from neurosono.evaluate.classifier import gather_for, score
 
     model_dir = Path(model_dir)
     detection, classification = plan(dataset, split, task)
-    result: dict = {
-        "dataset": str(dataset.root),
-        "split": split or "all",
-        "models": str(model_dir),
-    }
+    result: dict = {"dataset": str(dataset.root), "split": split or "all", "models": str(model_dir)}
     if detection:
         detector = load_detector(model_dir / HEAD_DETECTOR)
         result["detector"] = evaluate_detector(detector, dataset, split, n_boot=n_boot, seed=seed)
     if classification:
-        classifier = load_single_image(model_dir / CLASSIFIER)
+        classifier = load_classifier(model_dir / CLASSIFIER)
         cases = [c for c in _cases(dataset, split) if c.label in ("normal", "abnormal")]
-        items = classifier.items(dataset, cases, progress)
-        scores = classifier.scores(items)
+        items = gather_for(classifier, dataset, cases, None, progress)
+        scores, _ = score(classifier, items)
         labels = np.array([i.label for i in items])
         metrics = classification_metrics(labels, scores, classifier.threshold, n_boot, seed)
         metrics["classifier_kind"] = classifier.kind
         metrics["n_groups"] = len({c.group for c in cases})
-        if classifier.kind == "head-crop":
+        if classifier.needs_head_detector:
             metrics["n_no_head"] = int(sum(i.head is None for i in items))
         metrics["predictions"] = [
             {"case_id": i.case.case_id, "label": int(i.label), "score": round(float(s), 6)}

@@ -19,7 +19,8 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image, ImageDraw, ImageFont
 
-from neurosono.data.atomic import atomic_write_text
+from neurosono.core.atomic import atomic_write_text
+from neurosono.core.images import read_image
 from neurosono.data.format import Dataset
 from neurosono.data.preview import region_colour
 
@@ -120,8 +121,7 @@ def draw_case(
     planes = [p for p in ("tv", "tc") if case["images"].get(p)]
     canvas = Image.new("RGB", (tile * len(planes) + 4 * (len(planes) - 1), tile), (20, 20, 20))
     for column, plane in enumerate(planes):
-        with Image.open(dataset.image_path(case["images"][plane])) as src:
-            image = src.convert("RGB")
+        image = Image.fromarray(read_image(dataset.image_path(case["images"][plane])).rgb())
         scale = tile / max(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
         draw = ImageDraw.Draw(image)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import cv2
 
+from neurosono.core.atomic import atomic_write_bytes
+from neurosono.core.images import IMAGE_EXTENSIONS, read_image
 from neurosono.data.format import load_cases
-from neurosono.data.images import IMAGE_EXTENSIONS
 from neurosono.pipeline.predict import Pipeline, Prediction
 
 RESULT_COLUMNS = (
@@ -68,7 +69,7 @@ def done_case_ids(results: Path) -> set[str]:
         if reader.fieldnames is not None and tuple(reader.fieldnames) != RESULT_COLUMNS:
             raise ValueError(
                 f"{results}: its columns ({', '.join(reader.fieldnames)}) are not those of this "
-                "version's results; give a new --out file"
+                "version's results; give a new --csv file"
             )
         return {row["case_id"] for row in reader if not row.get("error")}
 
@@ -114,14 +115,37 @@ def run_batch(
             yield case, error
 
 
+@dataclass
+class BatchSummary:
+    n_cases: int
+    failures: list[str]  # "case_id: problem", for the cases that could not be predicted
+
+
+def predict_batch(
+    pipeline: Pipeline, source: Path, results: Path, frame: int | None = None, progress: bool = False
+) -> BatchSummary:
+    """Predict every case of ``source`` (a cases.csv or a folder of pairs) into ``results``,
+    resuming a results file already there; bad files are listed, never stop the batch."""
+    from neurosono.core.progress import track
+
+    if not source.exists():
+        raise ValueError(f"{source}: does not exist")
+    cases = cases_from(source)
+    failures = [
+        f"{case.case_id}: {error}"
+        for case, error in track(
+            run_batch(pipeline, cases, results, frame), "predicting cases", len(cases), progress
+        )
+        if error
+    ]
+    return BatchSummary(len(cases), failures)
+
+
 COLOURS = [(0, 214, 255), (255, 200, 0), (80, 80, 255), (120, 255, 120), (0, 140, 255), (255, 120, 210)]
 
 
 def write_overlays(result: Prediction, folder: Path) -> list[Path]:
     """Each input image with its chosen region boxes, names, confidences and attributions."""
-    from neurosono.data.atomic import atomic_write_bytes
-    from neurosono.data.images import read_image
-
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for plane, info in result.inputs.items():

@@ -15,19 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neurosono import __version__
-from neurosono.checkpoints import ModelFileError
+from neurosono.classify.config import input_config, uses_ga
 from neurosono.classify.gestation import ga_scalars
-from neurosono.classify.regions import Detection, head_sizes, region_inputs
-from neurosono.classify.train import (
-    DETECTION_CONF,
-    input_config,
-    load_classifier,
-    uses_ga,
-)
-from neurosono.data.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
-from neurosono.detect.evaluate import predict_paths
-from neurosono.detect.model import Detector, file_sha256, load_detector
+from neurosono.classify.inputs import DETECTION_CONF
+from neurosono.classify.regions import head_sizes, region_inputs
+from neurosono.core.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
+from neurosono.detect.predict import Detection, detect_planes
+from neurosono.pipeline.bundle import default_model_dir, load_torch_parts
 from neurosono.pipeline.stage2 import drop_one_model, probabilities
 
 RUNTIMES = ("torch", "onnx")
@@ -35,8 +29,6 @@ RUNTIMES = ("torch", "onnx")
 # -> (logits [B], drop-one logits [B, R]). C is 0 for a model without case-level inputs.
 Stage2 = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
-PHANTOM_NOTICE = "trained on synthetic phantoms; not for clinical use"
-RESEARCH_NOTICE = "research software; not for clinical use"
 # A plane in which the detector sees at most this many regions, none of them surely,
 # is probably not a fetal brain plane.
 PLANE_MIN_CONFIDENCE = 0.25
@@ -71,41 +63,6 @@ class Prediction:
         return json.dumps(self.to_dict(), **{"indent": 2, **kwargs})
 
 
-def default_model_dir() -> Path:
-    from neurosono.models import PHANTOM_DIR
-
-    return PHANTOM_DIR
-
-
-def model_files(folder: Path) -> tuple[Path, Path]:
-    """(detector.pt, HexaNet classifier.pt) of a model folder."""
-    classifier_file = next(
-        (p for p in (folder / "hexanet" / "classifier.pt", folder / "classifier.pt") if p.exists()), None
-    )
-    if classifier_file is None:
-        raise ModelFileError(f"{folder}: no HexaNet (hexanet/classifier.pt) in this model folder")
-    return folder / "detector.pt", classifier_file
-
-
-def load_torch_parts(folder: Path) -> tuple[Detector, torch.nn.Module, dict, dict]:
-    """(detector, HexaNet, HexaNet's record, model info) of a model folder."""
-    detector_file, classifier_file = model_files(folder)
-    detector = load_detector(detector_file)
-    classifier, meta = load_classifier(classifier_file)
-    detector.check_regions(meta["regions"], str(classifier_file))
-    trained_on = detector.record.get("dataset", {}).get("name", "")
-    notice = PHANTOM_NOTICE if "phantom" in trained_on.lower() else RESEARCH_NOTICE
-    info = {
-        "name": folder.name,
-        "neurosono_version": __version__,
-        "detector_sha256": detector.sha256,
-        "classifier_sha256": file_sha256(classifier_file),
-        "trained_on": trained_on,
-        "notice": notice,
-    }
-    return detector, classifier, meta, info
-
-
 class TorchStage2:
     """HexaNet and its drop-one attributions in one torch pass (see ``pipeline/stage2.py``)."""
 
@@ -124,18 +81,15 @@ class TorchStage2:
 class Pipeline:
     """Detector plus HexaNet, loaded from a model folder (default: the shipped phantom models).
 
-    ``runtime="onnx"`` runs both stages on onnxruntime (``pipeline/deploy.py``), with the
+    ``runtime="onnx"`` runs both stages on onnxruntime (``pipeline/onnx_runtime.py``), with the
     same pre- and post-processing as torch.
     """
 
-    def __init__(
-        self, detector, classifier, meta: dict, model_info: dict, stage2: Stage2 | None = None
-    ) -> None:
+    def __init__(self, detector, stage2: Stage2, meta: dict, model_info: dict) -> None:
         self.detector = detector
-        self.classifier = classifier
-        self.meta = meta
+        self.stage2 = stage2
+        self.meta = meta  # HexaNet's record: regions, planes, threshold, how its inputs are made
         self.model_info = model_info
-        self.stage2 = stage2 if stage2 is not None else TorchStage2(classifier)
 
     @classmethod
     def load(
@@ -155,12 +109,17 @@ class Pipeline:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         if runtime == "onnx":
-            from neurosono.pipeline.deploy import load_onnx_pipeline
+            from neurosono.pipeline.onnx_runtime import load_onnx_parts
 
-            return load_onnx_pipeline(model_dir, notify, threads)
-        folder = Path(model_dir) if model_dir else default_model_dir()
-        detector, classifier, meta, info = load_torch_parts(folder)
-        return cls(detector, classifier, meta, {**info, "runtime": "torch"})
+            detector, stage2, meta, info = load_onnx_parts(model_dir, notify, threads)
+            return cls(detector, stage2, meta, info)
+        parts = load_torch_parts(Path(model_dir) if model_dir else default_model_dir())
+        return cls(
+            parts.detector,
+            TorchStage2(parts.hexanet.model),
+            parts.hexanet.meta,
+            {**parts.info, "runtime": "torch"},
+        )
 
     def predict(
         self,
@@ -196,12 +155,7 @@ class Pipeline:
 
     def detect(self, images: dict[str, LoadedImage]) -> list[Detection]:
         """Stage 1: every detection in every image."""
-        outputs = predict_paths(self.detector, [im.bgr() for im in images.values()], conf=DETECTION_CONF)
-        return [
-            Detection(plane, int(c), float(s), tuple(float(v) for v in b))
-            for plane, (classes, scores, boxes) in zip(images, outputs, strict=True)
-            for c, s, b in zip(classes, scores, boxes, strict=True)
-        ]
+        return detect_planes(self.detector, images, conf=DETECTION_CONF)
 
     def classify(
         self, images: dict[str, LoadedImage], detections: list[Detection], ga_weeks: float | None = None

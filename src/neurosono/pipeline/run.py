@@ -26,10 +26,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from neurosono import __version__
-from neurosono.data.atomic import atomic_write_text, staged_directory
+from neurosono.core import DEFAULT_SEED
+from neurosono.core.atomic import OutputExistsError, atomic_write_text, staged_directory
 
 STAGES = ("cohort", "detector", "hexanet", "evaluation", "report")
 STAGE_FILE = "stage.json"
@@ -40,7 +39,7 @@ class RunConfig:
     """Defaults fit 10 minutes on 2 CPU cores; :data:`QUICK` fits 2 minutes."""
 
     cases: int = 319  # the study's cohort size
-    seed: int = 1
+    seed: int = DEFAULT_SEED
     image_size: int = 512  # phantom image side, pixels
     detector_init: str = "shipped"  # "shipped" (fine-tune the bundled phantom detector), "scratch" or a path
     detector_imgsz: int = 320
@@ -100,16 +99,12 @@ def _clear(path: Path) -> None:
         path.unlink()
 
 
-def resolve_detector_init(value: str) -> str | None:
-    if value == "scratch":
-        return None
-    if value == "shipped":
-        from neurosono.models import DEFAULT_DETECTOR
-
-        return str(DEFAULT_DETECTOR)
-    if not Path(value).exists():
-        raise ValueError(f"{value}: detector to start from does not exist (use shipped, scratch or a path)")
-    return value
+def check_run_folder(out: Path) -> None:
+    """A run goes into a new folder, an empty one, or an earlier run of its own: nothing else is touched."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "run.json").exists():
+        raise OutputExistsError(f"{out}: not empty and not a neurosono run; choose a new --out")
 
 
 def run_pipeline(
@@ -123,6 +118,7 @@ def run_pipeline(
     config.validate()
     say = log or (lambda _message: None)
     out = Path(out)
+    check_run_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     record: dict = {
         "kind": "neurosono run",
@@ -168,8 +164,8 @@ def run_pipeline(
         cohort_config = CohortConfig(cases=config.cases, seed=config.seed, size=config.image_size)
 
         def make_cohort(folder: Path) -> None:
+            from neurosono.core.progress import track
             from neurosono.phantom.cohort import generate_cohort
-            from neurosono.progress import track
 
             ticks = iter(
                 track(
@@ -184,8 +180,7 @@ def run_pipeline(
         dataset_dir = out / "cohort"
     else:
         from neurosono.data.check import check_dataset
-        from neurosono.data.format import Dataset
-        from neurosono.detect.train import dataset_hash
+        from neurosono.data.format import Dataset, dataset_hash
 
         dataset_dir = Path(dataset)
         report = check_dataset(dataset_dir)
@@ -202,9 +197,9 @@ def run_pipeline(
     record["dataset_dir"] = str(dataset_dir)
 
     # 2. stage 1: detector.
-    from neurosono.detect.train import DetectTrainConfig
+    from neurosono.detect.train import DetectTrainConfig, resolve_init
 
-    init = resolve_detector_init(config.detector_init)
+    init = resolve_init(config.detector_init)
     detect_config = DetectTrainConfig(
         imgsz=config.detector_imgsz,
         epochs=config.detector_epochs,
@@ -236,13 +231,28 @@ def run_pipeline(
     def train_stage2(folder: Path) -> None:
         from neurosono.classify.train import train_classifier
 
-        train_classifier(dataset_dir, detector_file, folder, classify_config, progress=progress)
+        train_classifier(
+            dataset_dir, folder, "hexanet", classify_config, detector=detector_file, progress=progress
+        )
 
     stage("hexanet", asdict(classify_config), train_stage2)
 
     # 4. evaluation on the test split.
     def evaluate_stage(folder: Path) -> None:
-        evaluate_run(out / "hexanet", detector_file, dataset_dir, folder, config, progress)
+        from neurosono.data.format import Dataset
+        from neurosono.evaluate.two_stage import evaluate_two_stage
+
+        with staged_directory(folder) as staged:
+            evaluate_two_stage(
+                Dataset.load(dataset_dir),
+                out / "hexanet",
+                "test",
+                detector_file,
+                config.n_boot,
+                config.seed,
+                out_dir=staged,
+                progress=progress,
+            )
 
     stage("evaluation", {"n_boot": config.n_boot, "seed": config.seed, "split": "test"}, evaluate_stage)
 
@@ -265,94 +275,7 @@ def run_pipeline(
 
 
 def _file_hash(path: str) -> str:
-    from neurosono.detect.model import file_sha256
+    from neurosono.core.checkpoints import file_sha256
 
     target = Path(path)
     return file_sha256(target / "detector.pt" if target.is_dir() else target)
-
-
-def evaluate_run(
-    hexanet_dir: Path,
-    detector_file: Path,
-    dataset_dir: Path,
-    out: Path,
-    config: RunConfig,
-    progress: bool = True,
-) -> None:
-    """Test-split metrics for both stages and the baseline, plus per-case details for the report."""
-    from neurosono.classify.baseline import baseline_scores, load_baseline
-    from neurosono.classify.evaluate import evaluate_classifier, score_cases
-    from neurosono.classify.regions import select_regions
-    from neurosono.classify.train import gather_cases, load_classifier
-    from neurosono.data.format import Dataset
-    from neurosono.detect.evaluate import evaluate_detector
-    from neurosono.detect.model import load_detector
-    from neurosono.evaluate.metrics import classification_metrics
-
-    dataset = Dataset.load(dataset_dir)
-    detector = load_detector(detector_file)
-    with staged_directory(out) as staged:
-        detection = evaluate_detector(detector, dataset, "test", n_boot=config.n_boot, seed=config.seed)
-        items = gather_cases(dataset, detector, dataset.split("test"), progress, with_truth=True)
-        model, meta = load_classifier(hexanet_dir)
-        scores, attributions = score_cases(model, meta, items)
-        hexanet = evaluate_classifier(
-            hexanet_dir,
-            dataset,
-            detector,
-            "test",
-            config.n_boot,
-            config.seed,
-            out_dir=staged,
-            items=items,
-            scored=(scores, attributions),
-        )
-        labels = np.array([i.label for i in items])
-        result = {"detector": detection, "hexanet": hexanet}
-        baseline = None
-        if (hexanet_dir / "baseline" / "baseline.pt").exists() and 0 < labels.sum() < len(labels):
-            base_model, base_threshold = load_baseline(hexanet_dir / "baseline")
-            baseline = baseline_scores(base_model, items)
-            result["baseline"] = classification_metrics(
-                labels, baseline, base_threshold, config.n_boot, config.seed
-            )
-        atomic_write_text(staged / "metrics.json", json.dumps(result, indent=2))
-        regions, planes = meta["regions"], meta["planes"]
-        cases = []
-        for index, item in enumerate(items):
-            chosen = select_regions(item.detections, regions, planes)
-            cases.append(
-                {
-                    "case_id": item.case.case_id,
-                    "label": item.case.label,
-                    "finding": item.case.finding,
-                    "center": item.case.center,
-                    "images": dict(item.case.images()),
-                    "p_abnormal": float(scores[index]),
-                    "p_baseline": float(baseline[index]) if baseline is not None else None,
-                    "attribution": [float(a) for a in attributions[index]],
-                    "chosen": [
-                        None if d is None else {"plane": d.plane, "confidence": d.confidence, "box": d.box}
-                        for d in chosen
-                    ],
-                    "detections": top_detections(item.detections),
-                    "truth": [{"plane": d.plane, "class_id": d.class_id, "box": d.box} for d in item.truth],
-                }
-            )
-        atomic_write_text(
-            staged / "cases.json",
-            json.dumps({"regions": regions, "threshold": meta["threshold"], "cases": cases}, indent=2),
-        )
-
-
-def top_detections(detections: list, min_confidence: float = 0.25) -> list[dict]:
-    """The surest detection of each region in each plane (what a reader wants drawn)."""
-    best: dict = {}
-    for d in detections:
-        key = (d.plane, d.class_id)
-        if d.confidence >= min_confidence and (key not in best or d.confidence > best[key].confidence):
-            best[key] = d
-    return [
-        {"plane": d.plane, "class_id": d.class_id, "confidence": d.confidence, "box": d.box}
-        for d in best.values()
-    ]

@@ -1,8 +1,10 @@
-"""Reading one input image for prediction: PNG, JPEG, BMP, TIFF or DICOM, safely.
+"""The one image reader: PNG, JPEG, BMP, TIFF or DICOM, for checking, training, evaluation
+and prediction alike, so that a model sees the same pixels when it is trained and when it is used.
 
-Everything comes back as an 8-bit grey array plus the pixel spacing when the file
-knows it. A bad file raises :class:`ImageReadError` whose message names the file
-and the problem; huge images are refused from their header, before decoding.
+Everything comes back as an 8-bit grey array (16-bit and float images windowed by their own
+range), the colour pixels where the source had colour, and the pixel spacing when the file
+knows it. A bad file raises :class:`ImageReadError` whose message names the file and the
+problem; huge images are refused from their header, before decoding.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = int(os.environ.get("NEUROSONO_MAX_PIXELS", 50_000_000))
-MIN_SIDE = 32
+MIN_SIDE = 32  # smaller than this cannot hold a fetal head plane
 IMAGE_EXTENSIONS = (
     ".png",
     ".jpg",
@@ -26,7 +28,7 @@ IMAGE_EXTENSIONS = (
     ".tiff",
     ".dcm",
     ".dicom",
-)  # smaller than this cannot hold a fetal head plane
+)
 
 
 class ImageReadError(ValueError):
@@ -43,10 +45,21 @@ class LoadedImage:
     colour: np.ndarray | None = None  # uint8 H x W x 3 (RGB) when the source had colour
 
     def bgr(self) -> np.ndarray:
-        """The image as the detector reads files: 3-channel BGR (grey repeated when grey)."""
+        """The detector's input: 3-channel BGR (grey repeated when grey), as OpenCV decodes a file."""
         if self.colour is not None:
             return np.ascontiguousarray(self.colour[..., ::-1])
         return np.repeat(self.pixels[..., None], 3, axis=2)
+
+    def rgb(self) -> np.ndarray:
+        """3-channel RGB (grey repeated when grey), for pictures of the image."""
+        if self.colour is not None:
+            return self.colour
+        return np.repeat(self.pixels[..., None], 3, axis=2)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return self.pixels.shape[1], self.pixels.shape[0]
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -101,6 +114,26 @@ def read_image(
     return _read_raster(path, max_pixels)
 
 
+def read_grey(path: str | Path) -> np.ndarray:
+    """The 8-bit grey pixels of an image file (what the stage-2 classifiers read)."""
+    return read_image(path).pixels
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    path = Path(path)
+    try:
+        if is_dicom(path):
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(ds.Columns), int(ds.Rows)
+        with Image.open(path) as image:
+            return image.size
+    except Exception as exc:  # a header the readers reject, whatever the library's exception
+        raise ImageReadError(f"{path}: unreadable image header ({type(exc).__name__}: {exc})") from None
+
+
 def _read_raster(path: Path, max_pixels: int) -> LoadedImage:
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our own limit, checked from the header, applies instead
@@ -121,9 +154,11 @@ def _read_raster(path: Path, max_pixels: int) -> LoadedImage:
                 kind = (image.format or path.suffix.lstrip(".")).lower()
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file (PNG, JPEG, BMP, TIFF or DICOM expected)") from None
-    except OSError as exc:
+    except ImageReadError:
+        raise
+    except Exception as exc:  # decoders raise a wide variety on corrupt data
         problem = "truncated image" if "truncated" in str(exc).lower() else "unreadable image"
-        raise ImageReadError(f"{path}: {problem} ({exc})") from None
+        raise ImageReadError(f"{path}: {problem} ({type(exc).__name__}: {exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
     return LoadedImage(path, pixels, None, kind, {"mode": mode}, colour)

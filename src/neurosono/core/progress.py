@@ -17,7 +17,8 @@ from rich.progress import (
 )
 
 T = TypeVar("T")
-_console = Console(stderr=True)
+# One stderr console for every bar: bars and log lines never interleave on screen.
+console = Console(stderr=True)
 
 
 def track(
@@ -35,7 +36,7 @@ def track(
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=_console, transient=not sys.stderr.isatty()) as progress:
+    with Progress(*columns, console=console, transient=not sys.stderr.isatty()) as progress:
         task = progress.add_task(description, total=total if total is not None else _len(items))
         for item in items:
             yield item

@@ -64,3 +64,15 @@ def staged_directory(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def writable_folder(folder: str | Path, what: str = "output") -> Path:
+    """Create ``folder`` if needed and make sure it can be written; the error names it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"{folder}: cannot create the {what} folder ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{folder}: {what} folder is not writable")
+    return folder

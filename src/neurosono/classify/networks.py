@@ -1,4 +1,4 @@
-"""Mini-ResNet and HexaNet.
+"""The stage-2 networks: Mini-ResNet, HexaNet, the whole-image network and the head-crop network.
 
 HexaNet reads, for each region, a small grey crop and a few scalars (present,
 detector confidence, box size in mm and relative to the head), embeds each crop with its own
@@ -146,6 +146,43 @@ def drop_one_region_attribution(
         s[:, r] = 0
         out[:, r] = base - torch.sigmoid(model(c, s, case_scalars))
     return out
+
+
+class WholeImageNet(nn.Module):
+    """One Mini-ResNet reading both planes at once (TV and TC stacked as two channels),
+    plus optional case-level scalars (the gestational age) beside its embedding."""
+
+    def __init__(self, stem_stride: int = 2, n_case_scalars: int = 0) -> None:
+        super().__init__()
+        self.n_case_scalars = n_case_scalars
+        self.backbone = MiniResNet(in_channels=2, stem_stride=stem_stride)
+        self.head = nn.Linear(self.backbone.out_features + n_case_scalars, 1)
+
+    def forward(self, images: torch.Tensor, case_scalars: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.backbone(images)
+        if self.n_case_scalars:
+            if case_scalars is None:  # unknown
+                case_scalars = torch.zeros(images.shape[0], self.n_case_scalars)
+            features = torch.cat([features, case_scalars], dim=1)
+        return self.head(features).squeeze(1)
+
+
+class HeadCropNet(nn.Module):
+    """Mini-ResNet on the head crop, then a linear layer: the logit of P(abnormal)."""
+
+    def __init__(self, stem_stride: int = 2) -> None:
+        super().__init__()
+        self.backbone = MiniResNet(in_channels=1, stem_stride=stem_stride)
+        self.head = nn.Linear(self.backbone.out_features, 1)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(crops)).squeeze(1)
+
+
+def stem_stride_of(model: nn.Module) -> int:
+    """The stride of a network's first convolution (recorded with single-network models)."""
+    backbone = getattr(model, "backbone", model)
+    return int(backbone.stem[0].stride[0])
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,0 +1,58 @@
+"""``neurosono synth``: a phantom cohort of paired TV/TC images with boxes, findings and measurements."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neurosono.cli.common import DEFAULT, EXIT_BAD_INPUT, EXIT_OUTPUT, Seed, fail, out
+
+
+def synth(
+    out_arg: Annotated[
+        Path | None, typer.Argument(metavar="[OUT]", help="new folder for the cohort (or --out)")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="new folder for the cohort")] = None,
+    cases: Annotated[int, typer.Option(help="number of cases (each one TV + one TC image)")] = 319,
+    seed: Seed = DEFAULT,
+    abnormal_fraction: Annotated[float, typer.Option(help="share of abnormal cases")] = 0.32,
+    centers: Annotated[int, typer.Option(help="number of centres (machine styles)")] = 9,
+    size: Annotated[int, typer.Option(help="image side in pixels")] = 512,
+    preview: Annotated[Path | None, typer.Option(help="also write a contact sheet PNG here")] = None,
+    workers: Annotated[int, typer.Option(help="worker processes (0: one per CPU core)")] = 0,
+) -> None:
+    """Generate a phantom cohort (same seed, same cohort, whatever the number of workers)."""
+    from neurosono.core.atomic import OutputExistsError
+    from neurosono.core.progress import track
+    from neurosono.phantom.cohort import CohortConfig, generate_cohort
+
+    target = out_dir or out_arg
+    if target is None:
+        raise fail("give the new cohort folder with --out", EXIT_BAD_INPUT)
+    config = CohortConfig(cases, seed, abnormal_fraction, centers, size)
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    start = time.perf_counter()
+    try:
+        progress = iter(track(range(cases), "rendering cases", total=cases))
+        dataset = generate_cohort(
+            target, config, workers=workers or None, on_case=lambda _: next(progress, None)
+        )
+    except (OutputExistsError, PermissionError) as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    elapsed = time.perf_counter() - start
+    n_abnormal = sum(c.label == "abnormal" for c in dataset.cases)
+    out.print(
+        f"wrote {len(dataset.cases)} cases ({n_abnormal} abnormal, {len(dataset.cases) - n_abnormal} normal) "
+        f"to {target} in {elapsed:.1f} s ({len(dataset.cases) / elapsed:.1f} cases/s)"
+    )
+    if preview is not None:
+        from neurosono.data.preview import write_contact_sheet
+
+        write_contact_sheet(dataset, preview)
+        out.print(f"contact sheet: {preview}")

@@ -1,0 +1,66 @@
+"""A model folder, the unit that predicts: a stage-1 detector and the HexaNet that reads its regions.
+
+A folder holds ``detector.pt`` (with its ``detector.json``) and ``hexanet/classifier.pt`` (or
+``classifier.pt``); the default is the shipped phantom folder. This module loads the torch
+parts and says what every prediction reports about the model (name, hashes, notice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from neurosono import __version__
+from neurosono.classify.hexanet import HexaNetClassifier
+from neurosono.classify.kinds import load_classifier
+from neurosono.core.checkpoints import ModelFileError, file_sha256
+from neurosono.detect.model import Detector, load_detector
+from neurosono.models import PHANTOM_DIR
+
+PHANTOM_NOTICE = "trained on synthetic phantoms; not for clinical use"
+RESEARCH_NOTICE = "research software; not for clinical use"
+
+
+def default_model_dir() -> Path:
+    return PHANTOM_DIR
+
+
+def model_files(folder: Path) -> tuple[Path, Path]:
+    """(detector.pt, HexaNet classifier.pt) of a model folder."""
+    classifier_file = next(
+        (p for p in (folder / "hexanet" / "classifier.pt", folder / "classifier.pt") if p.exists()), None
+    )
+    if classifier_file is None:
+        raise ModelFileError(f"{folder}: no HexaNet (hexanet/classifier.pt) in this model folder")
+    return folder / "detector.pt", classifier_file
+
+
+def notice_for(trained_on: str) -> str:
+    return PHANTOM_NOTICE if "phantom" in trained_on.lower() else RESEARCH_NOTICE
+
+
+@dataclass
+class TorchParts:
+    detector: Detector
+    hexanet: HexaNetClassifier
+    info: dict  # name, version, file hashes, trained on, notice
+
+
+def load_torch_parts(folder: Path) -> TorchParts:
+    """The detector and HexaNet of a model folder, checked against each other."""
+    detector_file, classifier_file = model_files(folder)
+    detector = load_detector(detector_file)
+    hexanet = load_classifier(classifier_file)
+    if not isinstance(hexanet, HexaNetClassifier):
+        raise ModelFileError(f"{classifier_file}: a {hexanet.kind} classifier; a model folder needs HexaNet")
+    detector.check_regions(hexanet.regions, str(classifier_file))
+    trained_on = detector.record.get("dataset", {}).get("name", "")
+    info = {
+        "name": folder.name,
+        "neurosono_version": __version__,
+        "detector_sha256": detector.sha256,
+        "classifier_sha256": file_sha256(classifier_file),
+        "trained_on": trained_on,
+        "notice": notice_for(trained_on),
+    }
+    return TorchParts(detector, hexanet, info)
