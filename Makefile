@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Running `make demo` again resumes the run: finished stages are kept.
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Under a minute: everything but the tests that train models.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The command reference is generated from the command line itself (a test checks it is current).
+docs: install
+	$(BIN)/python -m neurosono.cli.reference > docs/cli.md
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

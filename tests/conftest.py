@@ -8,9 +8,31 @@ from pathlib import Path
 
 import pytest
 
+from neurosono.detect.env import configure_ultralytics
 from neurosono.phantom.cohort import CohortConfig, generate_cohort
 
+# As every neurosono entry point does before ultralytics is imported (some tests import its
+# modules directly): offline, settings in the cache folder, PIL's opener left alone.
+configure_ultralytics()
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+# Tests that train a model (or use one trained for the session) are 'slow': `make test-fast` skips them.
+SLOW_FIXTURES = {
+    "tiny_run",
+    "tiny_hexanet",
+    "quick_run",
+    "age_run",
+    "ga_run",
+    "ga_model",
+    "export",
+    "pipelines",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -89,6 +90,7 @@ def _batches(items, train, rng):
     return (crops, scalars), torch.tensor([i.label for i in items], dtype=torch.float32)
 
 
+@pytest.mark.slow
 def test_hexanet_learns_region_level_abnormalities() -> None:
     rng = np.random.default_rng(0)
     train, val, test = _synthetic_items(90, rng), _synthetic_items(30, rng), _synthetic_items(45, rng)

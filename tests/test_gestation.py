@@ -128,6 +128,7 @@ def _batches(withhold: bool):
     return batches
 
 
+@pytest.mark.slow
 def test_hexanet_learns_a_size_for_age_finding_only_with_the_age() -> None:
     rng = np.random.default_rng(0)
     train, val, test = _cases(150, rng), _cases(45, rng), _cases(90, rng)

@@ -147,6 +147,7 @@ def _with_true_heads(dataset: Dataset, items: list[CaseInputs]) -> list[CaseInpu
     return items
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["head-crop", "whole-image"])
 def test_single_image_classifier_learns_a_visible_sign(tmp_path: Path, kind: str) -> None:
     dataset = _synthetic_heads(tmp_path / "heads")
@@ -194,6 +195,7 @@ def test_compare_keeps_groups_in_one_fold_and_reports_every_variant(tmp_path: Pa
         cross_validate(dataset, ["head-crop"], ClassifyTrainConfig(epochs=1), folds=3)
 
 
+@pytest.mark.slow
 def test_real_eval_classification_matches_its_own_scores(tmp_path: Path) -> None:
     dataset = _synthetic_heads(tmp_path / "heads")
     run = train_classifier(

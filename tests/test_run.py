@@ -76,6 +76,7 @@ def test_run_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     assert (tmp_path / "mine.txt").read_text() == "user data"
 
 
+@pytest.mark.slow
 def test_run_on_a_user_dataset_with_a_one_class_test_split(cohort_copy: Path, tmp_path: Path) -> None:
     """A given dataset is used as split; a report is still written when AUC is undefined."""
     from neurosono.data.format import Dataset
@@ -106,6 +107,7 @@ def test_run_on_a_user_dataset_with_a_one_class_test_split(cohort_copy: Path, tm
     assert any("[1/4] detector" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_run_refuses_a_dataset_without_splits(cohort_copy: Path, tmp_path: Path) -> None:
     from neurosono.data.format import Dataset
 

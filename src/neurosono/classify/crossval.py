@@ -121,6 +121,54 @@ def _detection_summaries(items: list[CaseInputs], dataset: Dataset, detector, he
     return out
 
 
+def _run_fold(
+    items: list[CaseInputs],
+    fold: str,
+    classes: list,
+    config: ClassifyTrainConfig,
+    regions: list[str],
+    planes: dict,
+) -> dict[str, tuple[dict, list[dict]]]:
+    """Train each kind on the rest (80/20 train/validation) and score the held-out fold:
+    per kind, its fold's metrics and its out-of-fold rows."""
+    test = [i for i in items if i.case.fold == fold]
+    rest = [i for i in items if i.case.fold != fold]
+    inner = holdout([i.case for i in rest], seed=config.seed, fractions=(0.8, 0.2, 0.0))
+    role = {c.case_id: c.split for c in inner}
+    train = [i for i in rest if role[i.case.case_id] == "train"]
+    val = [i for i in rest if role[i.case.case_id] == "val"]
+    labels = np.array([i.label for i in test])
+    out = {}
+    for cls in classes:
+        classifier = cls.create(config, regions, planes)
+        try:
+            fit = classifier.fit(train, val)
+        except ValueError as exc:
+            raise ValueError(f"fold {fold}: {exc}") from None
+        scores = classifier.scores(test)
+        summary = {
+            "fold": fold,
+            "n": len(test),
+            "n_abnormal": int(labels.sum()),
+            "threshold": round(float(fit.threshold), 4),
+            "best_epoch": fit.best_epoch,
+            **fold_metrics(labels, scores, fit.threshold),
+        }
+        fold_rows = [
+            {
+                "case_id": item.case.case_id,
+                "group": item.case.group,
+                "fold": fold,
+                "label": int(item.label),
+                "score": float(score),
+                "threshold": float(fit.threshold),
+            }
+            for item, score in zip(test, scores, strict=True)
+        ]
+        out[cls.kind] = (summary, fold_rows)
+    return out
+
+
 def cross_validate(
     dataset: Dataset,
     kinds: list[str],
@@ -163,43 +211,11 @@ def cross_validate(
     rows: dict[str, list[dict]] = {c.kind: [] for c in classes}
     per_fold: dict[str, list[dict]] = {c.kind: [] for c in classes}
     for fold in track(list(table), f"{scheme} folds", total=len(table), enabled=progress):
-        test = [i for i in items if i.case.fold == fold]
-        rest = [i for i in items if i.case.fold != fold]
-        role = {
-            c.case_id: c.split
-            for c in holdout([i.case for i in rest], seed=config.seed, fractions=(0.8, 0.2, 0.0))
-        }
-        train = [i for i in rest if role[i.case.case_id] == "train"]
-        val = [i for i in rest if role[i.case.case_id] == "val"]
-        labels = np.array([i.label for i in test])
-        for cls in classes:
-            classifier = cls.create(config, dataset.spec.regions, planes)
-            try:
-                fit = classifier.fit(train, val)
-            except ValueError as exc:
-                raise ValueError(f"fold {fold}: {exc}") from None
-            scores = classifier.scores(test)
-            per_fold[cls.kind].append(
-                {
-                    "fold": fold,
-                    "n": len(test),
-                    "n_abnormal": int(labels.sum()),
-                    "threshold": round(float(fit.threshold), 4),
-                    "best_epoch": fit.best_epoch,
-                    **fold_metrics(labels, scores, fit.threshold),
-                }
-            )
-            rows[cls.kind] += [
-                {
-                    "case_id": item.case.case_id,
-                    "group": item.case.group,
-                    "fold": fold,
-                    "label": int(item.label),
-                    "score": float(score),
-                    "threshold": float(fit.threshold),
-                }
-                for item, score in zip(test, scores, strict=True)
-            ]
+        for kind, (summary, fold_rows) in _run_fold(
+            items, fold, classes, config, dataset.spec.regions, planes
+        ).items():
+            per_fold[kind].append(summary)
+            rows[kind] += fold_rows
     for cls in classes:
         by_case, by_group = pooled(rows[cls.kind], n_boot, config.seed)
         result[cls.kind] = {

@@ -12,9 +12,7 @@ from neurosono.cli.common import DEFAULT, EXIT_BAD_INPUT, EXIT_OUTPUT, Seed, fai
 
 
 def synth(
-    out_arg: Annotated[
-        Path | None, typer.Argument(metavar="[OUT]", help="new folder for the cohort (or --out)")
-    ] = None,
+    out_arg: Annotated[Path | None, typer.Argument(metavar="[OUT]", hidden=True)] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="new folder for the cohort")] = None,
     cases: Annotated[int, typer.Option(help="number of cases (each one TV + one TC image)")] = 319,
     seed: Seed = DEFAULT,

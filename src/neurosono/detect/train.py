@@ -172,70 +172,25 @@ def _view_image(source: Path, images_dir: Path, name: str) -> Path:
 def train_detector(
     dataset_path: str | Path,
     out: str | Path,
-    config: DetectTrainConfig = DetectTrainConfig(),
+    config: DetectTrainConfig | None = None,
     progress: bool = True,
 ) -> Path:
     """Train on the dataset's train split, validate on val, and write a complete run folder."""
+    config = config or DetectTrainConfig()
     config.validate()
     dataset = Dataset.load(dataset_path)
     report = check_dataset(dataset.root)
     if not report.ok:
-        first = "\n".join(str(p) for p in report.errors[:5])
+        first = "; ".join(str(p) for p in report.errors[:5])
         raise DatasetInvalidError(
             f"{dataset.root}: {len(report.errors)} error(s) in the dataset; run "
-            f"'neurosono data check {dataset.root}'. First:\n{first}"
+            f"'neurosono data check {dataset.root}'. First: {first}"
         )
-    configure_ultralytics()
-    import torch
-    from ultralytics import YOLO
-
     out = Path(out)
     with staged_directory(out) as run:
-        data_yaml = build_view(dataset, run / "view")
-        torch.manual_seed(config.seed)
-        torch.set_num_threads(cpu_cores())
-        model = YOLO(f"{config.model}.yaml", task="detect")
-        init_sha256 = None
-        if config.init_from:
-            from neurosono.detect.model import load_detector
-
-            start = load_detector(config.init_from)
-            start.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
-            model = start.yolo
-            model.load(start.yolo.model)  # marks the in-memory weights as the starting point
-            init_sha256 = start.sha256
-        bar = _EpochProgress(config.epochs, progress)
-        model.add_callback("on_train_epoch_end", bar.update)
-        model.add_callback("on_fit_epoch_end", bar.update_fitness)
         started = time.perf_counter()
-        try:
-            model.train(
-                data=str(data_yaml),
-                epochs=config.epochs,
-                imgsz=config.imgsz,
-                batch=config.batch,
-                seed=config.seed,
-                deterministic=True,
-                device="cpu",
-                workers=config.workers,
-                project=str((run / "ultralytics").absolute()),
-                name="train",
-                exist_ok=True,
-                pretrained=bool(config.init_from),
-                amp=False,
-                plots=False,
-                verbose=False,
-                patience=config.patience,
-                close_mosaic=min(config.close_mosaic, max(0, config.epochs - 1)),
-                time=config.time_hours,
-                warmup_epochs=config.warmup_epochs,
-                **({"optimizer": "AdamW", "lr0": config.lr0} if config.lr0 else {}),
-                **ULTRASOUND_AUGMENTATION,
-            )
-        finally:
-            bar.close()
+        trainer, init_sha256 = _fit(dataset, run, config, progress)
         seconds = time.perf_counter() - started
-        trainer = model.trainer
         best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
         # Our own, trusted file: take the EMA weights ultralytics saved, keep plain tensors.
         from ultralytics.nn.tasks import load_checkpoint
@@ -248,8 +203,9 @@ def train_detector(
         from neurosono.detect.evaluate import evaluate_detector
         from neurosono.detect.model import load_detector
 
-        detector = load_detector(run / WEIGHTS_NAME)
-        metrics = evaluate_detector(detector, dataset, split="val", n_boot=200, seed=config.seed)
+        metrics = evaluate_detector(
+            load_detector(run / WEIGHTS_NAME), dataset, "val", n_boot=200, seed=config.seed
+        )
         atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=2))
         record = {
             "kind": "neurosono detector run",
@@ -277,6 +233,57 @@ def train_detector(
         atomic_write_text(run / "detector.json", json.dumps(record, indent=2))
         atomic_write_text(run / "MODEL_CARD.md", model_card(record))
     return out
+
+
+def _fit(dataset: Dataset, run: Path, config: DetectTrainConfig, progress: bool):
+    """Ultralytics' training on the run's view of the dataset; returns (its trainer, start SHA-256)."""
+    configure_ultralytics()
+    import torch
+    from ultralytics import YOLO
+
+    data_yaml = build_view(dataset, run / "view")
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(cpu_cores())
+    model = YOLO(f"{config.model}.yaml", task="detect")
+    init_sha256 = None
+    if config.init_from:
+        from neurosono.detect.model import load_detector
+
+        start = load_detector(config.init_from)
+        start.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
+        model = start.yolo
+        model.load(start.yolo.model)  # marks the in-memory weights as the starting point
+        init_sha256 = start.sha256
+    bar = _EpochProgress(config.epochs, progress)
+    model.add_callback("on_train_epoch_end", bar.update)
+    model.add_callback("on_fit_epoch_end", bar.update_fitness)
+    try:
+        model.train(
+            data=str(data_yaml),
+            epochs=config.epochs,
+            imgsz=config.imgsz,
+            batch=config.batch,
+            seed=config.seed,
+            deterministic=True,
+            device="cpu",
+            workers=config.workers,
+            project=str((run / "ultralytics").absolute()),
+            name="train",
+            exist_ok=True,
+            pretrained=bool(config.init_from),
+            amp=False,
+            plots=False,
+            verbose=False,
+            patience=config.patience,
+            close_mosaic=min(config.close_mosaic, max(0, config.epochs - 1)),
+            time=config.time_hours,
+            warmup_epochs=config.warmup_epochs,
+            **({"optimizer": "AdamW", "lr0": config.lr0} if config.lr0 else {}),
+            **ULTRASOUND_AUGMENTATION,
+        )
+    finally:
+        bar.close()
+    return model.trainer, init_sha256
 
 
 def model_card(record: dict) -> str:

@@ -242,39 +242,15 @@ def write_report(run_dir: str | Path, out: str | Path, record: dict, max_gallery
     details = json.loads((evaluation / "cases.json").read_text())
     regions, threshold, cases = details["regions"], float(details["threshold"]), details["cases"]
     hexanet, baseline, detector = metrics["hexanet"], metrics.get("baseline"), metrics["detector"]
-    detector_record = json.loads((run_dir / "detector" / "detector.json").read_text())
-    hexanet_record = json.loads((run_dir / "hexanet" / "classifier.json").read_text())
     baseline_record = run_dir / "hexanet" / "baseline" / "baseline.json"
     baseline_threshold = (
         json.loads(baseline_record.read_text()).get("threshold") if baseline_record.exists() else None
     )
     synthetic = "phantom" in (dataset.spec.name + dataset.spec.source).lower()
-    classification_rows = []
-    for key in METRICS:
-        classification_rows.append(
-            {
-                "metric": key,
-                "hexanet": metric_text(hexanet.get(key), key),
-                "baseline": metric_text(baseline.get(key), key) if baseline else None,
-                "study": STUDY.get(key, ""),
-            }
-        )
     shown, n_fn, n_fp = gallery(cases, threshold, max_gallery)
     for item in shown:
         item["picture"] = data_uri(draw_case(dataset, item, regions))
         item["rows"] = attribution_rows(item, regions)
-    examples = []
-    for label in ("normal", "abnormal"):
-        case = next((c for c in cases if c["label"] == label), None)
-        if case:
-            examples.append(
-                {
-                    "case_id": case["case_id"],
-                    "finding": case["finding"],
-                    "picture": data_uri(draw_case(dataset, case, regions, boxes="detections")),
-                }
-            )
-    confusion = hexanet.get("confusion", {})
     plots = (
         roc_and_reliability(cases, threshold, baseline_threshold)
         if 0 < hexanet["n_abnormal"] < len(cases)
@@ -290,7 +266,7 @@ def write_report(run_dir: str | Path, out: str | Path, record: dict, max_gallery
         notice=PHANTOM_NOTICE if synthetic else "Research software; not for clinical use.",
         cohort=cohort_tables(dataset),
         detector=detector,
-        detector_record=detector_record,
+        detector_record=json.loads((run_dir / "detector" / "detector.json").read_text()),
         region_rows=[{"region": k, "map50": _ci(v["map50"])} for k, v in detector["per_region"].items()],
         plane_rows=[
             {"plane": k.upper(), "map50": _ci(v["map50"]), "n": v["n_images"]}
@@ -298,12 +274,12 @@ def write_report(run_dir: str | Path, out: str | Path, record: dict, max_gallery
         ],
         ci=_ci,
         study=STUDY,
-        examples=examples,
+        examples=examples(dataset, cases, regions),
         hexanet=hexanet,
-        hexanet_record=hexanet_record,
+        hexanet_record=json.loads((run_dir / "hexanet" / "classifier.json").read_text()),
         baseline=baseline,
-        classification_rows=classification_rows,
-        confusion=confusion,
+        classification_rows=classification_rows(hexanet, baseline),
+        confusion=hexanet.get("confusion", {}),
         plots=plots,
         gallery=shown,
         n_fn=n_fn,
@@ -315,3 +291,27 @@ def write_report(run_dir: str | Path, out: str | Path, record: dict, max_gallery
     )
     atomic_write_text(out, html)
     return Path(out)
+
+
+def classification_rows(hexanet: dict, baseline: dict | None) -> list[dict]:
+    """Each metric for HexaNet and the baseline beside the study's published figure."""
+    return [
+        {
+            "metric": key,
+            "hexanet": metric_text(hexanet.get(key), key),
+            "baseline": metric_text(baseline.get(key), key) if baseline else None,
+            "study": STUDY.get(key, ""),
+        }
+        for key in METRICS
+    ]
+
+
+def examples(dataset: Dataset, cases: list[dict], regions: list[str]) -> list[dict]:
+    """The first normal and the first abnormal case, with every detection and the truth drawn."""
+    shown = []
+    for label in ("normal", "abnormal"):
+        case = next((c for c in cases if c["label"] == label), None)
+        if case:
+            picture = data_uri(draw_case(dataset, case, regions, boxes="detections"))
+            shown.append({"case_id": case["case_id"], "finding": case["finding"], "picture": picture})
+    return shown

@@ -512,12 +512,35 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
 
 
 def form_image(canvas: Canvas, style: CenterStyle, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Step 2: B-mode image (float 0..1, HxW) and the sector mask."""
-    size = canvas.size
-    sp = canvas.pose.spacing_mm
-    g = sector_geometry(size, style)
-    to_x, to_y, from_col, from_row, inside = _sector_maps(g)
+    """Step 2: B-mode image (float 0..1, HxW) and the sector mask.
 
+    The steps draw from ``rng`` in a fixed order (texture, wall, reverberation, speckle, gain):
+    the same seed gives the same image.
+    """
+    g = sector_geometry(canvas.size, style)
+    to_x, to_y, from_col, from_row, inside = _sector_maps(g)
+    E = _echogenicity(canvas, g, rng)
+    Ep = cv2.remap(E.astype(np.float32), to_x, to_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    Lp = cv2.remap(canvas.L, to_x, to_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    dr_mm = (g.r_max - g.r_min) / (g.n_r - 1) * canvas.pose.spacing_mm
+    Ep = _wall_and_shadow(Ep, Lp, g, dr_mm, rng)
+    Ep = _reverberation(Ep, Lp, g, dr_mm, canvas.head_depth_mm, style, rng)
+    env = _speckle(Ep, g, dr_mm, canvas.pose.spacing_mm, style, rng)
+    img = _display_window(env, g, style, rng)
+    cart = cv2.remap(
+        img.astype(np.float32),
+        from_col,
+        from_row,
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    cart[~inside] = 0
+    return cart, inside
+
+
+def _echogenicity(canvas: Canvas, g, rng: np.random.Generator) -> np.ndarray:
+    """Parenchymal texture and specular bone on the drawn echogenicity map."""
     E = canvas.E
     # Parenchymal texture: slow multiplicative variation of tissue echogenicity.
     tissue = canvas.L != 0
@@ -532,12 +555,11 @@ def form_image(canvas: Canvas, style: CenterStyle, rng: np.random.Generator) -> 
         cos = np.abs(rx * bx + ry * by) / (np.hypot(rx, ry) * np.hypot(bx, by) + 1e-6)
         E = E.copy()
         E[ys, xs] *= 0.06 + 0.94 * cos**2
+    return E
 
-    Ep = cv2.remap(E.astype(np.float32), to_x, to_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    Lp = cv2.remap(canvas.L, to_x, to_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    dr_mm = (g.r_max - g.r_min) / (g.n_r - 1) * sp
-    depth = np.linspace(0, 1, g.n_r, dtype=np.float32)[:, None]
 
+def _wall_and_shadow(Ep: np.ndarray, Lp: np.ndarray, g, dr_mm: float, rng: np.random.Generator) -> np.ndarray:
+    """Maternal wall layers near the probe, and the shadow behind bone (polar frame)."""
     # Maternal abdominal wall and uterus: layers that follow the probe's curvature.
     wall_rows = int(rng.uniform(0.06, 0.2) * g.n_r)
     if wall_rows > 0:
@@ -545,26 +567,39 @@ def form_image(canvas: Canvas, style: CenterStyle, rng: np.random.Generator) -> 
         profile = np.convolve(layers, np.ones(3) / 3, mode="same").astype(np.float32)
         outside = Lp[:wall_rows] == BACKGROUND
         Ep[:wall_rows] = np.where(outside, profile[:, None], Ep[:wall_rows])
-
     # Bone attenuation: everything behind thick skull is shadowed.
     bone_p = (Lp == SKULL).astype(np.float32)
     path = np.cumsum(bone_p, axis=0, dtype=np.float32) * np.float32(dr_mm)
-    Ep = Ep * cv2.exp(-0.3 * path)
+    return Ep * cv2.exp(-0.3 * path)
 
-    # Near-field reverberation: haze and bands below the near skull table.
+
+def _reverberation(
+    Ep: np.ndarray,
+    Lp: np.ndarray,
+    g,
+    dr_mm: float,
+    head_depth: float,
+    style: CenterStyle,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Near-field reverberation: haze and bands below the near skull table."""
+    bone_p = (Lp == SKULL).astype(np.float32)
     hit = bone_p.argmax(axis=0)
     has_bone = bone_p.max(axis=0) > 0
     rows = np.arange(g.n_r, dtype=np.float32)[:, None]
     below = (rows - hit[None, :].astype(np.float32)) * np.float32(dr_mm)
-    head_depth = canvas.head_depth_mm
     period = float(rng.uniform(2.5, 4.5))
     haze = np.exp(-np.clip(below, 0, None) / (0.3 * head_depth)) * (
         0.6 + 0.4 * np.cos(2 * np.pi * below / period)
     )
     haze = np.where((below > 0) & has_bone[None, :] & (Lp != BACKGROUND), haze, 0)
-    Ep = Ep + (0.012 * style.reverb_strength) * haze.astype(np.float32)
+    return Ep + (0.012 * style.reverb_strength) * haze.astype(np.float32)
 
-    # Rayleigh speckle: complex scatterers, PSF blur (lateral grows with depth), envelope.
+
+def _speckle(
+    Ep: np.ndarray, g, dr_mm: float, sp: float, style: CenterStyle, rng: np.random.Generator
+) -> np.ndarray:
+    """Rayleigh speckle: complex scatterers, PSF blur (lateral grows with depth), envelope."""
     amp = np.sqrt(np.maximum(Ep, 0)).astype(np.float32)
     re = rng.standard_normal(amp.shape, dtype=np.float32) * amp
     im = rng.standard_normal(amp.shape, dtype=np.float32) * amp
@@ -578,28 +613,21 @@ def form_image(canvas: Canvas, style: CenterStyle, rng: np.random.Generator) -> 
         # Blurring averages scatterers; divide by the kernel's energy so that the mean
         # envelope power equals the echogenicity whatever the PSF.
         envs.append(cv2.magnitude(b_re, b_im) / np.float32(_kernel_gain(sig_lat, sig_ax)))
-    env = envs[0] * (1 - depth) + envs[1] * depth
+    depth = np.linspace(0, 1, g.n_r, dtype=np.float32)[:, None]
+    return envs[0] * (1 - depth) + envs[1] * depth
 
+
+def _display_window(env: np.ndarray, g, style: CenterStyle, rng: np.random.Generator) -> np.ndarray:
+    """Gain, log compression and the machine's display window (polar frame, 0..1)."""
     # Time-gain compensation that is never quite flat.
     tgc = 1 + style.tgc_ripple * _smooth_noise(rng, (g.n_r, 1), 5)[:, :1]
     env = env * tgc * 10 ** (style.gain_db / 20)
     db = np.float32(20 / np.log(10)) * cv2.log(env.astype(np.float32) + np.float32(1e-6))
     # Display window: bone near white, parenchyma low grey, fluid black.
-    img = cv2.pow(
+    return cv2.pow(
         np.clip((db + np.float32(style.dynamic_range_db - 12.0)) / np.float32(style.dynamic_range_db), 0, 1),
         style.gamma,
     )
-
-    cart = cv2.remap(
-        img.astype(np.float32),
-        from_col,
-        from_row,
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0,
-    )
-    cart[~inside] = 0
-    return cart, inside
 
 
 # ---- display -------------------------------------------------------------------------

@@ -107,96 +107,153 @@ def check_run_folder(out: Path) -> None:
         raise OutputExistsError(f"{out}: not empty and not a neurosono run; choose a new --out")
 
 
+class StageRunner:
+    """Runs each stage of a run once per key: a stage whose folder holds a ``stage.json`` with
+    the same key (its config plus the key of the stage before it) is kept; any other is redone.
+    run.json is rewritten after every stage, so an interrupted run shows how far it came."""
+
+    def __init__(self, out: Path, record: dict, total: int, say: Callable[[str], None]) -> None:
+        self.out, self.record, self.total, self.say = out, record, total, say
+        self.upstream = ""
+        self.number = 0
+
+    def run(self, name: str, inputs: dict, work: Callable[[Path], None], folder: Path | None = None) -> None:
+        self.number += 1
+        folder = folder or self.out / name
+        key = _key({"stage": name, "inputs": inputs, "upstream": self.upstream})
+        where = f"[{self.number}/{self.total}] {name}"
+        if stage_done(folder, key):
+            self.say(f"{where}: up to date, kept ({folder})")
+            seconds = json.loads((folder / STAGE_FILE).read_text()).get("seconds")
+            self.record["stages"][name] = {"key": key, "state": "kept", "seconds": seconds}
+        else:
+            if folder.exists():
+                self.say(f"{where}: config changed or unfinished, redoing")
+                _clear(folder)
+            else:
+                self.say(where)
+            started = time.perf_counter()
+            work(folder)
+            seconds = time.perf_counter() - started
+            _mark(folder, name, key, seconds, inputs)
+            self.record["stages"][name] = {"key": key, "state": "done", "seconds": round(seconds, 1)}
+            self.say(f"    {name} done in {seconds:.0f} s")
+        self.upstream = key
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_text(self.out / "run.json", json.dumps(self.record, indent=2, default=str))
+
+
 def run_pipeline(
     out: str | Path,
     dataset: str | Path | None = None,
-    config: RunConfig = RunConfig(),
+    config: RunConfig | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Run (or resume) every stage; returns the run record (also written to ``RUN/run.json``)."""
+    config = config or RunConfig()
     config.validate()
-    say = log or (lambda _message: None)
     out = Path(out)
     check_run_folder(out)
     out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     record: dict = {
         "kind": "neurosono run",
         "neurosono_version": __version__,
         "config": asdict(config),
         "dataset": str(Path(dataset).resolve()) if dataset else None,
         "stages": {},
+        "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    previous = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-    record["started"] = previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    upstream = ""
-    total_stages = len(STAGES) - (1 if dataset else 0)
-    number = 0
-
-    def stage(name: str, inputs: dict, work: Callable[[Path], None], folder: Path | None = None) -> None:
-        nonlocal upstream, number
-        number += 1
-        folder = folder or out / name
-        key = _key({"stage": name, "inputs": inputs, "upstream": upstream})
-        if stage_done(folder, key):
-            say(f"[{number}/{total_stages}] {name}: up to date, kept ({folder})")
-            seconds = json.loads((folder / STAGE_FILE).read_text()).get("seconds")
-            record["stages"][name] = {"key": key, "state": "kept", "seconds": seconds}
-        else:
-            if folder.exists():
-                say(f"[{number}/{total_stages}] {name}: config changed or unfinished, redoing")
-                _clear(folder)
-            else:
-                say(f"[{number}/{total_stages}] {name}")
-            started = time.perf_counter()
-            work(folder)
-            seconds = time.perf_counter() - started
-            _mark(folder, name, key, seconds, inputs)
-            record["stages"][name] = {"key": key, "state": "done", "seconds": round(seconds, 1)}
-            say(f"    {name} done in {seconds:.0f} s")
-        upstream = key
-        atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
-
-    # 1. data: the user's dataset as given, or a phantom cohort generated here.
-    if dataset is None:
-        from neurosono.phantom.cohort import CohortConfig
-
-        cohort_config = CohortConfig(cases=config.cases, seed=config.seed, size=config.image_size)
-
-        def make_cohort(folder: Path) -> None:
-            from neurosono.core.progress import track
-            from neurosono.phantom.cohort import generate_cohort
-
-            ticks = iter(
-                track(
-                    range(cohort_config.cases), "rendering cases", total=cohort_config.cases, enabled=progress
-                )
-            )
-            generate_cohort(folder, cohort_config, on_case=lambda _: next(ticks, None))
-            for _ in ticks:  # close the bar
-                pass
-
-        stage("cohort", asdict(cohort_config), make_cohort)
+    stages = StageRunner(out, record, len(STAGES) - (1 if dataset else 0), log or (lambda _message: None))
+    if dataset is None:  # a phantom cohort generated here
         dataset_dir = out / "cohort"
-    else:
-        from neurosono.data.check import check_dataset
-        from neurosono.data.format import Dataset, dataset_hash
-
+        stages.run("cohort", *_cohort_stage(config, progress))
+    else:  # the user's dataset as given
         dataset_dir = Path(dataset)
-        report = check_dataset(dataset_dir)
-        if not report.ok:
-            first = "\n".join(str(p) for p in report.errors[:5])
-            raise ValueError(f"{dataset_dir}: {len(report.errors)} error(s); first:\n{first}")
-        ds = Dataset.load(dataset_dir)
-        missing = [s for s in ("train", "val", "test") if not ds.split(s)]
-        if missing:
-            raise ValueError(
-                f"{dataset_dir}: no cases in split(s) {missing}; run 'neurosono data split {dataset_dir}'"
-            )
-        upstream = _key({"dataset": dataset_hash(ds, ("train", "val", "test"))})
+        stages.upstream = _key({"dataset": checked_dataset_hash(dataset_dir)})
     record["dataset_dir"] = str(dataset_dir)
+    detector_file = out / "detector" / "detector.pt"
+    stages.run("detector", *_detector_stage(config, dataset_dir, progress))
+    stages.run("hexanet", *_hexanet_stage(config, dataset_dir, detector_file, progress))
 
-    # 2. stage 1: detector.
+    def evaluate_stage(folder: Path) -> None:
+        from neurosono.data.format import Dataset
+        from neurosono.evaluate.two_stage import evaluate_two_stage
+
+        with staged_directory(folder) as staged:
+            dataset = Dataset.load(dataset_dir)
+            run_dir, seed = out / "hexanet", config.seed
+            evaluate_two_stage(
+                dataset,
+                run_dir,
+                "test",
+                detector_file,
+                config.n_boot,
+                seed,
+                out_dir=staged,
+                progress=progress,
+            )
+
+    stages.run("evaluation", {"n_boot": config.n_boot, "seed": config.seed, "split": "test"}, evaluate_stage)
+
+    def report_stage(folder: Path) -> None:
+        from neurosono.evaluate.report import write_report
+
+        with staged_directory(folder) as staged:
+            write_report(out, staged / "report.html", record, max_gallery=config.gallery)
+
+    stages.run("report", {"gallery": config.gallery, "version": __version__}, report_stage, out / "report")
+    report_file = out / "report.html"
+    # The report also sits at the run's top level, where a user looks first.
+    shutil.copyfile(out / "report" / "report.html", report_file.with_suffix(".html.tmp"))
+    report_file.with_suffix(".html.tmp").replace(report_file)
+    record["report"] = str(report_file)
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    stages.save()
+    return record
+
+
+def checked_dataset_hash(dataset_dir: Path) -> str:
+    """A user's dataset must pass the check and have all three splits; its hash keys the run."""
+    from neurosono.data.check import check_dataset
+    from neurosono.data.format import Dataset, dataset_hash
+
+    report = check_dataset(dataset_dir)
+    if not report.ok:
+        first = "; ".join(str(p) for p in report.errors[:5])
+        raise ValueError(f"{dataset_dir}: {len(report.errors)} error(s); first: {first}")
+    ds = Dataset.load(dataset_dir)
+    missing = [s for s in ("train", "val", "test") if not ds.split(s)]
+    if missing:
+        raise ValueError(
+            f"{dataset_dir}: no cases in split(s) {missing}; run 'neurosono data split {dataset_dir}'"
+        )
+    return dataset_hash(ds, ("train", "val", "test"))
+
+
+def _cohort_stage(config: RunConfig, progress: bool) -> tuple[dict, Callable[[Path], None]]:
+    from neurosono.phantom.cohort import CohortConfig
+
+    cohort_config = CohortConfig(cases=config.cases, seed=config.seed, size=config.image_size)
+
+    def make_cohort(folder: Path) -> None:
+        from neurosono.core.progress import track
+        from neurosono.phantom.cohort import generate_cohort
+
+        ticks = iter(track(range(cohort_config.cases), "rendering cases", cohort_config.cases, progress))
+        generate_cohort(folder, cohort_config, on_case=lambda _: next(ticks, None))
+        for _ in ticks:  # close the bar
+            pass
+
+    return asdict(cohort_config), make_cohort
+
+
+def _detector_stage(
+    config: RunConfig, dataset_dir: Path, progress: bool
+) -> tuple[dict, Callable[[Path], None]]:
     from neurosono.detect.train import DetectTrainConfig, resolve_init
 
     init = resolve_init(config.detector_init)
@@ -217,12 +274,14 @@ def run_pipeline(
 
         train_detector(dataset_dir, folder, detect_config, progress=progress)
 
-    init_hash = _file_hash(init) if init else None
-    stage("detector", {**asdict(detect_config), "init_from": init_hash}, train_stage1)
-    detector_file = out / "detector" / "detector.pt"
+    return {**asdict(detect_config), "init_from": _file_hash(init) if init else None}, train_stage1
 
-    # 3. stage 2: HexaNet and the whole-image baseline, same split, budget and seed.
-    from neurosono.classify.train import ClassifyTrainConfig
+
+def _hexanet_stage(
+    config: RunConfig, dataset_dir: Path, detector_file: Path, progress: bool
+) -> tuple[dict, Callable[[Path], None]]:
+    """HexaNet and the whole-image baseline, same split, budget and seed."""
+    from neurosono.classify.config import ClassifyTrainConfig
 
     classify_config = ClassifyTrainConfig(
         seed=config.seed, epochs=config.hexanet_epochs, patience=config.hexanet_patience
@@ -235,43 +294,7 @@ def run_pipeline(
             dataset_dir, folder, "hexanet", classify_config, detector=detector_file, progress=progress
         )
 
-    stage("hexanet", asdict(classify_config), train_stage2)
-
-    # 4. evaluation on the test split.
-    def evaluate_stage(folder: Path) -> None:
-        from neurosono.data.format import Dataset
-        from neurosono.evaluate.two_stage import evaluate_two_stage
-
-        with staged_directory(folder) as staged:
-            evaluate_two_stage(
-                Dataset.load(dataset_dir),
-                out / "hexanet",
-                "test",
-                detector_file,
-                config.n_boot,
-                config.seed,
-                out_dir=staged,
-                progress=progress,
-            )
-
-    stage("evaluation", {"n_boot": config.n_boot, "seed": config.seed, "split": "test"}, evaluate_stage)
-
-    # 5. report.
-    def report_stage(folder: Path) -> None:
-        from neurosono.evaluate.report import write_report
-
-        with staged_directory(folder) as staged:
-            write_report(out, staged / "report.html", record, max_gallery=config.gallery)
-
-    stage("report", {"gallery": config.gallery, "version": __version__}, report_stage, out / "report")
-    report_file = out / "report.html"
-    # The report also sits at the run's top level, where a user looks first.
-    shutil.copyfile(out / "report" / "report.html", report_file.with_suffix(".html.tmp"))
-    report_file.with_suffix(".html.tmp").replace(report_file)
-    record["report"] = str(report_file)
-    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
-    return record
+    return asdict(classify_config), train_stage2
 
 
 def _file_hash(path: str) -> str:

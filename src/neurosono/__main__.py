@@ -1,0 +1,5 @@
+"""``python -m neurosono``: the command line."""
+
+from neurosono.cli import main
+
+main()
