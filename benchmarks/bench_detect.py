@@ -1,6 +1,6 @@
 """Stage-1 target: the shipped detector on a freshly generated phantom cohort.
 
-Target (issue 3): mAP@0.5 >= 0.95 overall and >= 0.90 for every region, on a cohort
+Target: mAP@0.5 >= 0.95 overall and >= 0.90 for every region, on a cohort
 whose seed was never used in training (the shipped model was trained on seed 101).
 Run: .venv/bin/python benchmarks/bench_detect.py [--seed 202] [--cases 319] [--model DIR]
 """

@@ -93,7 +93,7 @@ def test_onnx_pipeline_matches_torch(cohort: Path, pipelines: tuple[Pipeline, Pi
     backend = onnx_pipeline.detector.yolo.predictor.model.backend
     assert type(backend).__name__ == "ONNXBackend"  # stage 1 really runs on onnxruntime
     assert backend.session.get_providers() == ["CPUExecutionProvider"]
-    for session in (backend.session, onnx_pipeline.stage2.session):  # every core
+    for session in (backend.session, onnx_pipeline.stage2.runner):  # every core
         assert session.get_session_options().intra_op_num_threads == cpu_cores()
     decisions = set()
     for case in Dataset.load(cohort).cases:
@@ -311,5 +311,5 @@ def test_default_model_is_exported_once_into_the_cache(
     messages = []
     pipeline = Pipeline.load(runtime="onnx", notify=messages.append, threads=1)
     assert len(calls) == 1 and not messages
-    assert pipeline.stage2.session.get_session_options().intra_op_num_threads == 1
+    assert pipeline.stage2.runner.get_session_options().intra_op_num_threads == 1
     assert pipeline.model_info["detector_sha256"] == file_sha256(default_model_dir() / "detector.pt")

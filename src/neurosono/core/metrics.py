@@ -21,7 +21,12 @@ Z95 = stats.norm.ppf(0.975)
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (no continuity correction)."""
+    """Wilson score interval for k successes in n trials (no continuity correction).
+
+    The closed form is written here rather than taken from statsmodels
+    (``proportion_confint(method="wilson")``), which would bring pandas and patsy into the
+    install for five lines; the tests check it against Newcombe's (1998) published table.
+    """
     if n == 0:
         return (float("nan"), float("nan"))
     p = k / n
@@ -104,7 +109,14 @@ def point_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> d
 def bootstrap(
     y_true: np.ndarray, scores: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """Metric values over case resamples (NaN where a resample leaves a metric undefined)."""
+    """Metric values over case resamples (NaN where a resample leaves a metric undefined).
+
+    Every metric is computed on the same resamples, and a resample that leaves a metric
+    undefined (no abnormal case drawn, say) is dropped from that metric alone.
+    ``scipy.stats.bootstrap`` takes one statistic at a time and fails or returns NaN on
+    such resamples; it would also draw other resamples, changing every interval in the
+    shipped models' records. The percentile rule itself is the textbook one.
+    """
     y_true, scores = np.asarray(y_true).astype(int), np.asarray(scores, dtype=float)
     rng = np.random.default_rng(seed)
     n = len(y_true)

@@ -2,9 +2,10 @@
 
 Every image reaches the detector through the one image reader (``core.images``), as a
 3-channel BGR array, whether it comes from a file, a dataset or a prediction request, so
-training, evaluation and prediction give the detector the same pixels. Images are batched
-only with images of the same size: ultralytics letterboxes a batch of mixed sizes to a full
-square, so a box would otherwise depend on the other images in its batch.
+training, evaluation and prediction give the detector the same pixels. Images go to the
+detector in batches of ``BATCH`` in the order given; ultralytics letterboxes a batch of
+images that share one size to a multiple of the stride, and a batch of mixed sizes to a
+full square.
 """
 
 from __future__ import annotations
@@ -47,16 +48,10 @@ def _bgr(image: ImageInput) -> np.ndarray:
     return read_image(image).bgr()
 
 
-def _same_size_batches(images: Sequence[ImageInput], batch: int) -> Iterator[list[np.ndarray]]:
-    chunk: list[np.ndarray] = []
-    for image in images:
-        array = _bgr(image)
-        if chunk and (len(chunk) == batch or array.shape != chunk[0].shape):
-            yield chunk
-            chunk = []
-        chunk.append(array)
-    if chunk:
-        yield chunk
+def _batches(images: Sequence[ImageInput], batch: int) -> Iterator[list[np.ndarray]]:
+    """The images as BGR arrays, ``batch`` at a time (files are read one batch at a time)."""
+    for start in range(0, len(images), batch):
+        yield [_bgr(image) for image in images[start : start + batch]]
 
 
 def predict_images(
@@ -68,7 +63,7 @@ def predict_images(
 ) -> list[Boxes]:
     """(classes, scores, xyxy boxes) for each image, in order: files are read one batch at a time."""
     results = []
-    for chunk in _same_size_batches(images, batch):
+    for chunk in _batches(images, batch):
         for result in detector.yolo.predict(
             chunk, imgsz=detector.imgsz, conf=conf, iou=NMS_IOU, max_det=max_det, device="cpu", verbose=False
         ):

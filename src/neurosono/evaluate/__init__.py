@@ -1,1 +1,2 @@
-"""Evaluation: classification metrics with honest confidence intervals, and reports."""
+"""Evaluation of trained models on datasets: one classifier, both stages, the real-image models,
+and the self-contained report of a run."""

@@ -12,7 +12,7 @@ pipeline = Pipeline.load("deploy/phantom-onnx", runtime="onnx")
   stride, exactly as on torch. ``fixed_size=True`` gives a fixed [1, 3, imgsz, imgsz]
   input (for runtimes that need static shapes); ultralytics must then pad every image
   to a square, which torch does not, so results on non-square images differ a little
-  from torch (P(abnormal) by up to 0.065 on phantom cases cropped to 412x512).
+  from torch (see docs/deployment.md).
 * ``hexanet.onnx``: stage 2 as :class:`~neurosono.pipeline.stage2.DropOneHexaNet`
   (HexaNet plus every drop-one-region logit in one pass): inputs ``crops``
   [B, R, 1, 64, 64] float32 and ``scalars`` [B, R, S], outputs ``logit`` [B] and
@@ -53,7 +53,7 @@ from neurosono.pipeline.onnx_files import (
     HEXANET_ONNX,
     MANIFEST,
     OPSET,
-    session,
+    onnx_runner,
 )
 from neurosono.pipeline.stage2 import drop_one_model, example_inputs
 
@@ -188,7 +188,7 @@ def export_detector(detector: Detector, target: Path, fixed_size: bool) -> float
     with torch.no_grad():
         expected = reference(image)
     expected = (expected[0] if isinstance(expected, (list, tuple)) else expected).numpy()
-    got = session(target).run(None, {"images": image.numpy()})[0]
+    got = onnx_runner(target).run(None, {"images": image.numpy()})[0]
     diff = float(np.max(np.abs(got - expected)))
     if got.shape != expected.shape or not diff <= DETECTOR_ATOL:
         raise RuntimeError(f"detector.onnx differs from the torch detector (max abs diff {diff:.3g})")
@@ -221,7 +221,7 @@ def export_hexanet(classifier: torch.nn.Module, target: Path) -> tuple[float, di
     example = example_inputs(R, S, batch=3, crop=crop, seed=1, n_case_scalars=C)
     with torch.no_grad():
         expected = [t.numpy() for t in wrapper(*example)]
-    got = session(target).run(None, {name: t.numpy() for name, t in zip(names, example, strict=True)})
+    got = onnx_runner(target).run(None, {name: t.numpy() for name, t in zip(names, example, strict=True)})
     diff = max(float(np.max(np.abs(g - e))) for g, e in zip(got, expected, strict=True))
     if not diff <= HEXANET_ATOL:
         raise RuntimeError(f"hexanet.onnx differs from torch HexaNet (max abs diff {diff:.3g})")

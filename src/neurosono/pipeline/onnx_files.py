@@ -1,5 +1,5 @@
 """The ONNX export folder, written down once: its file names, its manifest and how it is checked,
-and the onnxruntime session every part of it runs in.
+and how onnxruntime runs every part of it.
 
 An export folder holds ``detector.onnx`` (stage 1), ``hexanet.onnx`` (stage 2 with its
 drop-one attributions) and ``onnx.json``: regions, planes, threshold and its rule, how stage
@@ -28,7 +28,7 @@ class OnnxModelError(ModelFileError):
     """An ONNX model folder is missing, incomplete, or does not match its manifest."""
 
 
-def session(path: Path, threads: int | None = None):
+def onnx_runner(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -26,7 +26,7 @@ from neurosono.detect.model import Detector
 from neurosono.detect.predict import MAX_DET, NMS_IOU, OPERATING_CONF
 from neurosono.pipeline.bundle import default_model_dir, model_files
 from neurosono.pipeline.export import export_onnx
-from neurosono.pipeline.onnx_files import MANIFEST, OnnxModelError, read_manifest, session
+from neurosono.pipeline.onnx_files import MANIFEST, OnnxModelError, onnx_runner, read_manifest
 
 
 def _notify_stderr(message: str) -> None:
@@ -42,8 +42,8 @@ class OnnxHexaNet:
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self.path = path
-        self.session = session(path, threads)
-        shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        self.runner = onnx_runner(path, threads)
+        shapes = {i.name: i.shape for i in self.runner.get_inputs()}
         self.n_regions = int(shapes["crops"][1])
         self.n_scalars = int(shapes["scalars"][2])
         self.n_case_scalars = int(shapes["case_scalars"][1]) if "case_scalars" in shapes else 0
@@ -57,7 +57,7 @@ class OnnxHexaNet:
         }
         if self.n_case_scalars:
             feed["case_scalars"] = np.ascontiguousarray(case_scalars, np.float32)
-        logit, drop = self.session.run(["logit", "drop_one_logits"], feed)
+        logit, drop = self.runner.run(["logit", "drop_one_logits"], feed)
         return logit, drop
 
 
@@ -70,7 +70,7 @@ def load_onnx_detector(folder: Path, manifest: dict, threads: int | None = None)
     imgsz = int(manifest["detector"]["imgsz"])
     yolo = YOLO(str(path), task="detect")
     # Set the predictor up once (on a blank image, with predict_images' arguments), then give
-    # its ONNX backend a session on every core: ultralytics builds its own with the defaults.
+    # its ONNX backend a runner on every core: ultralytics builds its own with the defaults.
     blank = np.zeros((imgsz, imgsz, 3), np.uint8)
     torch_threads = torch.get_num_threads()
     yolo.predict(
@@ -80,7 +80,7 @@ def load_onnx_detector(folder: Path, manifest: dict, threads: int | None = None)
     backend = getattr(yolo.predictor.model, "backend", None)
     if backend is None or not hasattr(backend, "session"):
         raise RuntimeError("ultralytics did not load detector.onnx with onnxruntime")
-    backend.session = session(path, threads)
+    backend.session = onnx_runner(path, threads)
     names = yolo.predictor.model.names
     if [names[i] for i in sorted(names)] != list(manifest["regions"]):
         raise OnnxModelError(f"{path}: its class names {names} do not match {MANIFEST}'s regions")
