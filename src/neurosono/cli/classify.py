@@ -12,6 +12,8 @@ from neurosono.cli.common import (
     DEFAULT,
     EXIT_BAD_INPUT,
     EXIT_OUTPUT,
+    METRIC_KEYS,
+    BootSeed,
     CropScale,
     CvScheme,
     DetectorOpt,
@@ -22,6 +24,7 @@ from neurosono.cli.common import (
     NBoot,
     Seed,
     Split,
+    WithholdGa,
     chosen_split,
     fail,
     group,
@@ -34,7 +37,6 @@ from neurosono.cli.common import (
 from neurosono.cli.tables import print_cross_validation
 
 app = group("Stage 2: classifiers (HexaNet, whole-image, head crop): train, evaluate, cross-validate.")
-KEYS = ("auc", "sensitivity", "specificity", "f1", "accuracy", "ppv", "npv")
 Epochs = Annotated[
     int | None, typer.Option(help="maximum epochs (early stopping on validation AUC) [default: 60]")
 ]
@@ -119,10 +121,8 @@ def evaluate(
         Path | None, typer.Option("--out", help="folder for metrics.json, predictions.csv, ROC, reliability")
     ] = None,
     n_boot: NBoot = 1000,
-    seed: Annotated[int, typer.Option(help="bootstrap seed")] = DEFAULT,
-    withhold_ga: Annotated[
-        bool, typer.Option(help="evaluate an age model as if no case's age were known")
-    ] = False,
+    seed: BootSeed = DEFAULT,
+    withhold_ga: WithholdGa = False,
     scheme: Annotated[str, typer.Option(hidden=True)] = "holdout",
     folds: Annotated[int, typer.Option(hidden=True)] = 3,
     baseline: Annotated[bool, typer.Option(hidden=True)] = True,
@@ -164,7 +164,7 @@ def evaluate(
         f"{metrics['classifier_kind']} on {dataset.spec.name}, split {split}: "
         f"{metrics['n_abnormal']} abnormal, {metrics['n_normal']} normal"
     )
-    out.print(metric_table(title, metrics, KEYS))
+    out.print(metric_table(title, metrics, METRIC_KEYS))
     out.print(f"threshold {metrics['threshold']:.3f} ({metrics['threshold_rule']})")
     out.print(f"gestational age: {metrics['gestational_age']}")
     write_json(json_out, metrics)

@@ -100,6 +100,9 @@ class Task(StrEnum):
 
 # ---- options with one meaning everywhere ----------------------------------------------------
 Seed = Annotated[int, typer.Option(help="random seed")]
+BootSeed = Annotated[int, typer.Option("--seed", help="bootstrap seed")]
+WithholdGa = Annotated[bool, typer.Option(help="evaluate an age model as if no case's age were known")]
+METRIC_KEYS = ("auc", "sensitivity", "specificity", "f1", "accuracy", "ppv", "npv")
 NBoot = Annotated[int, typer.Option(help="bootstrap resamples for the 95% CIs")]
 JsonOut = Annotated[Path | None, typer.Option("--json", help="also write the result here as JSON")]
 Split = Annotated[str, typer.Option(help="split to use ('all' for every case)")]

@@ -14,6 +14,7 @@ from neurosono.cli.common import (
     EXIT_INVALID_DATA,
     EXIT_OUTPUT,
     Arch,
+    BootSeed,
     DetectorOpt,
     JsonOut,
     NBoot,
@@ -99,7 +100,7 @@ def evaluate(
     split: Split = "test",
     json_out: JsonOut = None,
     n_boot: NBoot = 1000,
-    seed: Annotated[int, typer.Option(help="bootstrap seed")] = DEFAULT,
+    seed: BootSeed = DEFAULT,
 ) -> None:
     """mAP@0.5 (overall, per region, per plane), mAP@0.5:0.95, precision, recall, with 95% CIs.
 

@@ -10,10 +10,13 @@ import typer
 from neurosono.cli.common import (
     DEFAULT,
     EXIT_BAD_INPUT,
+    METRIC_KEYS,
+    BootSeed,
     DetectorOpt,
     JsonOut,
     NBoot,
     Split,
+    WithholdGa,
     chosen_split,
     fail,
     load_dataset,
@@ -22,8 +25,6 @@ from neurosono.cli.common import (
     write_json,
 )
 from neurosono.cli.tables import print_comparison
-
-KEYS = ("auc", "sensitivity", "specificity", "f1", "accuracy", "ppv", "npv")
 
 
 def evaluate(
@@ -38,10 +39,8 @@ def evaluate(
         Path | None, typer.Option("--out", help="folder for metrics.json, predictions.csv, plots, cases.json")
     ] = None,
     n_boot: NBoot = 1000,
-    seed: Annotated[int, typer.Option(help="bootstrap seed")] = DEFAULT,
-    withhold_ga: Annotated[
-        bool, typer.Option(help="evaluate an age model as if no case's age were known")
-    ] = False,
+    seed: BootSeed = DEFAULT,
+    withhold_ga: WithholdGa = False,
 ) -> None:
     """Both stages on one split: detector mAP@0.5, then HexaNet against the whole-image baseline."""
     from neurosono.evaluate.two_stage import evaluate_two_stage
@@ -75,6 +74,6 @@ def evaluate(
     }
     counts = f"{hexanet['n_abnormal']} abnormal, {hexanet['n_normal']} normal"
     title = f"stage 2 on {dataset.spec.name}, split {split}: {counts}"
-    print_comparison(title, models, KEYS)
+    print_comparison(title, models, METRIC_KEYS)
     out.print(f"gestational age: {hexanet['gestational_age']}")
     write_json(json_out, result)

@@ -15,6 +15,7 @@ from neurosono.cli import classify, detect
 from neurosono.cli.common import (
     DEFAULT,
     EXIT_BAD_INPUT,
+    METRIC_KEYS,
     HeadDetectorOpt,
     JsonOut,
     Kind,
@@ -146,7 +147,7 @@ def evaluate(
         (
             f"classifier ({result.get('classifier', {}).get('classifier_kind')})",
             result.get("classifier"),
-            classify.KEYS[:5],
+            METRIC_KEYS[:5],
         ),
     ):
         for key in keys if entry else ():
