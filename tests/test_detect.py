@@ -125,21 +125,34 @@ def test_training_refuses_a_dataset_with_a_corrupt_image(tiny_run, tmp_path: Pat
     assert not (tmp_path / "r").exists()
 
 
-def test_mismatched_regions_are_a_clear_error(tiny_run, tmp_path: Path) -> None:
-    cohort, run, _ = tiny_run
-    other = tmp_path / "other"
-    shutil.copytree(cohort, other)
-    spec = yaml.safe_load((other / "dataset.yaml").read_text())
-    spec["regions"][0] = "cavum"
+def _renamed(cohort: Path, target: Path, rename: dict[str, str]) -> Path:
+    shutil.copytree(cohort, target)
+    spec = yaml.safe_load((target / "dataset.yaml").read_text())
+    spec["regions"] = [rename.get(r, r) for r in spec["regions"]]
     for plane in spec["planes"].values():
-        plane["regions"] = ["cavum" if r == "csp" else r for r in plane["regions"]]
-    (other / "dataset.yaml").write_text(yaml.safe_dump(spec))
+        plane["regions"] = [rename.get(r, r) for r in plane["regions"]]
+    (target / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    return target
+
+
+def test_detect_eval_scores_the_regions_a_dataset_shares_by_name(tiny_run, tmp_path: Path) -> None:
     from neurosono.detect.evaluate import evaluate_detector
 
-    with pytest.raises(RegionMismatchError, match="cavum"):
-        evaluate_detector(load_detector(run), Dataset.load(other), n_boot=10)
-    result = runner.invoke(app, ["detect", "eval", str(run), str(other)])
-    assert result.exit_code == 2 and "do not match" in result.output
+    cohort, run, _ = tiny_run
+    detector = load_detector(run)
+    full = evaluate_detector(detector, Dataset.load(cohort), n_boot=10)
+    other = _renamed(cohort, tmp_path / "other", {"csp": "cavum"})
+    part = evaluate_detector(detector, Dataset.load(other), n_boot=10)
+    assert part["regions_scored"] == [r for r in Dataset.load(cohort).spec.regions if r != "csp"]
+    assert part["regions_not_scored"] == ["cavum", "csp"] and "cavum" not in part["per_region"]
+    # The shared regions score as they do on the full dataset.
+    for region, m in part["per_region"].items():
+        assert m["map50"]["value"] == full["per_region"][region]["map50"]["value"]
+    none = _renamed(cohort, tmp_path / "none", {r: f"x{k}" for k, r in enumerate(detector.regions)})
+    with pytest.raises(RegionMismatchError, match="share none"):
+        evaluate_detector(detector, Dataset.load(none), n_boot=10)
+    result = runner.invoke(app, ["detect", "eval", str(none), "--detector", str(run)])
+    assert result.exit_code == 2 and "share none" in result.output
 
 
 def _fixture_results(seed: int = 0, n_images: int = 40, n_classes: int = 3) -> tuple[dict, list[ImageResult]]:

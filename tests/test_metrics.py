@@ -103,3 +103,26 @@ def test_threshold_choice() -> None:
     assert choose_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.3, 0.9, 0.95])) == pytest.approx(0.6)
     # Nothing below the cut: the cut itself.
     assert choose_threshold(np.array([1, 1, 0]), np.array([0.2, 0.5, 0.8]), target_sensitivity=1.0) == 0.2
+
+
+def test_cluster_bootstrap_over_source_groups() -> None:
+    from neurosono.core.metrics import auc_with_ci, classification_metrics
+
+    rng = np.random.default_rng(3)
+    # 12 sources, each copied 10 times (augmented copies): 120 cases, 12 independent units.
+    base_labels = np.array([0, 1] * 6)
+    base_scores = base_labels * 0.3 + rng.normal(0.35, 0.2, 12)
+    labels, scores = np.repeat(base_labels, 10), np.repeat(base_scores, 10) + rng.normal(0, 0.01, 120)
+    groups = np.repeat(np.arange(12), 10)
+    by_case = classification_metrics(labels, scores, 0.5, n_boot=300)
+    by_group = classification_metrics(labels, scores, 0.5, n_boot=300, groups=groups)
+    assert by_case["auc"]["value"] == by_group["auc"]["value"]
+    assert "cluster bootstrap percentile over 12 source groups" in by_group["auc"]["method"]
+    width = lambda m: m["auc"]["ci95"][1] - m["auc"]["ci95"][0]  # noqa: E731
+    assert width(by_group) > 2 * width(by_case)  # copies do not count as evidence
+    # Every group a single case: the same resamples as the plain bootstrap.
+    single = classification_metrics(labels, scores, 0.5, n_boot=300, groups=np.arange(120))
+    assert single["auc"] == by_case["auc"]
+    auc = auc_with_ci(labels, scores, groups, n_boot=300)
+    assert auc["value"] == by_case["auc"]["value"] and auc["n_groups"] == 12
+    assert auc["ci95"][0] <= auc["value"] <= auc["ci95"][1]

@@ -76,15 +76,18 @@ def mean_sd(folds: list[dict]) -> dict:
 def pooled(rows: list[dict], n_boot: int, seed: int) -> tuple[dict, dict]:
     """Case-level and group-level pooled out-of-fold metrics (decisions at each fold's threshold)."""
 
-    def metrics(labels: list, scores: list, decisions: list) -> dict:
+    def metrics(labels: list, scores: list, decisions: list, groups: list | None = None) -> dict:
         # Decisions carry each fold's own threshold: scored 1/0 at 0.5; the AUC and Brier use the scores.
-        out = classification_metrics(np.array(labels), np.array(decisions, float), 0.5, n_boot, seed)
-        scored = classification_metrics(np.array(labels), np.array(scores), 0.5, n_boot, seed)
+        out = classification_metrics(np.array(labels), np.array(decisions, float), 0.5, n_boot, seed, groups)
+        scored = classification_metrics(np.array(labels), np.array(scores), 0.5, n_boot, seed, groups)
         out["auc"], out["brier"] = scored["auc"], scored["brier"]
         return out
 
     cases = metrics(
-        [r["label"] for r in rows], [r["score"] for r in rows], [r["score"] >= r["threshold"] for r in rows]
+        [r["label"] for r in rows],
+        [r["score"] for r in rows],
+        [r["score"] >= r["threshold"] for r in rows],
+        [r["group"] for r in rows],
     )
     cases["threshold"] = "each fold's own validation-chosen threshold"
     groups: dict[str, list[dict]] = {}

@@ -183,7 +183,12 @@ def write_run(
         },
         "versions": package_versions(),
         "val_metrics": classification_metrics(
-            val_labels, result.val_scores, classifier.threshold, n_boot=1000, seed=classifier.config.seed
+            val_labels,
+            result.val_scores,
+            classifier.threshold,
+            n_boot=1000,
+            seed=classifier.config.seed,
+            groups=[i.case.group for i in val_items],
         ),
     }
     atomic_write_text(folder / record_name, json.dumps(record, indent=2))

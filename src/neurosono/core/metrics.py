@@ -106,10 +106,43 @@ def point_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> d
     }
 
 
+def clusters(groups) -> list[np.ndarray] | None:
+    """The case indices of each source group, or None when every group is a single case
+    (then a bootstrap over cases and one over groups are the same thing)."""
+    if groups is None:
+        return None
+    index: dict = {}
+    for i, group in enumerate(groups):
+        index.setdefault(group, []).append(i)
+    if len(index) == len(groups):
+        return None
+    return [np.asarray(members) for members in index.values()]
+
+
+def resample(rng: np.random.Generator, n: int, groups: list[np.ndarray] | None) -> np.ndarray:
+    """One bootstrap resample: n case indices, or whole source groups drawn with replacement."""
+    if groups is None:
+        return rng.integers(0, n, n)
+    return np.concatenate([groups[g] for g in rng.integers(0, len(groups), len(groups))])
+
+
+def boot_method(n_boot: int, seed: int, groups: list[np.ndarray] | None, unit: str = "cases") -> str:
+    if groups is None:
+        return f"bootstrap percentile over {unit} ({n_boot} resamples, seed {seed})"
+    return f"cluster bootstrap percentile over {len(groups)} source groups ({n_boot} resamples, seed {seed})"
+
+
 def bootstrap(
-    y_true: np.ndarray, scores: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: list[np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Metric values over case resamples (NaN where a resample leaves a metric undefined).
+    """Metric values over resamples (NaN where a resample leaves a metric undefined): of cases,
+    or with ``groups`` (from :func:`clusters`) of whole source groups, since the images of one
+    source (augmented copies, one patient's planes) are not independent.
 
     Every metric is computed on the same resamples, and a resample that leaves a metric
     undefined (no abnormal case drawn, say) is dropped from that metric alone.
@@ -122,7 +155,7 @@ def bootstrap(
     n = len(y_true)
     samples: dict[str, list[float]] = {}
     for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
+        idx = resample(rng, n, groups)
         for key, value in point_metrics(y_true[idx], scores[idx], threshold).items():
             samples.setdefault(key, []).append(value)
     return {k: np.asarray(v) for k, v in samples.items()}
@@ -137,13 +170,20 @@ def _percentile(samples: np.ndarray) -> list[float]:
 
 
 def classification_metrics(
-    y_true: np.ndarray, scores: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups=None,
 ) -> dict:
-    """The study's metrics with CIs, in metrics.json form."""
+    """The study's metrics with CIs, in metrics.json form. ``groups``: each case's source
+    group; where a group holds several cases the CIs come from a cluster bootstrap over groups."""
     y_true, scores = np.asarray(y_true).astype(int), np.asarray(scores, dtype=float)
     values = point_metrics(y_true, scores, threshold)
-    boots = bootstrap(y_true, scores, threshold, n_boot, seed)
-    method = f"bootstrap percentile over cases ({n_boot} resamples, seed {seed})"
+    clustered = clusters(groups)
+    boots = bootstrap(y_true, scores, threshold, n_boot, seed, clustered)
+    method = boot_method(n_boot, seed, clustered)
     c = confusion(y_true, scores >= threshold)
     counts = {
         "sensitivity": (c["tp"], c["tp"] + c["fn"]),
@@ -197,3 +237,41 @@ def choose_threshold(
         cut = float(thresholds[reaching[0]]) if len(reaching) else float(thresholds[-1])
     below = scores[scores < cut]
     return (cut + float(below.max())) / 2 if len(below) else cut
+
+
+def auc_with_ci(y_true, scores, groups=None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """ROC AUC with its bootstrap percentile 95% CI (a cluster bootstrap where ``groups`` repeat)."""
+    y_true, scores = np.asarray(y_true).astype(int), np.asarray(scores, dtype=float)
+    if not 0 < y_true.sum() < len(y_true):
+        return {"value": None, "ci95": [None, None], "method": "undefined: one class only"}
+    clustered = clusters(groups)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = resample(rng, len(y_true), clustered)
+        if 0 < y_true[idx].sum() < len(idx):
+            values.append(roc_auc_score(y_true[idx], scores[idx]))
+    return {
+        "value": round(float(roc_auc_score(y_true, scores)), 4),
+        "ci95": _percentile(np.asarray(values)),
+        "method": boot_method(n_boot, seed, clustered),
+        "n": len(y_true),
+        "n_groups": len(clustered) if clustered is not None else len(y_true),
+    }
+
+
+def proportion_with_ci(hits, groups=None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """A share of yes/no outcomes with its bootstrap percentile 95% CI (cluster bootstrap where
+    ``groups`` repeat) and the count."""
+    hits = np.asarray(hits, dtype=float)
+    if not len(hits):
+        return {"value": None, "ci95": [None, None], "method": "no cases", "count": "0 of 0"}
+    clustered = clusters(groups)
+    rng = np.random.default_rng(seed)
+    values = np.array([hits[resample(rng, len(hits), clustered)].mean() for _ in range(n_boot)])
+    return {
+        "value": round(float(hits.mean()), 4),
+        "ci95": _percentile(values),
+        "method": boot_method(n_boot, seed, clustered),
+        "count": f"{int(hits.sum())} of {len(hits)}",
+    }

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neurosono.core.metrics import boot_method, clusters, resample
 from neurosono.data.coco import CATEGORY_OFFSET, to_coco
 from neurosono.data.format import Dataset
-from neurosono.detect.model import Detector
+from neurosono.detect.model import Detector, RegionMismatchError
 from neurosono.detect.predict import MAX_DET, OPERATING_CONF, predict_images
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0, 1, 101)
-BOOT_METHOD = "bootstrap percentile over images ({n} resamples, seed {seed})"
 
 
 @dataclass
@@ -40,13 +40,29 @@ class ImageResult:
     det_boxes: np.ndarray
 
 
+def shared_regions(detector: Detector, dataset: Dataset) -> list[str]:
+    """The regions a detector and a dataset share, by name (in the dataset's order); none is an error."""
+    shared = [r for r in dataset.spec.regions if r in detector.regions]
+    if not shared:
+        raise RegionMismatchError(
+            f"{dataset.root / 'dataset.yaml'}: the dataset's regions {dataset.spec.regions} share none "
+            f"with the detector's {detector.regions}"
+        )
+    return shared
+
+
 def collect(detector: Detector, dataset: Dataset, split: str | None) -> tuple[dict, list[ImageResult]]:
-    """COCO ground truth for the split, and every image's detections."""
-    detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
+    """COCO ground truth for the split, and every image's detections, on the regions the
+    dataset shares with the detector (class ids are the dataset's)."""
+    shared = shared_regions(detector, dataset)
+    to_dataset = {detector.regions.index(r): dataset.spec.regions.index(r) for r in shared}
+    scored = {dataset.spec.regions.index(r) + CATEGORY_OFFSET for r in shared}
     coco = to_coco(dataset, split)
     coco["images"] = [im for im in coco["images"] if dataset.label_path(im["file_name"]).exists()]
     kept = {im["id"] for im in coco["images"]}
-    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in kept]
+    coco["annotations"] = [
+        a for a in coco["annotations"] if a["image_id"] in kept and a["category_id"] in scored
+    ]
     if not coco["images"]:
         raise ValueError(f"{dataset.root}: no annotated images in split {split!r}")
     predictions = predict_images(detector, [dataset.image_path(im["file_name"]) for im in coco["images"]])
@@ -55,6 +71,9 @@ def collect(detector: Detector, dataset: Dataset, split: str | None) -> tuple[di
         by_image[ann["image_id"]].append(ann)
     results = []
     for image, (classes, scores, boxes) in zip(coco["images"], predictions, strict=True):
+        keep = np.isin(classes, list(to_dataset))
+        classes = np.array([to_dataset[int(c)] for c in classes[keep]], dtype=int)
+        scores, boxes = scores[keep], boxes[keep].reshape(-1, 4)
         anns = by_image[image["id"]]
         gt = np.array(
             [
@@ -230,10 +249,19 @@ def evaluate_detector(
     n_classes = len(dataset.spec.regions)
     matches = match(results, n_classes)
     rng = np.random.default_rng(seed)
-    method = BOOT_METHOD.format(n=n_boot, seed=seed)
     all_images = np.arange(len(results))
     planes = sorted({r.plane for r in results})
     plane_images = {p: np.array([i for i, r in enumerate(results) if r.plane == p]) for p in planes}
+    # Images of one source (augmented copies, one patient) are resampled together where a
+    # source group holds several cases; otherwise image by image, as COCO-style CIs usually are.
+    group_of = {c.case_id: c.group for c in dataset.cases}
+    case_groups = clusters([group_of[c.case_id] for c in dataset.cases if split is None or c.split == split])
+    groups = clusters([group_of[im["case_id"]] for im in coco["images"]]) if case_groups is not None else None
+    plane_groups = {
+        p: None if groups is None else clusters([group_of[coco["images"][i]["case_id"]] for i in idx])
+        for p, idx in plane_images.items()
+    }
+    method = boot_method(n_boot, seed, groups, unit="images")
 
     def summary(ap: np.ndarray) -> tuple[float, float]:
         return float(np.nanmean(ap[:, 0])), float(np.nanmean(ap))
@@ -242,7 +270,11 @@ def evaluate_detector(
     boot_region = {k: [] for k in range(n_classes)}
     boot_plane = {p: [] for p in planes}
     for _ in range(n_boot):
-        sample = rng.choice(all_images, size=len(all_images), replace=True)
+        sample = (
+            rng.choice(all_images, size=len(all_images), replace=True)
+            if groups is None
+            else resample(rng, len(all_images), groups)
+        )
         ap = matched_ap(matches, sample, n_classes)
         m50, m5095 = summary(ap) if np.isfinite(ap).any() else (np.nan, np.nan)
         boot["map50"].append(m50)
@@ -253,7 +285,10 @@ def evaluate_detector(
         for k in range(n_classes):
             boot_region[k].append(ap[k, 0])
         for p, idx in plane_images.items():
-            resampled = rng.choice(idx, size=len(idx), replace=True)
+            if plane_groups[p] is None:
+                resampled = rng.choice(idx, size=len(idx), replace=True)
+            else:
+                resampled = idx[resample(rng, len(idx), plane_groups[p])]
             boot_plane[p].append(float(np.nanmean(matched_ap(matches, resampled, n_classes)[:, 0])))
 
     point = coco_map(coco, results)
@@ -275,6 +310,8 @@ def evaluate_detector(
         "n_boxes": int(gt),
         "split": split,
         "dataset": dataset.spec.name,
+        "regions_scored": shared_regions(detector, dataset),
+        "regions_not_scored": sorted(set(dataset.spec.regions) ^ set(detector.regions)),
     }
     for k, name in enumerate(dataset.spec.regions):
         if k in point["per_class_ap50"]:

@@ -110,7 +110,9 @@ def evaluate_classifier(
     threshold = classifier.threshold
     predicted = (scores >= threshold).astype(int)
     if 0 < labels.sum() < len(labels):
-        metrics = classification_metrics(labels, scores, threshold, n_boot, seed)
+        metrics = classification_metrics(
+            labels, scores, threshold, n_boot, seed, [i.case.group for i in items]
+        )
     else:
         metrics = {"note": "this split holds one class only: AUC and paired metrics are undefined"}
     metrics.update(

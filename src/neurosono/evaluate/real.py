@@ -102,7 +102,9 @@ def evaluate_real(
         items = gather_for(classifier, dataset, cases, None, progress)
         scores, _ = score(classifier, items)
         labels = np.array([i.label for i in items])
-        metrics = classification_metrics(labels, scores, classifier.threshold, n_boot, seed)
+        metrics = classification_metrics(
+            labels, scores, classifier.threshold, n_boot, seed, [i.case.group for i in items]
+        )
         metrics["classifier_kind"] = classifier.kind
         metrics["n_groups"] = len({c.group for c in cases})
         if classifier.needs_head_detector:

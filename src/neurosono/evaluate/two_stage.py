@@ -81,7 +81,9 @@ def evaluate_two_stage(
     if (run / "baseline" / BASELINE_NAME).exists() and 0 < labels.sum() < len(labels):
         baseline = load_classifier(run / "baseline")
         baseline_scores = baseline.scores(items, withhold_ga)
-        result["baseline"] = classification_metrics(labels, baseline_scores, baseline.threshold, n_boot, seed)
+        result["baseline"] = classification_metrics(
+            labels, baseline_scores, baseline.threshold, n_boot, seed, [i.case.group for i in items]
+        )
     if out_dir is not None:
         predicted = (scores >= hexanet.threshold).astype(int)
         write_evaluation(out_dir, result["hexanet"], items, scores, predicted, attributions, hexanet)
