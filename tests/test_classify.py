@@ -191,3 +191,27 @@ def test_cross_validation_and_pipeline_evaluate(tiny_run, tiny_hexanet: Path, tm
     unknown = runner.invoke(app, ["eval", str(cohort), "--model", str(run), "--split", "nosuch"])
     assert unknown.exit_code == 2 and "no cases in split 'nosuch'" in unknown.output
     assert unknown.exception is None or isinstance(unknown.exception, SystemExit)
+
+
+def test_support_reads_the_surer_half_of_the_needed_regions() -> None:
+    from neurosono.classify.domain import domain_rule, indeterminate_reason, stage1_support
+
+    regions = ["csp", "thalami", "lateral_ventricle", "cerebellum"]
+    planes = {"tv": ["csp", "thalami", "lateral_ventricle"], "tc": ["csp", "thalami", "cerebellum"]}
+    box = (0.0, 0.0, 10.0, 10.0)
+    found = [Detection("tv", 0, 0.9, box), Detection("tv", 1, 0.7, box), Detection("tc", 3, 0.2, box)]
+    # All four needed: the surer half is 0.9 and 0.7 (a missing region counts 0, in the lower half).
+    assert stage1_support(found, regions, planes, ["tv", "tc"]) == pytest.approx(0.8)
+    # TC alone needs csp, thalami and the cerebellum (not the ventricle): the surer two of them.
+    tc_only = [d for d in found if d.plane == "tc"]
+    assert stage1_support(tc_only, regions, planes, ["tc"]) == pytest.approx(0.2 / 2)
+    # A cerebellum "seen" in TV does not belong there and gives no support.
+    assert stage1_support([Detection("tv", 3, 0.9, box)], regions, planes, ["tv", "tc"]) == 0.0
+    rule = domain_rule([0.2, 0.6, 0.7, 0.8, 0.9] * 10, share=0.005)  # 50 cases: none may fall below
+    assert rule["min_support"] == pytest.approx(0.2 / 2)  # below the lowest, halfway to zero
+    assert rule["validation_share_flagged"] == 0.0
+    rule = domain_rule([0.1] + [0.8] * 199, share=0.005)  # one case of 200 may fall below
+    assert rule["min_support"] == pytest.approx(0.45) and rule["validation_share_flagged"] == 0.005
+    assert indeterminate_reason(0.5, rule) is None
+    assert "indeterminate" in indeterminate_reason(0.3, rule)
+    assert indeterminate_reason(0.0, None) is None  # a model without the rule always answers

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neurosono.core.images import read_grey
 from neurosono.data.check import check_dataset
 from neurosono.data.format import Dataset, read_labels
 from neurosono.phantom.anatomy import (
@@ -174,3 +175,41 @@ def test_refuses_to_overwrite_an_existing_folder(tmp_path: Path) -> None:
         generate_cohort(target, CohortConfig(cases=2, size=64), workers=1)
     assert (target / "mine.txt").read_text() == "user data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no partial folder left
+
+
+def test_realistic_look_with_the_tt_plane_is_valid_and_boxes_the_head(tmp_path: Path) -> None:
+    config = CohortConfig(cases=6, seed=4, centers=2, size=160, look=2, tt=True)
+    dataset = generate_cohort(tmp_path / "real-look", config, workers=1)
+    report = check_dataset(dataset.root)
+    assert report.ok, [str(p) for p in report.errors]
+    assert dataset.spec.regions[-1] == "fetal_head" and set(dataset.spec.planes) == {"tv", "tc", "tt"}
+    head = dataset.spec.regions.index("fetal_head")
+    for case in dataset.cases:
+        assert case.tt_image and case.spacing_mm("tt") > 0
+        for plane in ("tv", "tc", "tt"):
+            height, width = read_grey(dataset.image_path(case.image(plane))).shape
+            assert width == 160 and 0.6 * width < height < 0.85 * width  # as wide as real scans
+            boxes = read_labels(dataset.label_path(case.image(plane)))
+            heads = [b for b in boxes if b.class_id == head]
+            assert len(heads) == 1  # the skull's outer ellipse, in every plane
+            # Every brain region lies inside the head's box.
+            for b in boxes:
+                assert heads[0].cx - heads[0].w / 2 <= b.cx <= heads[0].cx + heads[0].w / 2
+        tt_regions = {
+            dataset.spec.regions[b.class_id] for b in read_labels(dataset.label_path(case.tt_image))
+        }
+        assert tt_regions <= {"csp", "thalami", "fetal_head"} and "thalami" in tt_regions
+
+
+def test_the_tt_image_leaves_tv_and_tc_as_they_were_and_the_plain_look_is_unchanged() -> None:
+    with_tt = render_case(plan_cohort(CohortConfig(cases=2, seed=6, size=96, look=2, tt=True))[1])
+    without = render_case(plan_cohort(CohortConfig(cases=2, seed=6, size=96, look=2))[1])
+    for plane in ("tv", "tc"):
+        assert np.array_equal(with_tt[2][plane], without[2][plane])
+    assert "tt" in with_tt[2] and "tt" not in without[2]
+    realistic = render_case(plan_cohort(CohortConfig(cases=2, seed=6, size=96, look=2))[1])
+    plain = render_case(plan_cohort(CohortConfig(cases=2, seed=6, size=96, look=1))[1])
+    assert plain[2]["tv"].shape[:2] == (96, 96) and realistic[2]["tv"].shape[1] == 96
+    assert plain[0].ga_weeks == realistic[0].ga_weeks  # the same anatomy, drawn two ways
+    with pytest.raises(ValueError, match="realistic look"):
+        CohortConfig(cases=2, look=1, tt=True).validate()

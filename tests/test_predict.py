@@ -151,3 +151,43 @@ def test_batch_resumes_and_survives_a_bad_file(tiny_run, model_dir: Path, tmp_pa
     rows = list(csv.DictReader(results.open()))
     done = [r["case_id"] for r in rows if not r["error"]]
     assert sorted(done) == sorted(set(done)) and len(done) == 4  # the two done cases were not redone
+
+
+def test_an_image_far_outside_the_domain_is_indeterminate(tiny_run, model_dir: Path, tmp_path: Path) -> None:
+    """The rule chosen on validation cases (here with the shipped detector) answers phantoms and
+    gives 'indeterminate', with its reason, on an image that is no fetal brain plane at all."""
+    import torch
+
+    from neurosono.classify.domain import domain_rule
+    from neurosono.classify.inputs import gather_cases
+    from neurosono.classify.train import case_supports
+    from neurosono.detect.model import load_detector
+
+    cohort, _, _ = tiny_run
+    dataset = Dataset.load(cohort)
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    weights = model / "hexanet" / "classifier.pt"
+    payload = torch.load(weights, weights_only=True)
+    assert payload["indeterminate"]["n_validation_cases"] == len(dataset.split("val"))  # set by training
+    detector = load_detector(model / "detector.pt")
+    items = gather_cases(dataset, dataset.split("val"), detector)
+    payload["indeterminate"] = domain_rule(case_supports(items, payload["regions"], payload["planes"]))
+    torch.save(payload, weights)
+    pipeline = Pipeline.load(model)
+    case = dataset.split("test")[0]
+    answered = pipeline.predict(cohort / case.tv_image, cohort / case.tc_image)
+    assert answered.decision in ("normal", "abnormal") and answered.reason is None
+    assert answered.support >= answered.min_support > 0
+    rng = np.random.default_rng(0)
+    for name, pixels in (
+        ("noise", rng.integers(0, 256, (240, 320), dtype=np.uint8)),
+        ("gradient", np.tile(np.linspace(0, 255, 320, dtype=np.uint8), (240, 1))),
+    ):
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+        result = pipeline.predict(tmp_path / f"{name}.png", tmp_path / f"{name}.png")
+        assert result.decision == "indeterminate", (name, result.support, result.min_support)
+        assert result.reason and result.warnings[0] == result.reason
+        assert json.loads(result.to_json())["decision"] == "indeterminate"
+    cli = runner.invoke(app, ["predict", "--model", str(model), "--tv", str(tmp_path / "noise.png")])
+    assert cli.exit_code == 0 and "indeterminate" in cli.output

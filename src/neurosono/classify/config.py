@@ -17,10 +17,11 @@ from neurosono.core import DEFAULT_SEED
 if TYPE_CHECKING:
     from neurosono.classify.inputs import CaseInputs
 
-HEAD_SIZES = ("skull", "span")
+HEAD_SIZES = ("skull", "span", "box")
 HEAD_SIZE_TEXT = {
     "skull": "skull short axis (BPD-like, fitted per image; the regions' span where no skull is found)",
     "span": "span of the detected regions",
+    "box": "fetal-head box from stage 1 (geometric mean of its sides; the regions' span where none)",
 }
 CROP_SCALES = ("box", "head", "age")
 
@@ -78,8 +79,12 @@ class ClassifyTrainConfig:
         }
 
     def head_px(self, item: CaseInputs) -> dict[str, float | None]:
-        """The skull sizes the regions are measured against ({}: the regions' span)."""
-        return item.skull_px if self.head_size == "skull" else {}
+        """The head sizes the regions are measured against ({}: the regions' span)."""
+        if self.head_size == "skull":
+            return item.skull_px
+        if self.head_size == "box":
+            return item.box_head_px
+        return {}
 
     def needs_crop_fractions(self) -> bool:
         """Whether scaled crops still have fractions to learn from the training cases."""

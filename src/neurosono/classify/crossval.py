@@ -25,6 +25,7 @@ import numpy as np
 from neurosono.classify.config import ClassifyTrainConfig, head_size_of
 from neurosono.classify.inputs import CaseInputs, gather_cases, is_single_image
 from neurosono.classify.kinds import kind_class
+from neurosono.classify.regions import brain_planes, brain_regions
 from neurosono.core.metrics import classification_metrics, point_metrics
 from neurosono.core.progress import track
 from neurosono.data.format import Case, Dataset
@@ -118,7 +119,7 @@ def _detection_summaries(items: list[CaseInputs], dataset: Dataset, detector, he
         # How the six-region (phantom) detector fares on these images (one plane slot: the image).
         found = [[d for d in i.detections if d.plane == "tv"] for i in items]
         out["transfer"] = {
-            **transfer_summary(found, [i.label for i in items], dataset.spec.regions),
+            **transfer_summary(found, [i.label for i in items], brain_regions(dataset.spec.regions)),
             "detector_sha256": detector.sha256,
         }
     return out
@@ -210,12 +211,12 @@ def cross_validate(
         "config": dataclasses.asdict(config),
         **_detection_summaries(items, dataset, regions_detector, heads),
     }
-    planes = {name: list(spec.regions) for name, spec in dataset.spec.planes.items()}
+    planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
     rows: dict[str, list[dict]] = {c.kind: [] for c in classes}
     per_fold: dict[str, list[dict]] = {c.kind: [] for c in classes}
     for fold in track(list(table), f"{scheme} folds", total=len(table), enabled=progress):
         for kind, (summary, fold_rows) in _run_fold(
-            items, fold, classes, config, dataset.spec.regions, planes
+            items, fold, classes, config, brain_regions(dataset.spec.regions), planes
         ).items():
             per_fold[kind].append(summary)
             rows[kind] += fold_rows

@@ -15,13 +15,20 @@ from functools import cached_property
 
 import numpy as np
 
-from neurosono.classify.regions import head_sizes
+from neurosono.classify.regions import (
+    brain_regions,
+    check_stage2_regions,
+    head_box_sizes,
+    head_sizes,
+    split_head,
+)
 from neurosono.core.images import LoadedImage, read_image
 from neurosono.core.progress import track
-from neurosono.data.format import PLANES, Case, Dataset, read_labels
+from neurosono.data.format import Case, Dataset, read_labels
 from neurosono.detect.model import Detector
 from neurosono.detect.predict import Detection, as_detections, predict_images
 
+STAGE2_PLANES = ("tv", "tc")  # the planes a decision reads (a TT image beside them is the detector's)
 DETECTION_CONF = 0.05  # low: a faint region is still evidence, its confidence goes in as a scalar
 HEAD_CONF = 0.05  # lowest head confidence accepted as a box
 CHUNK = 64  # cases loaded and detected at a time (bounds the progress bar's steps, not memory)
@@ -37,8 +44,16 @@ class CaseInputs:
     spacing: dict[str, float | None]
     detections: list[Detection] = field(default_factory=list)
     truth: list[Detection] = field(default_factory=list)
-    head: tuple[float, float, float, float] | None = None  # most confident head box
+    head: tuple[float, float, float, float] | None = None  # most confident head box (head detector)
     head_conf: float = 0.0
+    head_boxes: dict[str, tuple[float, float, float, float]] = field(
+        default_factory=dict
+    )  # stage 1's fetal head
+
+    @property
+    def box_head_px(self) -> dict[str, float | None]:
+        """Each plane's head size from stage 1's fetal-head box (where it found one)."""
+        return head_box_sizes(self.head_boxes)
 
     @property
     def ga_weeks(self) -> float | None:
@@ -62,13 +77,16 @@ def is_single_image(cases: list[Case]) -> bool:
 
 
 def _load(dataset: Dataset, case: Case, single: bool) -> tuple[CaseInputs, dict[str, LoadedImage]]:
-    loaded = {plane: read_image(dataset.image_path(rel)) for plane, rel in case.images()}
-    spacing = {p: case.spacing_mm(p) or (loaded[p].spacing_mm if p in loaded else None) for p in PLANES}
+    planes = [(p, rel) for p, rel in case.images() if p in STAGE2_PLANES or single]
+    loaded = {plane: read_image(dataset.image_path(rel)) for plane, rel in planes}
+    spacing = {
+        p: case.spacing_mm(p) or (loaded[p].spacing_mm if p in loaded else None) for p in STAGE2_PLANES
+    }
     if single:
         (image,) = loaded.values()
-        loaded = dict.fromkeys(PLANES, image)
+        loaded = dict.fromkeys(STAGE2_PLANES, image)
         spacing = dict.fromkeys(
-            PLANES, next(s for s in spacing.values() if s) if any(spacing.values()) else None
+            STAGE2_PLANES, next(s for s in spacing.values() if s) if any(spacing.values()) else None
         )
     item = CaseInputs(
         case, int(case.label == "abnormal"), {p: im.pixels for p, im in loaded.items()}, spacing
@@ -86,33 +104,38 @@ def gather_cases(
 ) -> list[CaseInputs]:
     """Load each case once; ``detector`` gives its six-region detections (HexaNet),
     ``head_detector`` its head box (head crop); ``with_truth`` keeps its labelled boxes."""
-    if detector is not None:
-        detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
     single = is_single_image(cases)
+    regions = brain_regions(dataset.spec.regions)
+    if detector is not None:  # it must find the dataset's brain regions; the fetal head is optional
+        check_stage2_regions(detector.regions, regions, str(dataset.root / "dataset.yaml"))
     items: list[CaseInputs] = []
     starts = range(0, len(cases), CHUNK)
     for start in track(starts, "reading cases", total=len(starts), enabled=progress):
         chunk = [_load(dataset, case, single) for case in cases[start : start + CHUNK]]
         if detector is not None:
-            _add_detections(detector, chunk, single)
+            _add_detections(detector, chunk, single, regions)
         if head_detector is not None:
             _add_heads(head_detector, chunk)
         if with_truth and not single:
             for item, _ in chunk:
-                item.truth = _truth(dataset, item)
+                item.truth, _ = split_head(_truth(dataset, item), dataset.spec.regions, regions)
         items.extend(item for item, _ in chunk)
     return items
 
 
-def _add_detections(detector: Detector, chunk: list[tuple[CaseInputs, dict]], single: bool) -> None:
+def _add_detections(
+    detector: Detector, chunk: list[tuple[CaseInputs, dict]], single: bool, regions: list[str]
+) -> None:
     # A single image stands in both planes: detected once, its detections given to both.
     planes = [(item, plane, image) for item, loaded in chunk for plane, image in loaded.items()]
     if single:
-        planes = [(item, plane, image) for item, plane, image in planes if plane == PLANES[0]]
+        planes = [(item, plane, image) for item, plane, image in planes if plane == STAGE2_PLANES[0]]
     outputs = predict_images(detector, [image for _, _, image in planes], conf=DETECTION_CONF)
     for (item, plane, _), boxes in zip(planes, outputs, strict=True):
-        for target in PLANES if single else (plane,):
-            item.detections += as_detections(target, boxes)
+        for target in STAGE2_PLANES if single else (plane,):
+            brain, heads = split_head(as_detections(target, boxes), detector.regions, regions)
+            item.detections += brain
+            item.head_boxes.update(heads)
 
 
 def _add_heads(head_detector: Detector, chunk: list[tuple[CaseInputs, dict]]) -> None:
@@ -129,6 +152,8 @@ def _add_heads(head_detector: Detector, chunk: list[tuple[CaseInputs, dict]]) ->
 def _truth(dataset: Dataset, item: CaseInputs) -> list[Detection]:
     truth = []
     for plane, rel in item.case.images():
+        if plane not in item.images:
+            continue
         label_file = dataset.label_path(rel)
         if label_file.exists():
             height, width = item.images[plane].shape

@@ -52,6 +52,7 @@ import numpy as np
 from neurosono.classify.networks import N_SCALARS
 from neurosono.classify.skull import fit_skull
 from neurosono.detect.predict import Detection
+from neurosono.models import HEAD_REGION
 
 CROP = 64
 MARGIN = 0.25  # context on each side, as a fraction of the box size
@@ -61,6 +62,51 @@ N_SIZE_FOR_AGE = 2  # box width and height in mm per week of gestational age
 HEAD_CROP_SCALE_JITTER = 0.25
 # Head-scaled windows hold the region's normal size at this centile, plus the margin.
 HEAD_CROP_CENTILE = 90
+
+
+def brain_regions(regions: Sequence[str]) -> list[str]:
+    """The regions stage 2 reads a crop of: every region but the fetal head, whose box gives
+    the head's size instead."""
+    return [r for r in regions if r != HEAD_REGION]
+
+
+def brain_planes(planes: dict[str, Sequence[str]]) -> dict[str, list[str]]:
+    """TV and TC, the planes the decision reads, with their brain regions."""
+    return {p: brain_regions(names) for p, names in planes.items() if p in ("tv", "tc")}
+
+
+def split_head(
+    detections: list[Detection], detector_regions: Sequence[str], regions: Sequence[str]
+) -> tuple[list[Detection], dict[str, tuple[float, float, float, float]]]:
+    """Stage 1's detections as stage 2 reads them: the brain regions' detections with class ids
+    into ``regions`` (by name), and each plane's most confident fetal-head box."""
+    index = {name: k for k, name in enumerate(regions)}
+    brain, heads = [], {}
+    for d in detections:
+        name = detector_regions[d.class_id]
+        if name == HEAD_REGION:
+            if d.plane not in heads or d.confidence > heads[d.plane][0]:
+                heads[d.plane] = (d.confidence, d.box)
+        elif name in index:
+            brain.append(Detection(d.plane, index[name], d.confidence, d.box))
+    return brain, {plane: box for plane, (_, box) in heads.items()}
+
+
+def check_stage2_regions(detector_regions: Sequence[str], regions: Sequence[str], where: str) -> None:
+    """Stage 2's regions must be the detector's brain regions, in order (the detector may also box
+    the fetal head)."""
+    from neurosono.detect.model import RegionMismatchError
+
+    if brain_regions(detector_regions) != list(regions):
+        raise RegionMismatchError(
+            f"{where}: stage 2 reads the regions {list(regions)}, the detector finds {list(detector_regions)}"
+        )
+
+
+def head_box_sizes(head_boxes: dict[str, tuple[float, float, float, float]]) -> dict[str, float | None]:
+    """Each plane's head size from its fetal-head box: the geometric mean of the box's sides,
+    which changes little as the head's ellipse turns."""
+    return {p: float(np.sqrt((b[2] - b[0]) * (b[3] - b[1]))) for p, b in head_boxes.items()}
 
 
 def select_regions(

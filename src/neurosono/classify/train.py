@@ -21,11 +21,13 @@ from pathlib import Path
 
 from neurosono.classify.base import WEIGHTS_NAME, Classifier
 from neurosono.classify.config import ClassifyTrainConfig
+from neurosono.classify.domain import domain_rule, stage1_support
 from neurosono.classify.fit import FitResult, labels_of
 from neurosono.classify.head_crop import HEAD_DETECTOR_NAME
 from neurosono.classify.inputs import CaseInputs, gather_cases, is_single_image
 from neurosono.classify.kinds import BASELINE_NAME, kind_class
 from neurosono.classify.networks import count_parameters
+from neurosono.classify.regions import brain_planes, brain_regions
 from neurosono.core.atomic import atomic_write_text, staged_directory
 from neurosono.core.metrics import classification_metrics
 from neurosono.core.provenance import package_versions
@@ -78,11 +80,13 @@ def train_classifier(
         dataset, train_cases, regions_detector, heads, with_truth=True, progress=progress
     )
     val_items = gather_cases(dataset, val_cases, regions_detector, heads, progress=progress)
-    planes = {name: list(spec.regions) for name, spec in dataset.spec.planes.items()}
-    classifier = cls.create(config, dataset.spec.regions, planes)
+    planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
+    classifier = cls.create(config, brain_regions(dataset.spec.regions), planes)
     started = time.perf_counter()
     result = classifier.fit(train_items, val_items, progress)
     seconds = time.perf_counter() - started
+    if cls.kind == "hexanet" and regions_detector is not None:
+        classifier.meta["indeterminate"] = domain_rule(case_supports(val_items, classifier.regions, planes))
     with staged_directory(out) as run:
         extra = {}
         if regions_detector is not None:
@@ -120,7 +124,7 @@ def train_baseline(
     config: ClassifyTrainConfig,
     progress: bool = False,
 ) -> None:
-    baseline = kind_class("whole-image").create(config, dataset.spec.regions, {})
+    baseline = kind_class("whole-image").create(config, brain_regions(dataset.spec.regions), {})
     started = time.perf_counter()
     result = baseline.fit(train_items, val_items, progress)
     with staged_directory(out) as folder:
@@ -194,6 +198,11 @@ def write_run(
     atomic_write_text(folder / record_name, json.dumps(record, indent=2))
     atomic_write_text(folder / "MODEL_CARD.md", classifier.card(record))
     return record
+
+
+def case_supports(items: list[CaseInputs], regions: list[str], planes: dict[str, list[str]]) -> list[float]:
+    """Each case's stage-1 support over the stage-2 planes it has (``classify/domain.py``)."""
+    return [stage1_support(i.detections, regions, planes, i.images) for i in items]
 
 
 def training_detector(run: str | Path) -> Path | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from neurosono import __version__
-from neurosono.cli import classify, data, detect, evaluate, phantom, predict, real, run
+from neurosono.cli import classify, data, detect, evaluate, phantom, predict, real, realism, run
 from neurosono.cli.common import out
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ app.command("eval")(evaluate.evaluate)
 app.command("evaluate", hidden=True)(evaluate.evaluate)  # older spelling of 'eval'
 app.command()(predict.predict)
 app.command("export")(predict.export)
+app.command()(realism.realism)
 app.command()(run.run)
 app.add_typer(real.app, name="real", hidden=True)
 

@@ -71,6 +71,14 @@ class CropScale(StrEnum):
     age = "age"
 
 
+class Look(StrEnum):
+    realistic = "realistic"
+    plain = "plain"
+
+
+LOOKS = {Look.plain: 1, Look.realistic: 2}  # the generator's look codes (phantom/cohort.py)
+
+
 class Runtime(StrEnum):
     torch = "torch"
     onnx = "onnx"

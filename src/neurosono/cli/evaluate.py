@@ -76,4 +76,10 @@ def evaluate(
     title = f"stage 2 on {dataset.spec.name}, split {split}: {counts}"
     print_comparison(title, models, METRIC_KEYS)
     out.print(f"gestational age: {hexanet['gestational_age']}")
+    if hexanet.get("indeterminate"):
+        flagged = hexanet["indeterminate"]
+        out.print(
+            f"indeterminate (support below {flagged['min_support']:.2f}): {flagged['count']} cases; "
+            "the metrics score every case"
+        )
     write_json(json_out, result)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from neurosono.cli.common import DEFAULT, EXIT_BAD_INPUT, EXIT_OUTPUT, Seed, fail, out
+from neurosono.cli.common import DEFAULT, EXIT_BAD_INPUT, EXIT_OUTPUT, LOOKS, Look, Seed, fail, out
 
 
 def synth(
@@ -18,7 +18,16 @@ def synth(
     seed: Seed = DEFAULT,
     abnormal_fraction: Annotated[float, typer.Option(help="share of abnormal cases")] = 0.32,
     centers: Annotated[int, typer.Option(help="number of centres (machine styles)")] = 9,
-    size: Annotated[int, typer.Option(help="image side in pixels")] = 512,
+    size: Annotated[int, typer.Option(help="image width in pixels")] = 512,
+    look: Annotated[
+        Look,
+        typer.Option(
+            help="realistic: the head in its surroundings, as real scans show it; plain: small square heads"
+        ),
+    ] = Look.plain,
+    tt: Annotated[
+        bool, typer.Option(help="add a transthalamic image to every case (realistic look)")
+    ] = False,
     preview: Annotated[Path | None, typer.Option(help="also write a contact sheet PNG here")] = None,
     workers: Annotated[int, typer.Option(help="worker processes (0: one per CPU core)")] = 0,
 ) -> None:
@@ -30,7 +39,7 @@ def synth(
     target = out_dir or out_arg
     if target is None:
         raise fail("give the new cohort folder with --out", EXIT_BAD_INPUT)
-    config = CohortConfig(cases, seed, abnormal_fraction, centers, size)
+    config = CohortConfig(cases, seed, abnormal_fraction, centers, size, LOOKS[look], tt)
     try:
         config.validate()
     except ValueError as exc:

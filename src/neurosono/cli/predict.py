@@ -117,6 +117,8 @@ def _predict_batch(pipeline, batch: Path, results: Path, frame: int | None) -> N
 
 def _print_prediction(result, ga: float | None) -> None:
     given = f", gestational age {ga:.1f} weeks" if ga is not None else ""
+    if result.min_support is not None:
+        given += f"; stage-1 support {result.support:.2f}, answers from {result.min_support:.2f}"
     out.print(
         f"P(abnormal) = {result.p_abnormal:.3f} -> [bold]{result.decision}[/] "
         f"(threshold {result.threshold:.3f}{given})",

@@ -16,6 +16,7 @@ from neurosono.core.progress import track
 from neurosono.data.format import (
     IMAGE_SUFFIXES,
     LABELS,
+    PLANES,
     SPLITS,
     Case,
     Dataset,
@@ -132,7 +133,7 @@ def _check_cases(root: Path, cases: list[Case], report: CheckReport) -> None:
             report.error(csv_path, f"case {case.case_id}: has neither a tv_image nor a tc_image", line)
         if case.ga_weeks is not None and not 10 <= case.ga_weeks <= 45:
             report.warn(csv_path, f"case {case.case_id}: ga_weeks {case.ga_weeks} is implausible", line)
-        for plane in ("tv", "tc"):
+        for plane in PLANES:
             spacing = case.spacing_mm(plane)
             if spacing is not None and not spacing > 0:
                 report.error(

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from neurosono.core.atomic import atomic_write_text
 from neurosono.core.images import IMAGE_EXTENSIONS
+from neurosono.models import HEAD_REGION
 
 FORMAT_VERSION = 1
 DEFAULT_REGIONS: tuple[str, ...] = (
@@ -39,12 +40,21 @@ DEFAULT_REGIONS: tuple[str, ...] = (
     "cerebellum",
     "cisterna_magna",
 )
-PLANES: tuple[str, ...] = ("tv", "tc")
+# The standard axial planes: transventricular, transcerebellar and transthalamic. The
+# pipeline's decision reads TV and TC; TT images (the plane most often saved) may sit beside
+# them, for the detector.
+PLANES: tuple[str, ...] = ("tv", "tc", "tt")
 # Which default regions an annotator is asked to box in which plane (ISUOG basic
-# CNS examination): CSP and thalami are seen in both planes.
+# CNS examination): CSP and thalami are seen in every plane.
 DEFAULT_PLANE_REGIONS: dict[str, tuple[str, ...]] = {
     "tv": ("csp", "thalami", "lateral_ventricle", "sylvian_fissure"),
     "tc": ("csp", "thalami", "cerebellum", "cisterna_magna"),
+    "tt": ("csp", "thalami"),
+}
+PLANE_DESCRIPTIONS = {
+    "tv": "transventricular axial plane",
+    "tc": "transcerebellar axial plane",
+    "tt": "transthalamic axial plane",
 }
 LABELS: tuple[str, ...] = ("normal", "abnormal")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -68,6 +78,8 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "pixel_spacing_mm",
     "tv_pixel_spacing_mm",
     "tc_pixel_spacing_mm",
+    "tt_image",
+    "tt_pixel_spacing_mm",
 )
 
 
@@ -136,22 +148,28 @@ class DatasetSpec(BaseModel):
         return [self.region_id(r) for r in self.planes[plane].regions] if plane in self.planes else []
 
 
-def default_spec(name: str, source: str, licence: str, description: str = "") -> DatasetSpec:
+def default_spec(
+    name: str,
+    source: str,
+    licence: str,
+    description: str = "",
+    head: bool = False,
+    planes: tuple[str, ...] = ("tv", "tc"),
+) -> DatasetSpec:
+    """The default taxonomy; ``head`` adds the ``fetal_head`` region (the skull's outer
+    ellipse, boxed in every plane) after the six brain regions."""
+    extra = (HEAD_REGION,) if head else ()
     return DatasetSpec(
         name=name,
         description=description,
         source=source,
         licence=licence,
-        regions=list(DEFAULT_REGIONS),
+        regions=[*DEFAULT_REGIONS, *extra],
         planes={
-            "tv": PlaneSpec(
-                description="transventricular axial plane",
-                regions=list(DEFAULT_PLANE_REGIONS["tv"]),
-            ),
-            "tc": PlaneSpec(
-                description="transcerebellar axial plane",
-                regions=list(DEFAULT_PLANE_REGIONS["tc"]),
-            ),
+            plane: PlaneSpec(
+                description=PLANE_DESCRIPTIONS[plane], regions=[*DEFAULT_PLANE_REGIONS[plane], *extra]
+            )
+            for plane in planes
         },
     )
 
@@ -173,6 +191,8 @@ class Case:
     pixel_spacing_mm: float | None = None
     tv_pixel_spacing_mm: float | None = None
     tc_pixel_spacing_mm: float | None = None
+    tt_image: str = ""
+    tt_pixel_spacing_mm: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
     # Line in cases.csv this case was read from (for messages); not written back.
     source_line: int | None = field(default=None, compare=False, repr=False)
@@ -183,10 +203,10 @@ class Case:
         return self.source_group or self.case_id
 
     def image(self, plane: str) -> str:
-        return self.tv_image if plane == "tv" else self.tc_image
+        return getattr(self, f"{plane}_image")
 
     def spacing_mm(self, plane: str) -> float | None:
-        per_image = self.tv_pixel_spacing_mm if plane == "tv" else self.tc_pixel_spacing_mm
+        per_image = getattr(self, f"{plane}_pixel_spacing_mm")
         return per_image if per_image is not None else self.pixel_spacing_mm
 
     def images(self) -> Iterator[tuple[str, str]]:
@@ -391,6 +411,10 @@ def load_cases(path: Path) -> list[Case]:
                     ),
                     tc_pixel_spacing_mm=_float_or_none(
                         row.get("tc_pixel_spacing_mm", ""), "tc_pixel_spacing_mm", where
+                    ),
+                    tt_image=row.get("tt_image", "").strip(),
+                    tt_pixel_spacing_mm=_float_or_none(
+                        row.get("tt_pixel_spacing_mm", ""), "tt_pixel_spacing_mm", where
                     ),
                     extra={k: v for k, v in row.items() if k not in known},
                     source_line=reader.line_num,

@@ -248,7 +248,6 @@ def evaluate_detector(
     coco, results = collect(detector, dataset, split)
     n_classes = len(dataset.spec.regions)
     matches = match(results, n_classes)
-    rng = np.random.default_rng(seed)
     all_images = np.arange(len(results))
     planes = sorted({r.plane for r in results})
     plane_images = {p: np.array([i for i, r in enumerate(results) if r.plane == p]) for p in planes}
@@ -262,34 +261,9 @@ def evaluate_detector(
         for p, idx in plane_images.items()
     }
     method = boot_method(n_boot, seed, groups, unit="images")
-
-    def summary(ap: np.ndarray) -> tuple[float, float]:
-        return float(np.nanmean(ap[:, 0])), float(np.nanmean(ap))
-
-    boot = {"map50": [], "map50_95": [], "precision": [], "recall": []}
-    boot_region = {k: [] for k in range(n_classes)}
-    boot_plane = {p: [] for p in planes}
-    for _ in range(n_boot):
-        sample = (
-            rng.choice(all_images, size=len(all_images), replace=True)
-            if groups is None
-            else resample(rng, len(all_images), groups)
-        )
-        ap = matched_ap(matches, sample, n_classes)
-        m50, m5095 = summary(ap) if np.isfinite(ap).any() else (np.nan, np.nan)
-        boot["map50"].append(m50)
-        boot["map50_95"].append(m5095)
-        tp, fp, gt = _counts(matches, sample, n_classes, OPERATING_CONF)
-        boot["precision"].append(tp / (tp + fp) if tp + fp else np.nan)
-        boot["recall"].append(tp / gt if gt else np.nan)
-        for k in range(n_classes):
-            boot_region[k].append(ap[k, 0])
-        for p, idx in plane_images.items():
-            if plane_groups[p] is None:
-                resampled = rng.choice(idx, size=len(idx), replace=True)
-            else:
-                resampled = idx[resample(rng, len(idx), plane_groups[p])]
-            boot_plane[p].append(float(np.nanmean(matched_ap(matches, resampled, n_classes)[:, 0])))
+    boot, boot_region, boot_plane = _bootstrap(
+        matches, n_classes, plane_images, groups, plane_groups, n_boot, seed
+    )
 
     point = coco_map(coco, results)
     tp, fp, gt = _counts(matches, all_images, n_classes, OPERATING_CONF)
@@ -327,6 +301,46 @@ def evaluate_detector(
             "n_images": len(ids),
         }
     return metrics
+
+
+def _bootstrap(
+    matches: Matches,
+    n_classes: int,
+    plane_images: dict[str, np.ndarray],
+    groups: list[np.ndarray] | None,
+    plane_groups: dict[str, list[np.ndarray] | None],
+    n_boot: int,
+    seed: int,
+) -> tuple[dict, dict, dict]:
+    """mAP, precision and recall over resamples of images (or of source groups): overall, per
+    region and per plane."""
+    rng = np.random.default_rng(seed)
+    all_images = np.arange(sum(len(i) for i in plane_images.values()))
+
+    def draw(images: np.ndarray, clustered: list[np.ndarray] | None) -> np.ndarray:
+        if clustered is None:
+            return rng.choice(images, size=len(images), replace=True)
+        return images[resample(rng, len(images), clustered)]
+
+    boot: dict[str, list] = {"map50": [], "map50_95": [], "precision": [], "recall": []}
+    boot_region: dict[int, list] = {k: [] for k in range(n_classes)}
+    boot_plane: dict[str, list] = {p: [] for p in plane_images}
+    for _ in range(n_boot):
+        sample = draw(all_images, groups)
+        ap = matched_ap(matches, sample, n_classes)
+        finite = np.isfinite(ap).any()
+        boot["map50"].append(float(np.nanmean(ap[:, 0])) if finite else np.nan)
+        boot["map50_95"].append(float(np.nanmean(ap)) if finite else np.nan)
+        tp, fp, gt = _counts(matches, sample, n_classes, OPERATING_CONF)
+        boot["precision"].append(tp / (tp + fp) if tp + fp else np.nan)
+        boot["recall"].append(tp / gt if gt else np.nan)
+        for k in range(n_classes):
+            boot_region[k].append(ap[k, 0])
+        for p, idx in plane_images.items():
+            boot_plane[p].append(
+                float(np.nanmean(matched_ap(matches, draw(idx, plane_groups[p]), n_classes)[:, 0]))
+            )
+    return boot, boot_region, boot_plane
 
 
 def transfer_summary(

@@ -14,6 +14,7 @@ import numpy as np
 from neurosono.classify.base import Classifier
 from neurosono.classify.hexanet import HexaNetClassifier
 from neurosono.classify.inputs import CaseInputs, gather_cases
+from neurosono.classify.regions import check_stage2_regions
 from neurosono.core.atomic import atomic_write_bytes, atomic_write_text
 from neurosono.core.metrics import classification_metrics, wilson_interval
 from neurosono.data.format import Dataset
@@ -40,7 +41,7 @@ def gather_for(
     if classifier.needs_detector and detector is None:
         raise ValueError("a HexaNet evaluation needs the six-region detector")
     if isinstance(classifier, HexaNetClassifier):
-        detector.check_regions(classifier.regions, str(classifier.file or "the classifier"))
+        check_stage2_regions(detector.regions, classifier.regions, str(classifier.file or "the classifier"))
     heads = getattr(classifier, "head_detector", None)
     return gather_cases(
         dataset, cases, detector if classifier.needs_detector else None, heads, with_truth, progress

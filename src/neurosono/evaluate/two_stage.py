@@ -14,9 +14,9 @@ import numpy as np
 from neurosono.classify.hexanet import HexaNetClassifier
 from neurosono.classify.kinds import BASELINE_NAME, load_classifier
 from neurosono.classify.regions import select_regions
-from neurosono.classify.train import training_detector
+from neurosono.classify.train import case_supports, training_detector
 from neurosono.core.atomic import atomic_write_text
-from neurosono.core.metrics import classification_metrics
+from neurosono.core.metrics import classification_metrics, proportion_with_ci
 from neurosono.data.format import Dataset
 from neurosono.detect.evaluate import evaluate_detector
 from neurosono.detect.model import load_detector
@@ -76,6 +76,10 @@ def evaluate_two_stage(
             withhold_ga=withhold_ga,
         ),
     }
+    supports = case_supports(items, hexanet.regions, hexanet.planes)
+    result["hexanet"]["indeterminate"] = indeterminate_share(
+        supports, hexanet.meta.get("indeterminate"), [i.case.group for i in items], n_boot, seed
+    )
     labels = np.array([i.label for i in items])
     baseline_scores = None
     if (run / "baseline" / BASELINE_NAME).exists() and 0 < labels.sum() < len(labels):
@@ -88,12 +92,27 @@ def evaluate_two_stage(
         predicted = (scores >= hexanet.threshold).astype(int)
         write_evaluation(out_dir, result["hexanet"], items, scores, predicted, attributions, hexanet)
         atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(result, indent=2))
-        details = case_details(items, hexanet, scores, attributions, baseline_scores)
+        details = case_details(items, hexanet, scores, attributions, baseline_scores, supports)
         atomic_write_text(Path(out_dir) / "cases.json", json.dumps(details, indent=2))
     return result
 
 
-def case_details(items, hexanet: HexaNetClassifier, scores, attributions, baseline_scores) -> dict:
+def indeterminate_share(
+    supports: list[float], rule: dict | None, groups: list[str], n_boot: int, seed: int
+) -> dict | None:
+    """Share of cases the model would not answer (``classify/domain.py``); None without a rule.
+
+    The metrics beside it score every case: they are what the model gives when made to answer.
+    """
+    if rule is None:
+        return None
+    flagged = [s < rule["min_support"] for s in supports]
+    return {"min_support": rule["min_support"], **proportion_with_ci(flagged, groups, n_boot, seed)}
+
+
+def case_details(
+    items, hexanet: HexaNetClassifier, scores, attributions, baseline_scores, supports=None
+) -> dict:
     """Each case's scores, attributions, chosen regions, detections and truth (what the report draws)."""
     cases = []
     for index, item in enumerate(items):
@@ -108,6 +127,7 @@ def case_details(items, hexanet: HexaNetClassifier, scores, attributions, baseli
                 "p_abnormal": float(scores[index]),
                 "p_baseline": float(baseline_scores[index]) if baseline_scores is not None else None,
                 "attribution": [float(a) for a in attributions[index]],
+                "support": None if supports is None else round(supports[index], 4),
                 "chosen": [
                     None if d is None else {"plane": d.plane, "confidence": d.confidence, "box": d.box}
                     for d in chosen

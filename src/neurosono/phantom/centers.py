@@ -42,6 +42,21 @@ class CenterStyle:
     text: bool  # burned-in header text
     callipers_rate: float  # fraction of images with measurement callipers drawn
     depth_scale: bool
+    # The realistic look (generator 2) only: image format and the scene round the head.
+    aspect: float = 1.0  # image height over width
+    zoom_realistic: float = 0.7  # fraction of the width the head's long axis fills
+    tissue_level: float = 0.015  # echogenicity of the uterine and maternal tissue
+    fluid_margin_mm: float = 4.0  # amniotic fluid rim round the skull
+    placenta_rate: float = 0.5
+    skull_thickness: float = 1.5  # the skull's echo, as a multiple of the bone's thickness
+    reticulum: float = 4.0  # strength of the brain's echogenic network
+    blur_mm: float = 0.3  # soft boundaries
+    persistence: int = 1  # frames averaged
+    edge_enhance: float = 0.0
+    despeckle: float = 0.0  # the machine's speckle reduction (0 none, 1 strong)
+    jpeg_quality: int = 0  # the export's JPEG compression (0: none)
+    noise_floor: float = 0.0  # display level of the receiver's noise (0..1 of the display window)
+    sector_realistic_deg: float = 32.0  # the realistic look's sector half-angle
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,4 +83,19 @@ def sample_center(seed: int, index: int) -> CenterStyle:
         text=bool(rng.random() < 0.8),
         callipers_rate=float(rng.uniform(0.0, 0.6)),
         depth_scale=bool(rng.random() < 0.7),
+        # Drawn after the fields above, so a centre's plain look stays what it was.
+        aspect=float(rng.uniform(0.66, 0.8)),
+        zoom_realistic=float(rng.uniform(0.62, 0.9)),
+        tissue_level=float(rng.uniform(0.006, 0.025)),
+        fluid_margin_mm=float(rng.uniform(1.0, 10.0)),
+        placenta_rate=float(rng.uniform(0.3, 0.8)),
+        skull_thickness=float(rng.uniform(1.3, 2.1)),
+        reticulum=float(rng.uniform(8.0, 20.0)),
+        blur_mm=float(rng.uniform(0.15, 0.45)),
+        persistence=int(rng.integers(1, 4)),
+        edge_enhance=float(rng.uniform(0.0, 0.8)),
+        despeckle=float(rng.uniform(0.5, 1.0)),
+        jpeg_quality=int(rng.integers(55, 93)) if rng.random() < 0.6 else 0,
+        noise_floor=float(rng.uniform(0.01, 0.06)),
+        sector_realistic_deg=float(rng.uniform(20.0, 36.0)),
     )

@@ -19,12 +19,13 @@ Two steps:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import cv2
 import numpy as np
 
+from neurosono.phantom import scene
 from neurosono.phantom.anatomy import Anatomy
 from neurosono.phantom.centers import CenterStyle
 
@@ -55,11 +56,15 @@ REGION_STRUCTURES: dict[str, tuple[int, ...]] = {
     "sylvian_fissure": (SYLVIAN_ID,),
     "cerebellum": (CEREBELLUM_ID, VERMIS_ID),
     "cisterna_magna": (CISTERNA_ID,),
+    "fetal_head": (SKULL,),  # the skull's outer ellipse (the realistic look boxes it)
 }
 PLANE_REGIONS = {
     "tv": ("csp", "thalami", "lateral_ventricle", "sylvian_fissure"),
     "tc": ("csp", "thalami", "cerebellum", "cisterna_magna"),
+    "tt": ("csp", "thalami"),
 }
+HEAD_BOX = "fetal_head"
+PLAIN, REALISTIC = 1, 2  # the generator's looks
 MIN_REGION_PIXELS = 6  # fewer visible pixels than this: the region is not visible
 BOX_MARGIN_MM = 0.6  # annotators box a structure with a little context
 
@@ -133,15 +138,24 @@ def smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
+def frame_shape(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of an image: a side for square images, or the pair itself."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 class Canvas:
     """Painter's-order tissue map E and structure map L for one image."""
 
-    def __init__(self, size: int, pose: Pose) -> None:
-        self.size = size
+    def __init__(self, size: int | tuple[int, int], pose: Pose) -> None:
+        self.height, self.width = frame_shape(size)
         self.pose = pose
-        self.E = np.full((size, size), AMNIOTIC, np.float32)
-        self.L = np.zeros((size, size), np.uint8)
+        self.E = np.full((self.height, self.width), AMNIOTIC, np.float32)
+        self.L = np.zeros((self.height, self.width), np.uint8)
         self.head_depth_mm = 20.0  # depth of the near hemisphere, for reverberation
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
 
     def _px(self, pts: np.ndarray) -> np.ndarray:
         if not np.all(np.isfinite(pts)):
@@ -420,18 +434,42 @@ def _draw_fetal_body(canvas: Canvas, head: HeadFrame, rng: np.random.Generator) 
         )
 
 
-def paint_plane(anatomy: Anatomy, plane: str, pose: Pose, size: int, rng: np.random.Generator) -> Canvas:
-    """Step 1: the tissue map and structure map of one plane."""
+def paint_plane(
+    anatomy: Anatomy,
+    plane: str,
+    pose: Pose,
+    size: int | tuple[int, int],
+    rng: np.random.Generator,
+    look: int = PLAIN,
+    style: CenterStyle | None = None,
+    extra: np.random.Generator | None = None,
+) -> Canvas:
+    """Step 1: the tissue map and structure map of one plane. The realistic look (``look=2``,
+    with the centre's ``style`` and a generator of its own, ``extra``) adds :mod:`scene`'s parts."""
     if plane not in PLANE_REGIONS:
         raise ValueError(f"unknown plane {plane!r}")
+    if plane == "tt" and look == PLAIN:
+        raise ValueError("the transthalamic plane is drawn by the realistic look only")
     head = _head_frame(anatomy, plane)
     canvas = Canvas(size, pose)
     canvas.head_depth_mm = head.b
-    _draw_fetal_body(canvas, head, rng)
-    _draw_skull_and_brain(canvas, head)
+    if look == REALISTIC:
+        scene.draw_surroundings(canvas, head, style, extra)
+    else:
+        _draw_fetal_body(canvas, head, rng)
+    if look == REALISTIC:
+        scene.draw_thick_skull(canvas, head, style, SKULL)
+        canvas.fill(head.outline(0.0), CSF, OTHER)
+        # Real parenchyma is darker than the tissue round the head, its network of lines brighter.
+        canvas.fill(head.outline(-1.1), PARENCHYMA * 0.5, BRAIN)
+        scene.draw_reticulum(canvas, BRAIN, style, extra)
+    else:
+        _draw_skull_and_brain(canvas, head)
     _draw_streaks(canvas, head, rng, int(rng.integers(25, 45)))
     x_csp_back = _draw_csp(canvas, anatomy, head)
-    if plane == "tv":
+    if plane == "tt":
+        _draw_transthalamic(canvas, anatomy, head, x_csp_back)
+    elif plane == "tv":
         _draw_ventricles(canvas, anatomy, head)
         x_thal_back = _draw_thalami(canvas, anatomy, x_csp_back, plane)
         _falx(
@@ -449,13 +487,37 @@ def paint_plane(anatomy: Anatomy, plane: str, pose: Pose, size: int, rng: np.ran
         _falx(canvas, anatomy, head, [(0.97 * head.a, x_csp_back + anatomy.csp_length_mm + 0.5)])
         _draw_cyst(canvas, anatomy, head)
         _draw_posterior_fossa(canvas, anatomy, head, x_thal_back)
+    if look == REALISTIC:
+        scene.soften(canvas, (SKULL, scene.BONE_OTHER), style)
     return canvas
+
+
+def _draw_transthalamic(canvas: Canvas, a: Anatomy, head: HeadFrame, x_csp_back: float) -> None:
+    """The TT plane: frontal horns and CSP, the thalami in full, the hippocampal gyri behind them."""
+    x_thal_back = _draw_thalami(canvas, a, x_csp_back, "tc")
+    length = a.thalamus_length_mm
+    for side in (-1, 1):  # the hippocampal gyri curve round the thalami's posterior poles
+        t = np.linspace(0.35 * math.pi, 0.95 * math.pi, 16)
+        centre = np.array([x_thal_back + 0.45 * length, side * (a.thalamus_width_mm + 1.5)])
+        arc = np.stack(
+            [centre[0] + 0.6 * length * np.cos(t), centre[1] + side * 0.45 * length * np.sin(t)], 1
+        )
+        canvas.line(arc, INSULA * 0.8, 1.0, OTHER)
+        canvas.line(arc + np.array([0.0, side * 1.4]), CSF, 0.8, OTHER)  # the ambient cistern beside them
+    _falx(
+        canvas,
+        a,
+        head,
+        [(0.97 * head.a, x_csp_back + a.csp_length_mm + 0.5), (x_thal_back - 6.0, -0.97 * head.a)],
+    )
+    _draw_sylvian(canvas, a, head)
 
 
 # ---- image formation -----------------------------------------------------------------
 @dataclass(frozen=True)
 class SectorGeometry:
-    size: int
+    height: int
+    width: int
     apex_x: float
     apex_y: float  # negative: the virtual apex lies above the image
     r_min: float
@@ -464,18 +526,19 @@ class SectorGeometry:
 
     @property
     def n_r(self) -> int:
-        return self.size
+        return self.height
 
     @property
     def n_a(self) -> int:
-        return self.size
+        return self.width
 
 
-def sector_geometry(size: int, style: CenterStyle) -> SectorGeometry:
-    r0 = style.probe_radius_frac * size
+def sector_geometry(shape: tuple[int, int], style: CenterStyle) -> SectorGeometry:
+    height, width = shape
+    r0 = style.probe_radius_frac * width
     half = math.radians(style.sector_half_angle_deg)
-    r_max = math.hypot(size / 2, size + r0)
-    return SectorGeometry(size, size / 2, -r0, r0, r_max, half)
+    r_max = math.hypot(width / 2, height + r0)
+    return SectorGeometry(height, width, width / 2, -r0, r0, r_max, half)
 
 
 @lru_cache(maxsize=64)
@@ -486,7 +549,7 @@ def _sector_maps(g: SectorGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     rr, aa = np.meshgrid(r, a, indexing="ij")
     to_cart_x = (g.apex_x + rr * np.sin(aa)).astype(np.float32)
     to_cart_y = (g.apex_y + rr * np.cos(aa)).astype(np.float32)
-    ys, xs = np.mgrid[0 : g.size, 0 : g.size].astype(np.float32)
+    ys, xs = np.mgrid[0 : g.height, 0 : g.width].astype(np.float32)
     dx, dy = xs - g.apex_x, ys - g.apex_y
     rad = np.hypot(dx, dy)
     ang = np.arctan2(dx, dy)
@@ -511,13 +574,22 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
     return cv2.resize(small, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
 
 
-def form_image(canvas: Canvas, style: CenterStyle, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def form_image(
+    canvas: Canvas,
+    style: CenterStyle,
+    rng: np.random.Generator,
+    look: int = PLAIN,
+    extra: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Step 2: B-mode image (float 0..1, HxW) and the sector mask.
 
     The steps draw from ``rng`` in a fixed order (texture, wall, reverberation, speckle, gain):
-    the same seed gives the same image.
+    the same seed gives the same image. The realistic look also averages ``style.persistence``
+    frames of speckle and enhances edges (its draws from ``extra``).
     """
-    g = sector_geometry(canvas.size, style)
+    if look == REALISTIC:
+        style = replace(style, sector_half_angle_deg=style.sector_realistic_deg)
+    g = sector_geometry(canvas.shape, style)
     to_x, to_y, from_col, from_row, inside = _sector_maps(g)
     E = _echogenicity(canvas, g, rng)
     Ep = cv2.remap(E.astype(np.float32), to_x, to_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -526,6 +598,13 @@ def form_image(canvas: Canvas, style: CenterStyle, rng: np.random.Generator) -> 
     Ep = _wall_and_shadow(Ep, Lp, g, dr_mm, rng)
     Ep = _reverberation(Ep, Lp, g, dr_mm, canvas.head_depth_mm, style, rng)
     env = _speckle(Ep, g, dr_mm, canvas.pose.spacing_mm, style, rng)
+    if look == REALISTIC and style.persistence > 1:
+        frames = [
+            _speckle(Ep, g, dr_mm, canvas.pose.spacing_mm, style, extra) for _ in range(style.persistence - 1)
+        ]
+        env = scene.persist([env, *frames])
+    if look == REALISTIC:  # real second-trimester brain planes are displayed darker, above a noise floor
+        env = scene.noise_floor(env * np.float32(10 ** (-5 / 20)), style, extra)
     img = _display_window(env, g, style, rng)
     cart = cv2.remap(
         img.astype(np.float32),
@@ -535,6 +614,9 @@ def form_image(canvas: Canvas, style: CenterStyle, rng: np.random.Generator) -> 
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     )
+    if look == REALISTIC:
+        cart = scene.despeckle(cart, style.despeckle)
+        cart = scene.enhance_edges(cart, style.edge_enhance, canvas.pose.spacing_mm)
     cart[~inside] = 0
     return cart, inside
 
@@ -567,8 +649,8 @@ def _wall_and_shadow(Ep: np.ndarray, Lp: np.ndarray, g, dr_mm: float, rng: np.ra
         profile = np.convolve(layers, np.ones(3) / 3, mode="same").astype(np.float32)
         outside = Lp[:wall_rows] == BACKGROUND
         Ep[:wall_rows] = np.where(outside, profile[:, None], Ep[:wall_rows])
-    # Bone attenuation: everything behind thick skull is shadowed.
-    bone_p = (Lp == SKULL).astype(np.float32)
+    # Bone attenuation: everything behind thick skull (or other fetal bone) is shadowed.
+    bone_p = np.isin(Lp, (SKULL, scene.BONE_OTHER)).astype(np.float32)
     path = np.cumsum(bone_p, axis=0, dtype=np.float32) * np.float32(dr_mm)
     return Ep * cv2.exp(-0.3 * path)
 
@@ -640,9 +722,9 @@ def _overlays(
     head: HeadFrame,
     rng: np.random.Generator,
 ) -> None:
-    size = img8.shape[0]
-    scale = size / 900
-    thick = max(1, round(size / 400))
+    height, width = img8.shape[:2]
+    scale = width / 900
+    thick = max(1, round(width / 400))
     white = 235
 
     def text(message: str, x: float, y: float, size_factor: float = 0.8) -> None:
@@ -657,16 +739,16 @@ def _overlays(
             cv2.LINE_AA,
         )
 
-    if style.text and size >= 96:
+    if style.text and width >= 96:
         weeks, days = int(anatomy.ga_weeks), round((anatomy.ga_weeks % 1) * 7) % 7
         text(f"{style.name} {style.machine}", 6 * scale, 22 * scale)
-        text(f"GA {weeks}w{days}d  {plane.upper()}", size - 250 * scale, 22 * scale)
-        text("C5-1 MI 0.9 TIs 0.3", 6 * scale, size - 12 * scale, 0.7)
+        text(f"GA {weeks}w{days}d  {plane.upper()}", width - 250 * scale, 22 * scale)
+        text("C5-1 MI 0.9 TIs 0.3", 6 * scale, height - 12 * scale, 0.7)
     if style.depth_scale:
         step = 10.0 / pose.spacing_mm  # a dot every centimetre
-        for k in range(1, int(size / step) + 1):
+        for k in range(1, int(height / step) + 1):
             y = int(k * step)
-            cv2.circle(img8, (int(size - 8 * scale) - 2, y), max(1, thick), white, -1)
+            cv2.circle(img8, (int(width - 8 * scale) - 2, y), max(1, thick), white, -1)
     if rng.random() < style.callipers_rate:
         # Callipers across the BPD (TV) or the TCD (TC), as a sonographer would leave them.
         if plane == "tv":
@@ -682,8 +764,8 @@ def _overlays(
             x, y = round(x), round(y)
             cv2.line(img8, (x - arm, y), (x + arm, y), white, thick)
             cv2.line(img8, (x, y - arm), (x, y + arm), white, thick)
-        if size >= 96:
-            text(label, 6 * scale, size - 40 * scale)
+        if width >= 96:
+            text(label, 6 * scale, height - 40 * scale)
 
 
 def _to_display(img: np.ndarray) -> np.ndarray:
@@ -721,31 +803,51 @@ def render_plane(
     plane: str,
     pose: Pose,
     style: CenterStyle,
-    size: int,
+    size: int | tuple[int, int],
     rng: np.random.Generator,
     keep_structures: bool = False,
+    look: int = PLAIN,
+    extra: np.random.Generator | None = None,
 ) -> Rendered:
-    canvas = paint_plane(anatomy, plane, pose, size, rng)
-    img, inside = form_image(canvas, style, rng)
-    boxes = region_boxes(canvas.L, inside, PLANE_REGIONS[plane], pose.spacing_mm)
+    """One plane as a B-mode image with its region boxes; the realistic look also boxes the
+    fetal head (the skull's outer ellipse) in every plane."""
+    if look == REALISTIC and extra is None:
+        raise ValueError("the realistic look needs a generator of its own (extra)")
+    canvas = paint_plane(anatomy, plane, pose, size, rng, look, style, extra)
+    img, inside = form_image(canvas, style, rng, look, extra)
+    regions = PLANE_REGIONS[plane] + ((HEAD_BOX,) if look == REALISTIC else ())
+    boxes = region_boxes(canvas.L, inside, regions, pose.spacing_mm)
     img8 = _to_display(img)
     _overlays(img8, style, anatomy, plane, pose, _head_frame(anatomy, plane), rng)
+    image = _colourise(img8, style)
+    if look == REALISTIC:
+        image = scene.jpeg(image, style.jpeg_quality)
     return Rendered(
-        image=_colourise(img8, style),
+        image=image,
         boxes=boxes,
         pose=pose,
         structures=np.where(inside, canvas.L, 0).astype(np.uint8) if keep_structures else None,
     )
 
 
-def sample_pose(anatomy: Anatomy, style: CenterStyle, size: int, rng: np.random.Generator) -> Pose:
-    """Head position, rotation, flip and zoom for one acquisition."""
-    zoom = style.zoom * rng.uniform(0.9, 1.08)
-    spacing = (anatomy.ofd_mm + 2 * anatomy.skull_mm) / (zoom * size)
+def sample_pose(
+    anatomy: Anatomy,
+    style: CenterStyle,
+    size: int | tuple[int, int],
+    rng: np.random.Generator,
+    look: int = PLAIN,
+) -> Pose:
+    """Head position, rotation, flip and zoom for one acquisition (the realistic look zooms in
+    as real second-trimester brain planes do)."""
+    height, width = frame_shape(size)
+    zoom = (style.zoom_realistic if look == REALISTIC else style.zoom) * rng.uniform(0.9, 1.08)
+    spacing = (anatomy.ofd_mm + 2 * anatomy.skull_mm) / (zoom * width)
+    # A wide image may be too low for the head across: zoom out until it fits its height.
+    spacing = max(spacing, (anatomy.bpd_mm + 2 * anatomy.skull_mm) / (0.88 * height))
     half_h = (anatomy.bpd_mm / 2 + anatomy.skull_mm) / spacing
-    cx = size * (0.5 + rng.uniform(-0.07, 0.07))
-    cy = size * rng.uniform(0.5, 0.6)
-    cy = min(cy, size - half_h - 0.04 * size)  # keep the far skull inside the image
+    cx = width * (0.5 + rng.uniform(-0.07, 0.07))
+    cy = height * rng.uniform(0.5, 0.6)
+    cy = min(cy, height - half_h - 0.04 * height)  # keep the far skull inside the image
     return Pose(
         center_x=float(cx),
         center_y=float(cy),

@@ -13,6 +13,7 @@ from pathlib import Path
 from neurosono import __version__
 from neurosono.classify.hexanet import HexaNetClassifier
 from neurosono.classify.kinds import load_classifier
+from neurosono.classify.regions import check_stage2_regions
 from neurosono.core.checkpoints import ModelFileError, file_sha256
 from neurosono.detect.model import Detector, load_detector
 from neurosono.models import PHANTOM_DIR
@@ -53,7 +54,7 @@ def load_torch_parts(folder: Path) -> TorchParts:
     hexanet = load_classifier(classifier_file)
     if not isinstance(hexanet, HexaNetClassifier):
         raise ModelFileError(f"{classifier_file}: a {hexanet.kind} classifier; a model folder needs HexaNet")
-    detector.check_regions(hexanet.regions, str(classifier_file))
+    check_stage2_regions(detector.regions, hexanet.regions, str(classifier_file))
     trained_on = detector.record.get("dataset", {}).get("name", "")
     info = {
         "name": folder.name,

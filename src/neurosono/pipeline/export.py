@@ -115,12 +115,14 @@ def write_export(model_dir: Path, folder: Path, fixed_size: bool = False) -> dic
         "age_crop_fractions": meta.get("age_crop_fractions"),
         "case_inputs": list(meta.get("case_inputs", [])),
         "ga_weeks_range": meta.get("ga_weeks_range"),
+        "indeterminate": meta.get("indeterminate"),  # when not to answer (classify/domain.py)
         "notice": info["notice"],
         "trained_on": info["trained_on"],
         "detector": {
             "file": DETECTOR_ONNX,
             "sha256": file_sha256(folder / DETECTOR_ONNX),
             "source_sha256": info["detector_sha256"],
+            "regions": list(detector.regions),  # what it finds (stage 2 reads the brain regions)
             "imgsz": detector.imgsz,
             "fixed_size": fixed_size,
             "input": {

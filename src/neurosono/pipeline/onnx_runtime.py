@@ -82,11 +82,13 @@ def load_onnx_detector(folder: Path, manifest: dict, threads: int | None = None)
         raise RuntimeError("ultralytics did not load detector.onnx with onnxruntime")
     backend.session = onnx_runner(path, threads)
     names = yolo.predictor.model.names
-    if [names[i] for i in sorted(names)] != list(manifest["regions"]):
+    # Exports written before the detector's own region list was recorded: stage 2's regions.
+    detector_regions = list(manifest["detector"].get("regions", manifest["regions"]))
+    if [names[i] for i in sorted(names)] != detector_regions:
         raise OnnxModelError(f"{path}: its class names {names} do not match {MANIFEST}'s regions")
     return Detector(
         yolo=yolo,
-        regions=list(manifest["regions"]),
+        regions=detector_regions,
         planes={k: list(v) for k, v in manifest["planes"].items()},
         imgsz=imgsz,
         path=path,
@@ -154,6 +156,7 @@ def load_onnx_parts(
         "age_crop_fractions": manifest.get("age_crop_fractions"),
         "case_inputs": manifest.get("case_inputs", []),
         "ga_weeks_range": manifest.get("ga_weeks_range"),
+        "indeterminate": manifest.get("indeterminate"),
     }
     if classifier.n_case_scalars != N_GA_SCALARS * len(meta["case_inputs"]):
         raise OnnxModelError(

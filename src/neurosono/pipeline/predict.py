@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from neurosono.classify.config import input_config, uses_ga
+from neurosono.classify.domain import INDETERMINATE, indeterminate_reason, stage1_support
 from neurosono.classify.gestation import ga_scalars
 from neurosono.classify.inputs import DETECTION_CONF
-from neurosono.classify.regions import head_sizes, region_inputs
+from neurosono.classify.regions import head_box_sizes, head_sizes, region_inputs, split_head
 from neurosono.core.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
 from neurosono.detect.predict import Detection, detect_planes
 from neurosono.pipeline.bundle import default_model_dir, load_torch_parts
@@ -55,6 +56,11 @@ class Prediction:
     model: dict
     inputs: dict = field(default_factory=dict)  # per plane: path, kind, pixel spacing, size
     ga_weeks: float | None = None  # the gestational age given with the case
+    # How surely stage 1 saw the regions stage 2 reads (classify/domain.py), and the model's
+    # threshold below which the decision is "indeterminate" (None: the model has no such rule).
+    support: float | None = None
+    min_support: float | None = None
+    reason: str | None = None  # why the decision is "indeterminate"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,8 +171,14 @@ class Pipeline:
         spacing = {plane: im.spacing_mm for plane, im in images.items()}
         pixels = {p: im.pixels for p, im in images.items()}
         config = input_config(self.meta)
-        # The skull is fitted only for models that use it (it costs stage 2 a few ms per image).
-        head_px = head_sizes(pixels, detections) if config.head_size == "skull" else {}
+        detections, head_boxes = split_head(detections, self.detector.regions, regions)
+        # The skull is fitted only for models that use it (it costs stage 2 a few ms per image);
+        # a model that reads the fetal-head box takes the head's size from stage 1 instead.
+        head_px = {}
+        if config.head_size == "skull":
+            head_px = head_sizes(pixels, detections)
+        elif config.head_size == "box":
+            head_px = head_box_sizes(head_boxes)
         crops, scalars, chosen = region_inputs(
             pixels,
             detections,
@@ -182,43 +194,63 @@ class Pipeline:
         p_all, attribution_all = probabilities(logits, drop_logits)
         p, attribution = float(p_all[0]), attribution_all[0]
         threshold = float(self.meta["threshold"])
-        results = []
-        for r, (name, det) in enumerate(zip(regions, chosen, strict=True)):
-            if det is None:
-                results.append(RegionResult(name, False, attribution=round(float(attribution[r]), 4)))
-                continue
-            width, height = det.box[2] - det.box[0], det.box[3] - det.box[1]
-            mm = spacing.get(det.plane)
-            results.append(
-                RegionResult(
-                    name,
-                    True,
-                    det.plane,
-                    [round(v, 1) for v in det.box],
-                    round(det.confidence, 4),
-                    round(float(attribution[r]), 4),
-                    [round(width * mm, 2), round(height * mm, 2)] if mm else None,
-                )
-            )
+        support = stage1_support(detections, regions, planes, images)
+        rule = self.meta.get("indeterminate")
+        reason = indeterminate_reason(support, rule)
+        results = region_results(regions, chosen, attribution, spacing)
         return Prediction(
             p_abnormal=round(p, 4),
-            decision="abnormal" if p >= threshold else "normal",
+            decision=INDETERMINATE if reason else "abnormal" if p >= threshold else "normal",
             threshold=round(threshold, 4),
             regions=results,
-            warnings=plane_warnings(detections, images, regions, planes, results)
+            warnings=([reason] if reason else [])
+            + plane_warnings(detections, images, regions, planes, results)
             + ga_warnings(self.meta, ga_weeks),
             model=self.model_info,
-            inputs={
-                plane: {
-                    "path": str(im.path),
-                    "kind": im.kind,
-                    "pixel_spacing_mm": im.spacing_mm,
-                    "size": list(im.pixels.shape[::-1]),
-                }
-                for plane, im in images.items()
-            },
+            inputs=input_summary(images),
             ga_weeks=None if ga_weeks is None else round(float(ga_weeks), 3),
+            support=round(support, 4),
+            min_support=rule["min_support"] if rule else None,
+            reason=reason,
         )
+
+
+def region_results(
+    regions: list[str], chosen: list[Detection | None], attribution: np.ndarray, spacing: dict
+) -> list[RegionResult]:
+    """Each region's chosen detection (box, confidence, size in mm) and attribution."""
+    results = []
+    for r, (name, det) in enumerate(zip(regions, chosen, strict=True)):
+        if det is None:
+            results.append(RegionResult(name, False, attribution=round(float(attribution[r]), 4)))
+            continue
+        width, height = det.box[2] - det.box[0], det.box[3] - det.box[1]
+        mm = spacing.get(det.plane)
+        results.append(
+            RegionResult(
+                name,
+                True,
+                det.plane,
+                [round(v, 1) for v in det.box],
+                round(det.confidence, 4),
+                round(float(attribution[r]), 4),
+                [round(width * mm, 2), round(height * mm, 2)] if mm else None,
+            )
+        )
+    return results
+
+
+def input_summary(images: dict[str, LoadedImage]) -> dict:
+    """Per plane: the file, its kind, pixel spacing and size (what the prediction was made from)."""
+    return {
+        plane: {
+            "path": str(im.path),
+            "kind": im.kind,
+            "pixel_spacing_mm": im.spacing_mm,
+            "size": list(im.pixels.shape[::-1]),
+        }
+        for plane, im in images.items()
+    }
 
 
 def ga_warnings(meta: dict, ga_weeks: float | None) -> list[str]:
