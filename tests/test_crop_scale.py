@@ -70,6 +70,27 @@ def test_crop_fractions_come_from_the_normal_cases_region_sizes() -> None:
         learn_crop_fractions([(s[0], s[1][:1], s[2]) for s in samples], regions, planes)
 
 
+def test_crop_fractions_fall_back_to_the_labelled_boxes_when_the_detector_finds_a_region_nowhere() -> None:
+    from neurosono.classify.hexanet import learnt_crop_fractions
+    from neurosono.classify.inputs import CaseInputs
+    from neurosono.data.format import Case
+
+    regions, planes = ["a", "b"], {"tv": ["a", "b"]}
+    image = np.zeros((200, 200), np.uint8)
+    truth = [Detection("tv", 0, 1.0, (50, 50, 70, 60)), Detection("tv", 1, 1.0, (10, 10, 20, 50))]
+    items = [
+        CaseInputs(Case(f"c{k}", "normal"), 0, {"tv": image}, {"tv": None}, detections=truth[:1], truth=truth)
+        for k in range(5)
+    ]
+    fractions = learnt_crop_fractions(items, regions, planes, ClassifyTrainConfig(crop_scale="head"))
+    # Sized from the labelled boxes (the detections lack region b everywhere): b is twice a.
+    from_truth = learn_crop_fractions([({"tv": image}, truth, {})] * 5, regions, planes)
+    assert fractions["crop_fractions"] == from_truth and from_truth[1] == pytest.approx(2 * from_truth[0])
+    blind = [CaseInputs(i.case, 0, i.images, i.spacing, detections=truth[:1]) for i in items]
+    with pytest.raises(ValueError, match="no normal training case shows b"):
+        learnt_crop_fractions(blind, regions, planes, ClassifyTrainConfig(crop_scale="head"))
+
+
 def test_region_inputs_crop_on_the_head_scale_with_the_same_scalars() -> None:
     image = {"tv": _discs((12, 24))}
     planes = {"tv": ["small", "large"]}

@@ -11,6 +11,8 @@ the model crops with the stored fractions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -114,23 +116,32 @@ def learnt_crop_fractions(
     config: ClassifyTrainConfig,
 ) -> dict[str, tuple[float, ...]]:
     """Head-scaled (and for ``crop_scale="age"`` age-scaled) crop fractions from the normal
-    training cases."""
+    training cases: from the detector's boxes, as at inference, or from the labelled boxes
+    where the detector finds a region on none of them (a detector trained only briefly)."""
     normal = [i for i in train_items if i.label == 0]
-    learnt = {
-        "crop_fractions": learn_crop_fractions(
-            [(i.images, i.detections, config.head_px(i)) for i in normal], regions, planes
-        )
-    }
+    learnt = {"crop_fractions": _fractions_from_boxes(normal, lambda i: config.head_px(i), regions, planes)}
     if config.crop_scale == "age":
-        dated = [
-            (i.images, i.detections, {p: age_length_px(i.ga_weeks, i.spacing[p]) for p in i.images})
-            for i in normal
-            if i.ga_weeks and all(i.spacing.get(p) for p in i.images)
-        ]
+        dated = [i for i in normal if i.ga_weeks and all(i.spacing.get(p) for p in i.images)]
         if not dated:
             raise ValueError("age-scaled crops need normal training cases with ga_weeks and pixel spacing")
-        learnt["age_crop_fractions"] = learn_crop_fractions(dated, regions, planes)
+        learnt["age_crop_fractions"] = _fractions_from_boxes(
+            dated, lambda i: {p: age_length_px(i.ga_weeks, i.spacing[p]) for p in i.images}, regions, planes
+        )
     return learnt
+
+
+def _fractions_from_boxes(
+    items: list[CaseInputs],
+    reference: Callable[[CaseInputs], dict[str, float | None]],
+    regions: list[str],
+    planes: dict[str, list[str]],
+) -> tuple[float, ...]:
+    try:
+        return learn_crop_fractions([(i.images, i.detections, reference(i)) for i in items], regions, planes)
+    except ValueError:
+        if not any(i.truth for i in items):
+            raise
+        return learn_crop_fractions([(i.images, i.truth, reference(i)) for i in items], regions, planes)
 
 
 class HexaNetClassifier(Classifier):

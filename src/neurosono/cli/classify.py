@@ -61,7 +61,10 @@ def train(
         float | None, typer.Option(help="choose the threshold for this validation sensitivity (screening)")
     ] = None,
     head_size: Annotated[
-        HeadSize, typer.Option(help="hexanet: region sizes relative to the span or the skull")
+        HeadSize,
+        typer.Option(
+            help="hexanet: region sizes relative to the regions' span, the skull, or stage 1's head box"
+        ),
     ] = (HeadSize.span),
     crop_scale: Annotated[
         CropScale, typer.Option(help="hexanet: crops round the box, head-scaled, or age-scaled (with --ga)")

@@ -63,6 +63,7 @@ class Kind(StrEnum):
 class HeadSize(StrEnum):
     span = "span"
     skull = "skull"
+    box = "box"
 
 
 class CropScale(StrEnum):

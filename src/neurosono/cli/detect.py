@@ -30,7 +30,7 @@ from neurosono.cli.common import (
     write_json,
 )
 
-app = group("Stage 1: the YOLOv5 region detector (six regions, or the fetal head).")
+app = group("Stage 1: the YOLOv5 region detector (brain regions and fetal head, or the fetal head alone).")
 
 
 @app.command("train")
@@ -163,13 +163,11 @@ def predict(
 
 @app.command("transfer")
 def transfer(
-    dataset: Annotated[
-        Path, typer.Argument(help="dataset with the six default regions (e.g. imported real images)")
-    ],
+    dataset: Annotated[Path, typer.Argument(help="dataset of images (e.g. imported real images)")],
     detector: DetectorOpt = None,
     json_out: JsonOut = None,
 ) -> None:
-    """How the six-region (phantom-trained) detector fares on other images: regions found, confidences."""
+    """How the (phantom-trained) region detector fares on other images: regions found, confidences."""
     from neurosono.detect.evaluate import measure_transfer
     from neurosono.detect.model import RegionMismatchError
     from neurosono.models import DEFAULT_DETECTOR
@@ -180,7 +178,7 @@ def transfer(
         result = measure_transfer(ds, det)
     except RegionMismatchError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
-    table = Table(title=f"six-region detector on {ds.spec.name}: {result['n_images']} images")
+    table = Table(title=f"region detector on {ds.spec.name}: {result['n_images']} images")
     for column in ("region", f"found (conf >= {result['conf']})", "normal", "abnormal", "median best conf"):
         table.add_column(column)
     for name, v in result["regions"].items():

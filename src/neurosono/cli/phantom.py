@@ -24,7 +24,7 @@ def synth(
         typer.Option(
             help="realistic: the head in its surroundings, as real scans show it; plain: small square heads"
         ),
-    ] = Look.plain,
+    ] = Look.realistic,
     tt: Annotated[
         bool, typer.Option(help="add a transthalamic image to every case (realistic look)")
     ] = False,

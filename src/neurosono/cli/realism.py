@@ -33,7 +33,7 @@ def realism(
         Path | None, typer.Option(help="phantom dataset to compare [default: a cohort generated here]")
     ] = None,
     phantom_cases: Annotated[int, typer.Option(help="cases of the generated phantom cohort")] = 160,
-    look: Annotated[Look, typer.Option(help="look of the generated phantom cohort")] = Look.plain,
+    look: Annotated[Look, typer.Option(help="look of the generated phantom cohort")] = Look.realistic,
     detector: DetectorOpt = None,
     hexanet: Annotated[
         Path | None,

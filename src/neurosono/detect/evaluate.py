@@ -384,11 +384,11 @@ def transfer_summary(
 
 
 def measure_transfer(dataset: Dataset, detector: Detector, conf: float = OPERATING_CONF) -> dict:
-    """:func:`transfer_summary` of a detector over the first image of every case of a dataset."""
+    """:func:`transfer_summary` of a detector (every region it finds) over the first image of
+    every case of a dataset (whose own regions, if any, play no part)."""
     from neurosono.detect.predict import as_detections
 
-    detector.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
     paths = [dataset.image_path(next(rel for _, rel in c.images())) for c in dataset.cases]
     found = [as_detections("image", boxes) for boxes in predict_images(detector, paths)]
     labels = [int(c.label == "abnormal") for c in dataset.cases]
-    return {**transfer_summary(found, labels, dataset.spec.regions, conf), "detector_sha256": detector.sha256}
+    return {**transfer_summary(found, labels, detector.regions, conf), "detector_sha256": detector.sha256}

@@ -250,7 +250,16 @@ def _fit(dataset: Dataset, run: Path, config: DetectTrainConfig, progress: bool)
         from neurosono.detect.model import load_detector
 
         start = load_detector(config.init_from)
-        start.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
+        if not set(dataset.spec.regions) & set(start.regions):
+            raise ValueError(
+                f"{dataset.root / 'dataset.yaml'}: no region in common with the detector to fine-tune "
+                f"({', '.join(start.regions)})"
+            )
+        # Every weight transfers where shapes match; with another number of regions than the
+        # starting detector's, the last class layer starts afresh (ultralytics matches by shape).
+        # As many regions in another order would carry each class's weights to the wrong one.
+        if len(dataset.spec.regions) == len(start.regions):
+            start.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
         model = start.yolo
         model.load(start.yolo.model)  # marks the in-memory weights as the starting point
         init_sha256 = start.sha256
@@ -286,6 +295,9 @@ def _fit(dataset: Dataset, run: Path, config: DetectTrainConfig, progress: bool)
     return model.trainer, init_sha256
 
 
+PLANE_NAMES = {"tv": "transventricular (TV)", "tc": "transcerebellar (TC)", "tt": "transthalamic (TT)"}
+
+
 def model_card(record: dict) -> str:
     ds = record["dataset"]
     val = record["val_metrics"]["map50"]
@@ -299,13 +311,14 @@ def model_card(record: dict) -> str:
     )
     init = record.get("init_from_sha256")
     start = f"fine-tuned from detector `{init[:16]}...`" if init else "from scratch (no pretrained weights)"
+    planes = ", ".join(PLANE_NAMES.get(p, p.upper()) for p in record["planes"])
     return f"""# Stage-1 detector: {record["config"]["model"]}, {len(record["regions"])} regions
 
-**For:** finding the regions {", ".join(record["regions"])} on transventricular (TV) and
-transcerebellar (TC) planes of the second-trimester fetal brain scan, as stage 1 of neurosono.
+**For:** finding the regions {", ".join(record["regions"])} on the {planes}
+plane(s) of the second-trimester fetal brain scan, as stage 1 of neurosono.
 
 **Trained on:** {ds["name"]} ({ds["source"]}; licence: {ds["licence"]}),
-{ds["n_train_cases"]} training cases, {ds["n_val_cases"]} validation cases (both planes each),
+{ds["n_train_cases"]} training cases, {ds["n_val_cases"]} validation cases (every plane of each),
 dataset hash `{ds["sha256_train_val"][:16]}...`.
 
 **Training:** {start}, {record["epochs_run"]} epochs at

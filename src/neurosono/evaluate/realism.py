@@ -123,6 +123,9 @@ def _folds(labels: np.ndarray, groups: list[str], seed: int, folds: int = FOLDS)
     from sklearn.model_selection import StratifiedGroupKFold
 
     fold_of = np.zeros(len(labels), int)
+    # Fewer folds where a class has fewer groups than folds (tiny samples).
+    smallest = min(len({g for g, y in zip(groups, labels, strict=True) if y == c}) for c in (0, 1))
+    folds = max(2, min(folds, smallest))
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
         fold_of[test] = k
@@ -291,9 +294,13 @@ def style_check(phantom: list[ImageRecord], seed: int, n_boot: int) -> dict:
     by_case: dict[str, dict[str, ImageRecord]] = {}
     for record in phantom:
         by_case.setdefault(record.group, {})[record.plane or "image"] = record
-    cases = [c for c in by_case.values() if len(c) == 2]
+    cases = [c for c in by_case.values() if {"tv", "tc"} <= set(c)]
+    if not cases:
+        raise ValueError(
+            f"{phantom[0].dataset if phantom else 'the phantom'}: no case with a TV and a TC image"
+        )
     features = np.stack(
-        [np.concatenate([grey_histogram(read_grey(c[p].path)) for p in sorted(c)]) for c in cases]
+        [np.concatenate([grey_histogram(read_grey(c[p].path)) for p in ("tv", "tc")]) for c in cases]
     )
     labels = np.array([next(iter(c.values())).abnormal for c in cases], int)
     return logistic_auc(features, labels, [next(iter(c.values())).group for c in cases], seed, n_boot)

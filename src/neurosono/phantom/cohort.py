@@ -44,7 +44,7 @@ class CohortConfig:
     abnormal_fraction: float = 0.32
     centers: int = 9
     size: int = 512  # image width in pixels (and height, for the plain look's square images)
-    look: int = PLAIN  # the realistic look becomes the default with the models trained on it
+    look: int = REALISTIC  # PLAIN: small square heads in black, the generator's first look
     tt: bool = False  # add a transthalamic image to every case
 
     def validate(self) -> None:

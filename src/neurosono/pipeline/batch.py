@@ -23,6 +23,7 @@ RESULT_COLUMNS = (
     "p_abnormal",
     "decision",
     "threshold",
+    "support",
     "warnings",
     "error",
 )
@@ -105,6 +106,7 @@ def run_batch(
                     p_abnormal=f"{result.p_abnormal:.4f}",
                     decision=result.decision,
                     threshold=f"{result.threshold:.4f}",
+                    support="" if result.support is None else f"{result.support:.4f}",
                     warnings="; ".join(result.warnings),
                 )
             except (ValueError, OSError) as exc:

@@ -280,11 +280,24 @@ def _detector_stage(
 def _hexanet_stage(
     config: RunConfig, dataset_dir: Path, detector_file: Path, progress: bool
 ) -> tuple[dict, Callable[[Path], None]]:
-    """HexaNet and the whole-image baseline, same split, budget and seed."""
+    """HexaNet and the whole-image baseline, same split, budget, seed and age input. HexaNet
+    has the shipped model's configuration where the cases allow it: the age from cases.csv with
+    age-scaled crops (when the cases give the age and pixel spacing), region sizes against
+    stage 1's fetal-head box (the detections' span where it finds none)."""
     from neurosono.classify.config import ClassifyTrainConfig
+    from neurosono.data.format import Dataset
 
+    dated = all(
+        case.ga_weeks and all(case.spacing_mm(p) for p in ("tv", "tc"))
+        for case in Dataset.load(dataset_dir).cases
+    )
     classify_config = ClassifyTrainConfig(
-        seed=config.seed, epochs=config.hexanet_epochs, patience=config.hexanet_patience
+        seed=config.seed,
+        epochs=config.hexanet_epochs,
+        patience=config.hexanet_patience,
+        gestational_age=dated,
+        crop_scale="age" if dated else "box",
+        head_size="box",
     )
 
     def train_stage2(folder: Path) -> None:
