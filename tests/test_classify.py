@@ -215,3 +215,31 @@ def test_support_reads_the_surer_half_of_the_needed_regions() -> None:
     assert indeterminate_reason(0.5, rule) is None
     assert "indeterminate" in indeterminate_reason(0.3, rule)
     assert indeterminate_reason(0.0, None) is None  # a model without the rule always answers
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_the_given_run_and_refuses_other_inputs(
+    tiny_run, tiny_hexanet: Path, tmp_path: Path
+) -> None:
+    from neurosono.classify.kinds import load_classifier
+    from neurosono.core.checkpoints import file_sha256
+
+    cohort, detector_run, _ = tiny_run
+    args = ["classify", "train", str(cohort), "--detector", str(detector_run), "--epochs", "1"]
+    # A learning rate too small to move the weights: the run must end where it started.
+    tuned = tmp_path / "tuned"
+    result = runner.invoke(app, [*args, "--out", str(tuned), "--init", str(tiny_hexanet), "--lr", "1e-12"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tuned / "classifier.json").read_text())
+    assert record["initialised_from"]["sha256"] == file_sha256(tiny_hexanet / "classifier.pt")
+    for folder in ("", "baseline"):
+        start, end = load_classifier(tiny_hexanet / folder), load_classifier(tuned / folder)
+        for name, weights in start.model.state_dict().items():
+            if weights.is_floating_point() and "running" not in name:
+                assert torch.allclose(weights, end.model.state_dict()[name], atol=1e-6), (folder, name)
+    # Other inputs than the starting model's: refused, naming the setting.
+    refused = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "x"), "--init", str(tiny_hexanet), "--crop-scale", "head"]
+    )
+    assert refused.exit_code == 2 and "crop_scale 'box'" in refused.output
+    assert not (tmp_path / "x").exists()

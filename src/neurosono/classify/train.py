@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from neurosono.classify.base import WEIGHTS_NAME, Classifier
@@ -29,12 +29,13 @@ from neurosono.classify.kinds import BASELINE_NAME, kind_class
 from neurosono.classify.networks import count_parameters
 from neurosono.classify.regions import brain_planes, brain_regions
 from neurosono.core.atomic import atomic_write_text, staged_directory
+from neurosono.core.checkpoints import file_sha256
 from neurosono.core.metrics import classification_metrics
 from neurosono.core.provenance import package_versions
 from neurosono.data.check import check_dataset
 from neurosono.data.format import Dataset, dataset_hash
 from neurosono.detect.model import Detector, load_detector
-from neurosono.models import DEFAULT_DETECTOR, REAL_HEAD_DETECTOR
+from neurosono.models import DEFAULT_DETECTOR, DEFAULT_HEXANET, REAL_HEAD_DETECTOR
 
 RECORD_NAME = "classifier.json"
 
@@ -46,6 +47,31 @@ def load_detectors(
     regions = load_detector(detector or DEFAULT_DETECTOR) if any(k.needs_detector for k in kinds) else None
     heads = any(k.needs_head_detector for k in kinds)
     return regions, load_detector(head_detector or REAL_HEAD_DETECTOR) if heads else None
+
+
+def starting_classifier(init: str | Path, cls: type[Classifier], config: ClassifyTrainConfig) -> Classifier:
+    """The trained classifier to fine-tune from; its kind and inputs must be the ones asked for."""
+    from neurosono.classify.kinds import load_classifier
+
+    source = DEFAULT_HEXANET if str(init) == "shipped" and cls.kind == "hexanet" else Path(init)
+    if str(init) == "shipped" and cls.kind != "hexanet":
+        raise ValueError(f"--init shipped: no shipped {cls.kind} model to fine-tune from; give a run folder")
+    start = load_classifier(source)
+    if start.kind != cls.kind:
+        raise ValueError(f"{start.file}: a {start.kind} model cannot start a {cls.kind} run")
+    # What decides the network's shape and the meaning of its inputs.
+    trained = {"gestational_age": start.config.gestational_age}
+    if cls.kind == "hexanet":
+        trained |= {
+            "crop_scale": start.config.crop_scale,
+            "head_size": start.config.head_size,
+            "share_branches": bool(start.meta.get("share_branches")),
+        }
+    differ = {name: value for name, value in trained.items() if getattr(config, name) != value}
+    if differ:
+        settings = ", ".join(f"{name} {value!r}" for name, value in differ.items())
+        raise ValueError(f"{start.file}: trained with {settings}; fine-tuning needs the same settings")
+    return start
 
 
 def checked_dataset(dataset_path: str | Path) -> Dataset:
@@ -67,10 +93,22 @@ def train_classifier(
     head_detector: str | Path | None = None,
     baseline: bool = True,
     progress: bool = True,
+    init: str | Path | None = None,
 ) -> Path:
-    """Train one classifier (and, for HexaNet with ``baseline``, the whole-image baseline beside it)."""
+    """Train one classifier (and, for HexaNet with ``baseline``, the whole-image baseline beside it).
+
+    ``init``: a trained run (or classifier file) of the same kind and inputs to fine-tune from,
+    "shipped" for the shipped model of the kind; its crop fractions are kept, so its inputs
+    mean what they meant, and a run's ``baseline/`` starts the baseline."""
     cls = kind_class(kind)
     config = config or ClassifyTrainConfig()
+    start = starting_classifier(init, cls, config) if init is not None else None
+    if start is not None:
+        config = replace(
+            config,
+            crop_fractions=start.config.crop_fractions,
+            age_crop_fractions=start.config.age_crop_fractions,
+        )
     dataset = checked_dataset(dataset_path)
     regions_detector, heads = load_detectors([cls], detector, head_detector)
     train_cases, val_cases = dataset.split("train"), dataset.split("val")
@@ -82,6 +120,10 @@ def train_classifier(
     val_items = gather_cases(dataset, val_cases, regions_detector, heads, progress=progress)
     planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
     classifier = cls.create(config, brain_regions(dataset.spec.regions), planes)
+    if start is not None:
+        if getattr(start, "regions", None) not in (None, getattr(classifier, "regions", None)):
+            raise ValueError(f"{start.file}: its regions are not the dataset's; cannot fine-tune from it")
+        classifier.model.load_state_dict(start.model.state_dict())
     started = time.perf_counter()
     result = classifier.fit(train_items, val_items, progress)
     seconds = time.perf_counter() - started
@@ -91,6 +133,8 @@ def train_classifier(
         extra = {}
         if regions_detector is not None:
             extra["detector_sha256"] = regions_detector.sha256
+        if start is not None:
+            extra["initialised_from"] = {"file": start.file.name, "sha256": file_sha256(start.file)}
         if heads is not None:
             extra["head_detector_sha256"] = heads.sha256
             shutil.copy2(heads.path, run / HEAD_DETECTOR_NAME)
@@ -112,7 +156,16 @@ def train_classifier(
         if baseline and cls.kind == "hexanet":
             # Same cases, epochs, seed, age input and threshold rule: the study's
             # anatomy-aware against whole-image claim, like for like.
-            train_baseline(run / "baseline", dataset, train_items, val_items, classifier.config, progress)
+            baseline_start = start.file.parent / "baseline" if start is not None else None
+            train_baseline(
+                run / "baseline",
+                dataset,
+                train_items,
+                val_items,
+                classifier.config,
+                progress,
+                baseline_start if baseline_start is not None and baseline_start.is_dir() else None,
+            )
     return Path(out)
 
 
@@ -123,8 +176,13 @@ def train_baseline(
     val_items: list[CaseInputs],
     config: ClassifyTrainConfig,
     progress: bool = False,
+    init: Path | None = None,
 ) -> None:
     baseline = kind_class("whole-image").create(config, brain_regions(dataset.spec.regions), {})
+    if init is not None:
+        baseline.model.load_state_dict(
+            starting_classifier(init, kind_class("whole-image"), config).model.state_dict()
+        )
     started = time.perf_counter()
     result = baseline.fit(train_items, val_items, progress)
     with staged_directory(out) as folder:

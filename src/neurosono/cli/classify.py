@@ -75,6 +75,13 @@ def train(
     baseline: Annotated[
         bool, typer.Option(help="hexanet: also train the whole-image baseline beside it")
     ] = True,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="fine-tune from a run of the same kind and inputs, or 'shipped' [default: from scratch]"
+        ),
+    ] = None,
+    lr: Annotated[float, typer.Option(help="learning rate (AdamW)")] = 1e-3,
 ) -> None:
     """Train a classifier; early stopping and the threshold use the val split, never the test split."""
     from neurosono.classify.config import ClassifyTrainConfig
@@ -86,13 +93,16 @@ def train(
         config = ClassifyTrainConfig(
             **_budget(seed, epochs, patience),
             batch=batch,
+            lr=lr,
             share_branches=share_branches,
             target_sensitivity=target_sensitivity,
             head_size=head_size.value,
             gestational_age=ga,
             crop_scale=crop_scale.value,
         )
-        run_dir = train_classifier(dataset, out_dir, kind.value, config, detector, head_detector, baseline)
+        run_dir = train_classifier(
+            dataset, out_dir, kind.value, config, detector, head_detector, baseline, init=init
+        )
     except (OutputExistsError, PermissionError) as exc:
         raise fail(str(exc), EXIT_OUTPUT) from None
     except (DetectorFileError, ValueError) as exc:
