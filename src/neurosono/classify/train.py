@@ -49,6 +49,27 @@ def load_detectors(
     return regions, load_detector(head_detector or REAL_HEAD_DETECTOR) if heads else None
 
 
+def fine_tuning(
+    init: str | Path | None, cls: type[Classifier], config: ClassifyTrainConfig
+) -> tuple[Classifier | None, ClassifyTrainConfig]:
+    """The classifier to start from (None: from scratch) and the configuration with its crop
+    fractions, so that its inputs mean what they meant."""
+    if init is None:
+        return None, config
+    start = starting_classifier(init, cls, config)
+    fractions = start.config
+    return start, replace(
+        config, crop_fractions=fractions.crop_fractions, age_crop_fractions=fractions.age_crop_fractions
+    )
+
+
+def start_from(classifier: Classifier, start: Classifier) -> None:
+    """Load ``start``'s weights into a new classifier of the same regions."""
+    if getattr(start, "regions", None) not in (None, getattr(classifier, "regions", None)):
+        raise ValueError(f"{start.file}: its regions are not the dataset's; cannot fine-tune from it")
+    classifier.model.load_state_dict(start.model.state_dict())
+
+
 def starting_classifier(init: str | Path, cls: type[Classifier], config: ClassifyTrainConfig) -> Classifier:
     """The trained classifier to fine-tune from; its kind and inputs must be the ones asked for."""
     from neurosono.classify.kinds import load_classifier
@@ -102,13 +123,7 @@ def train_classifier(
     mean what they meant, and a run's ``baseline/`` starts the baseline."""
     cls = kind_class(kind)
     config = config or ClassifyTrainConfig()
-    start = starting_classifier(init, cls, config) if init is not None else None
-    if start is not None:
-        config = replace(
-            config,
-            crop_fractions=start.config.crop_fractions,
-            age_crop_fractions=start.config.age_crop_fractions,
-        )
+    start, config = fine_tuning(init, cls, config)
     dataset = checked_dataset(dataset_path)
     regions_detector, heads = load_detectors([cls], detector, head_detector)
     train_cases, val_cases = dataset.split("train"), dataset.split("val")
@@ -121,9 +136,7 @@ def train_classifier(
     planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
     classifier = cls.create(config, brain_regions(dataset.spec.regions), planes)
     if start is not None:
-        if getattr(start, "regions", None) not in (None, getattr(classifier, "regions", None)):
-            raise ValueError(f"{start.file}: its regions are not the dataset's; cannot fine-tune from it")
-        classifier.model.load_state_dict(start.model.state_dict())
+        start_from(classifier, start)
     started = time.perf_counter()
     result = classifier.fit(train_items, val_items, progress)
     seconds = time.perf_counter() - started
