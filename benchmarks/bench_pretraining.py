@@ -3,7 +3,7 @@
 For N = 10, 30, 100 and all real training images (split by source group), a detector
 fine-tuned from the shipped phantom detector against one trained from scratch, same recipe,
 scored on the same group-held-out test split. Target: phantom-pretrained with 30 real
-images >= from scratch with 100. About 40 minutes on 2 cores.
+images >= from scratch with 100. About an hour on 2 cores.
 Run: .venv/bin/python benchmarks/bench_pretraining.py HEAD_DATASET --work NEW_FOLDER
      [--json FILE] [--png FILE]
 HEAD_DATASET: fhead and HC18 merged and split by source group (docs/real-data.md).
