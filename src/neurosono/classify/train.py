@@ -57,9 +57,9 @@ def fine_tuning(
     if init is None:
         return None, config
     start = starting_classifier(init, cls, config)
-    fractions = start.config
+    trained = start.config
     return start, replace(
-        config, crop_fractions=fractions.crop_fractions, age_crop_fractions=fractions.age_crop_fractions
+        config, crop_fractions=trained.crop_fractions, age_crop_fractions=trained.age_crop_fractions
     )
 
 
@@ -74,10 +74,9 @@ def starting_classifier(init: str | Path, cls: type[Classifier], config: Classif
     """The trained classifier to fine-tune from; its kind and inputs must be the ones asked for."""
     from neurosono.classify.kinds import load_classifier
 
-    source = DEFAULT_HEXANET if str(init) == "shipped" and cls.kind == "hexanet" else Path(init)
     if str(init) == "shipped" and cls.kind != "hexanet":
         raise ValueError(f"--init shipped: no shipped {cls.kind} model to fine-tune from; give a run folder")
-    start = load_classifier(source)
+    start = load_classifier(DEFAULT_HEXANET if str(init) == "shipped" else Path(init))
     if start.kind != cls.kind:
         raise ValueError(f"{start.file}: a {start.kind} model cannot start a {cls.kind} run")
     # What decides the network's shape and the meaning of its inputs.
@@ -170,14 +169,10 @@ def train_classifier(
             # Same cases, epochs, seed, age input and threshold rule: the study's
             # anatomy-aware against whole-image claim, like for like.
             baseline_start = start.file.parent / "baseline" if start is not None else None
+            if baseline_start is not None and not baseline_start.is_dir():
+                baseline_start = None  # a classifier file alone: the baseline starts afresh
             train_baseline(
-                run / "baseline",
-                dataset,
-                train_items,
-                val_items,
-                classifier.config,
-                progress,
-                baseline_start if baseline_start is not None and baseline_start.is_dir() else None,
+                run / "baseline", dataset, train_items, val_items, classifier.config, progress, baseline_start
             )
     return Path(out)
 
@@ -193,9 +188,7 @@ def train_baseline(
 ) -> None:
     baseline = kind_class("whole-image").create(config, brain_regions(dataset.spec.regions), {})
     if init is not None:
-        baseline.model.load_state_dict(
-            starting_classifier(init, kind_class("whole-image"), config).model.state_dict()
-        )
+        start_from(baseline, starting_classifier(init, kind_class("whole-image"), config))
     started = time.perf_counter()
     result = baseline.fit(train_items, val_items, progress)
     with staged_directory(out) as folder:

@@ -169,14 +169,13 @@ def transfer(
 ) -> None:
     """How the (phantom-trained) region detector fares on other images: regions found, confidences."""
     from neurosono.detect.evaluate import measure_transfer
-    from neurosono.detect.model import RegionMismatchError
     from neurosono.models import DEFAULT_DETECTOR
 
     ds = load_dataset(dataset)
     det = load_detector_or_fail(detector, DEFAULT_DETECTOR)
     try:
         result = measure_transfer(ds, det)
-    except RegionMismatchError as exc:
+    except ValueError as exc:  # an unreadable image
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     table = Table(title=f"region detector on {ds.spec.name}: {result['n_images']} images")
     for column in ("region", f"found (conf >= {result['conf']})", "normal", "abnormal", "median best conf"):
