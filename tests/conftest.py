@@ -26,6 +26,7 @@ SLOW_FIXTURES = {
     "ga_model",
     "export",
     "pipelines",
+    "head_run",
 }
 
 

@@ -67,6 +67,18 @@ def test_merge_prefixes_ids_and_groups_and_keeps_boxes(imported: Path, tmp_path:
         assert new.extra["dataset"] == "hc18" and new.tv_image.startswith("images/hc18/")
         assert read_labels(merged.label_path(new.tv_image)) == read_labels(hc18.label_path(case.tv_image))
         assert merged.image_path(new.tv_image).read_bytes() == hc18.image_path(case.tv_image).read_bytes()
+        mask = merged.root / new.extra["tv_head_mask"]  # the head mask travels with its image
+        assert mask.read_bytes() == (hc18.root / case.extra["tv_head_mask"]).read_bytes()
+
+
+def test_merge_shrinks_head_masks_with_their_images(imported: Path, tmp_path: Path) -> None:
+    from neurosono.core.images import image_size
+
+    merged = merge_datasets([imported / "fhead", imported / "hc18"], tmp_path / "m", max_side=256)
+    for case in merged.cases:
+        if case.extra.get("tv_head_mask"):
+            mask = merged.root / case.extra["tv_head_mask"]
+            assert image_size(mask) == image_size(merged.image_path(case.tv_image))
 
 
 def test_merge_refuses_different_regions_and_same_names(imported: Path, tmp_path: Path) -> None:

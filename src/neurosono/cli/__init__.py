@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from neurosono import __version__
-from neurosono.cli import classify, data, detect, evaluate, phantom, predict, real, realism, run
+from neurosono.cli import classify, data, detect, evaluate, measure, phantom, predict, real, realism, run
 from neurosono.cli.common import out
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ app.command("eval")(evaluate.evaluate)
 app.command("evaluate", hidden=True)(evaluate.evaluate)  # older spelling of 'eval'
 app.command()(predict.predict)
 app.command("export")(predict.export)
+app.add_typer(measure.app, name="measure")
 app.command()(realism.realism)
 app.command()(run.run)
 app.add_typer(real.app, name="real", hidden=True)

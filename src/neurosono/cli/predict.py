@@ -133,9 +133,28 @@ def _print_prediction(result, ga: float | None) -> None:
             )
         else:
             out.print(f"  {region.region:18s} not found, attribution {region.attribution:+.3f}")
+    if result.biometry is not None:
+        _print_biometry(result.biometry)
     for warning in result.warnings:
         out.print(f"[yellow]warning:[/] {escape(warning)}", markup=True)
     out.print(f"[bold]{escape(result.model['notice'])}[/]", markup=True)
+
+
+def _print_biometry(biometry: dict) -> None:
+    values, centiles = biometry["values"], biometry["centiles"]
+    parts = []
+    for name in ("hc_mm", "bpd_mm", "ofd_mm"):
+        if name in values:
+            centile = f" (centile {centiles[name]['centile']:.0f})" if name in centiles else ""
+            parts.append(f"{name.removesuffix('_mm').upper()} {values[name]:.1f} mm{centile}")
+    if "cephalic_index" in values:
+        parts.append(f"CI {values['cephalic_index']:.2f}")
+    age = biometry["ga_weeks"]
+    if age is not None and biometry["ga_source"] != "given":
+        parts.append(f"age {age:.1f} weeks {biometry['ga_source']}")
+    out.print("  biometry: " + ("; ".join(parts) if parts else biometry["absent"].get("hc_mm", "none")))
+    found = [h["finding"] for h in biometry["hints"] if h["present"]]
+    out.print("  hints (beside P(abnormal), not instead): " + (", ".join(found) if found else "none"))
 
 
 def export(

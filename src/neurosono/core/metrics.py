@@ -275,3 +275,19 @@ def proportion_with_ci(hits, groups=None, n_boot: int = 1000, seed: int = 0) -> 
         "method": boot_method(n_boot, seed, clustered),
         "count": f"{int(hits.sum())} of {len(hits)}",
     }
+
+
+def mean_with_ci(values, groups=None, n_boot: int = 1000, seed: int = 0, unit: str = "cases") -> dict:
+    """The mean of ``values`` with its bootstrap percentile 95% CI (a cluster bootstrap over
+    source groups where ``groups`` repeat), as ``{value, ci95, method}``."""
+    values = np.asarray(values, dtype=float)
+    if not len(values):
+        return {"value": None, "ci95": [None, None], "method": "no cases"}
+    clustered = clusters(groups)
+    rng = np.random.default_rng(seed)
+    means = np.array([values[resample(rng, len(values), clustered)].mean() for _ in range(n_boot)])
+    return {
+        "value": round(float(values.mean()), 4),
+        "ci95": _percentile(means),
+        "method": boot_method(n_boot, seed, clustered, unit),
+    }

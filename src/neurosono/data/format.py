@@ -8,6 +8,8 @@ A dataset is a folder::
       images/...          image files, referenced from cases.csv by relative path
       labels/...          YOLO box files parallel to images/ (ultralytics convention):
                           images/a/b.png  ->  labels/a/b.txt
+      masks/...           optional head masks (filled skull ellipse, white on black, the
+                          image's size), named by a case's ``tv_head_mask`` column
 
 A YOLO label line is ``class_id cx cy w h`` with coordinates normalised to the
 image size. A missing labels file means "not annotated" (allowed only when
@@ -57,6 +59,8 @@ PLANE_DESCRIPTIONS = {
     "tt": "transthalamic axial plane",
 }
 LABELS: tuple[str, ...] = ("normal", "abnormal")
+# The column naming a case's head mask (masks/...): the outer border of the skull, filled.
+HEAD_MASK_COLUMN = "tv_head_mask"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_SUFFIXES: tuple[str, ...] = IMAGE_EXTENSIONS  # what the one image reader reads
 

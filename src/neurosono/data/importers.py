@@ -33,6 +33,7 @@ import yaml
 from neurosono.core.atomic import staged_directory
 from neurosono.core.images import read_grey
 from neurosono.data.format import (
+    HEAD_MASK_COLUMN,
     IMAGE_SUFFIXES,
     Box,
     Case,
@@ -119,6 +120,10 @@ def _write(
             for _, rel in case.images():
                 source = Path(case.extra.pop("_source_path"))
                 shutil.copy2(source, staging / rel)
+                mask = case.extra.pop("_mask_source", "")
+                if mask:
+                    (staging / "masks").mkdir(exist_ok=True)
+                    shutil.copy2(mask, staging / case.extra[HEAD_MASK_COLUMN])
                 if labels is not None and rel in labels:
                     (staging / "labels" / (Path(rel).stem + ".txt")).write_text(labels_text(labels[rel]))
         dataset = Dataset(staging, spec, cases)
@@ -319,13 +324,19 @@ def import_hc18(src: str | Path, out: str | Path, name: str | None = None) -> Da
                 source_group="hc18_" + re.match(r"(\d+)", stem).group(1) if re.match(r"\d+", stem) else stem,
                 tv_image=rel,
                 pixel_spacing_mm=spacing,
-                extra={"hc_mm": f"{hc:g}", "_source_path": str(image)},
+                extra={
+                    "hc_mm": f"{hc:g}",
+                    HEAD_MASK_COLUMN: f"masks/{mask.name}",
+                    "_source_path": str(image),
+                    "_mask_source": str(mask),
+                },
             )
         )
     spec = DatasetSpec(
         name=name or "hc18",
         description=(
-            "HC18 (van den Heuvel et al., PLoS ONE 2018): head boxes from the HC masks. "
+            "HC18 (van den Heuvel et al., PLoS ONE 2018): the sonographers' head masks "
+            "(masks/, the filled HC ellipse), head boxes from them, and the reference HC in mm. "
             "No abnormality labels."
         ),
         source="HC18 grand challenge training set (Zenodo, doi 10.5281/zenodo.1327317)",

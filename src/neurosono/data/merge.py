@@ -34,7 +34,15 @@ from pathlib import Path
 
 from neurosono.core.atomic import staged_directory
 from neurosono.core.images import image_size, read_image
-from neurosono.data.format import Case, Dataset, DatasetFormatError, DatasetSpec, PlaneSpec, label_path_for
+from neurosono.data.format import (
+    HEAD_MASK_COLUMN,
+    Case,
+    Dataset,
+    DatasetFormatError,
+    DatasetSpec,
+    PlaneSpec,
+    label_path_for,
+)
 
 
 class MergeError(DatasetFormatError):
@@ -65,6 +73,36 @@ def _copy_image(source: Path, target: Path, max_side: int | None) -> float:
     small = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.LANCZOS)
     small.save(target, quality=95) if target.suffix.lower() in (".jpg", ".jpeg") else small.save(target)
     return max(width, height) / max_side
+
+
+def _copy_mask(source: Path, target: Path, size: tuple[int, int]) -> None:
+    """Copy a head mask, resized (nearest neighbour) to its image's new ``size`` (w, h)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if image_size(source) == size:
+        shutil.copy2(source, target)
+        return
+    from PIL import Image
+
+    with Image.open(source) as mask:
+        mask.convert("L").resize(size, Image.NEAREST).save(target)
+
+
+def _copy_files(staging: Path, copies: list, masks: list, max_side: int | None) -> None:
+    """Images (shrunk to ``max_side``, their spacing scaled), labels, and head masks at their
+    image's new size."""
+    for source, rel, case, plane in copies:
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if case is None:
+            shutil.copy2(source, target)
+            continue
+        factor = _copy_image(source, target, max_side)
+        if factor != 1.0:
+            spacing = case.spacing_mm(plane)
+            if spacing is not None:
+                setattr(case, f"{plane}_pixel_spacing_mm", round(spacing * factor, 8))
+    for source, rel, image_rel in masks:
+        _copy_mask(source, staging / rel, image_size(staging / image_rel))
 
 
 def merge_datasets(
@@ -107,6 +145,7 @@ def merge_datasets(
         raise MergeError(f"max_side must be at least 32 pixels, got {max_side}")
     cases: list[Case] = []
     copies: list[tuple[Path, str, Case | None, str]] = []
+    masks: list[tuple[Path, str, str]] = []  # (mask, its new path, its image's new path)
     for ds, prefix in zip(datasets, prefixes, strict=True):
         for case in ds.cases:
             moved = dataclasses.replace(
@@ -126,20 +165,15 @@ def merge_datasets(
                 label = ds.label_path(rel)
                 if label.exists():
                     copies.append((label, label_path_for(new_rel), None, ""))
+            mask = case.extra.get(HEAD_MASK_COLUMN, "")
+            if mask:
+                inner = Path(mask).relative_to("masks") if mask.startswith("masks/") else Path(mask)
+                moved.extra[HEAD_MASK_COLUMN] = str(Path("masks") / prefix / inner)
+                masks.append((ds.root / mask, moved.extra[HEAD_MASK_COLUMN], moved.tv_image))
             cases.append(moved)
 
     with staged_directory(out) as staging:
-        for source, rel, case, plane in copies:
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if case is None:
-                shutil.copy2(source, target)
-                continue
-            factor = _copy_image(source, target, max_side)
-            if factor != 1.0:
-                spacing = case.spacing_mm(plane)
-                if spacing is not None:
-                    setattr(case, f"{plane}_pixel_spacing_mm", round(spacing * factor, 8))
+        _copy_files(staging, copies, masks, max_side)
         dataset = Dataset(staging, spec, cases)
         dataset.write_spec()
         dataset.write_cases()

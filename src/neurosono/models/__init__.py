@@ -26,3 +26,6 @@ def default_classifier(single_image: bool) -> Path:
     """The shipped stage-2 classifier for a dataset: the real single-image classifier for a
     dataset of one image per case, else the phantom HexaNet."""
     return REAL_CLASSIFIER if single_image else DEFAULT_HEXANET
+
+
+REAL_HEAD_MODEL = REAL_DIR / "head"  # the head biometry model (HC18 and phantom heads)

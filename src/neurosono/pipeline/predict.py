@@ -22,6 +22,7 @@ from neurosono.classify.inputs import DETECTION_CONF
 from neurosono.classify.regions import head_box_sizes, head_sizes, region_inputs, split_head
 from neurosono.core.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
 from neurosono.detect.predict import Detection, detect_planes
+from neurosono.measure.case import biometry_for
 from neurosono.pipeline.bundle import default_model_dir, load_torch_parts
 from neurosono.pipeline.stage2 import drop_one_model, probabilities
 
@@ -61,6 +62,8 @@ class Prediction:
     support: float | None = None
     min_support: float | None = None
     reason: str | None = None  # why the decision is "indeterminate"
+    # Head biometry, centiles and finding hints (measure/biometry.py); None without a head model.
+    biometry: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,11 +94,12 @@ class Pipeline:
     same pre- and post-processing as torch.
     """
 
-    def __init__(self, detector, stage2: Stage2, meta: dict, model_info: dict) -> None:
+    def __init__(self, detector, stage2: Stage2, meta: dict, model_info: dict, head_model=None) -> None:
         self.detector = detector
         self.stage2 = stage2
         self.meta = meta  # HexaNet's record: regions, planes, threshold, how its inputs are made
         self.model_info = model_info
+        self.head_model = head_model  # the biometry head model (None: no biometry)
 
     @classmethod
     def load(
@@ -104,6 +108,7 @@ class Pipeline:
         runtime: str = "torch",
         notify: Callable[[str], None] | None = None,
         threads: int | None = None,
+        biometry: bool = True,
     ) -> Pipeline:
         """A folder holding ``detector.pt`` and ``hexanet/classifier.pt`` (or ``classifier.pt``).
 
@@ -111,20 +116,24 @@ class Pipeline:
         the shipped models (``model_dir`` None) their export in the cache folder, written
         on first use (``notify``, default stderr, says so). ``threads``: onnxruntime's
         intra-op threads (default: every core); torch keeps ``torch.get_num_threads()``.
+        ``biometry``: also measure the head (the folder's ``head/head.pt``, else the shipped
+        head model), with centiles and finding hints.
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+        head = load_biometry_model(model_dir) if biometry else None
         if runtime == "onnx":
             from neurosono.pipeline.onnx_runtime import load_onnx_parts
 
             detector, stage2, meta, info = load_onnx_parts(model_dir, notify, threads)
-            return cls(detector, stage2, meta, info)
+            return cls(detector, stage2, meta, info, head)
         parts = load_torch_parts(Path(model_dir) if model_dir else default_model_dir())
         return cls(
             parts.detector,
             TorchStage2(parts.hexanet.model),
             parts.hexanet.meta,
             {**parts.info, "runtime": "torch"},
+            head,
         )
 
     def predict(
@@ -168,6 +177,10 @@ class Pipeline:
     ) -> Prediction:
         """Stage 2: region crops and scalars, HexaNet, drop-one attributions, the prediction."""
         regions, planes = self.meta["regions"], self.meta["planes"]
+        biometry = None
+        if self.head_model is not None:
+            found = biometry_for(self.head_model, images, ga_weeks, detections, list(self.detector.regions))
+            biometry = found.to_dict()
         spacing = {plane: im.spacing_mm for plane, im in images.items()}
         pixels = {p: im.pixels for p, im in images.items()}
         config = input_config(self.meta)
@@ -212,7 +225,19 @@ class Pipeline:
             support=round(support, 4),
             min_support=rule["min_support"] if rule else None,
             reason=reason,
+            biometry=biometry,
         )
+
+
+def load_biometry_model(model_dir: str | Path | None):
+    """The head model beside the models (``head/head.pt``), else the shipped one; None if neither."""
+    from neurosono.measure.headnet import load_head_model
+    from neurosono.models import REAL_HEAD_MODEL
+
+    for folder in ([Path(model_dir) / "head"] if model_dir else []) + [REAL_HEAD_MODEL]:
+        if (folder / "head.pt").is_file():
+            return load_head_model(folder)[0]
+    return None
 
 
 def region_results(

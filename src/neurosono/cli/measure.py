@@ -1,0 +1,249 @@
+"""``neurosono measure ...``: head biometry with centiles and finding hints; train and score it.
+
+``neurosono measure PATH...`` measures images, pair folders or datasets; ``measure eval``
+scores against a dataset's own measurements; ``measure train`` trains the head model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from typer.core import TyperGroup
+
+from neurosono.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_OUTPUT,
+    EXIT_PARTIAL,
+    BootSeed,
+    JsonOut,
+    NBoot,
+    Seed,
+    Split,
+    chosen_split,
+    err,
+    fail,
+    out,
+    write_json,
+)
+
+
+class _MeasureGroup(TyperGroup):
+    """``measure PATH...`` runs the hidden ``images`` command; ``measure eval|train`` as named."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["images", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_MeasureGroup,
+    help="Head biometry (HC, BPD, OFD, cephalic index) with centiles for age and finding hints.\n\n"
+    "neurosono measure PATH... measures images (as TV images), folders of NAME_tv/NAME_tc pairs, "
+    "cases.csv files or dataset folders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+HeadModelOpt = Annotated[
+    Path | None, typer.Option("--model", help="head model run [default: the shipped one]")
+]
+
+
+@app.command("images", hidden=True)
+def images(
+    paths: Annotated[list[Path], typer.Argument(help="images, pair folders, cases.csv files or datasets")],
+    ga_weeks: Annotated[
+        str | None, typer.Option(help="gestational age (21.4 or 21+3) for every case")
+    ] = None,
+    spacing_mm: Annotated[float | None, typer.Option(help="pixel spacing for images that carry none")] = None,
+    model: HeadModelOpt = None,
+    detector: Annotated[bool, typer.Option(help="run stage 1 for the CSP hint")] = True,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="write one row per case")] = None,
+    json_out: JsonOut = None,
+    overlay: Annotated[Path | None, typer.Option(help="folder for the TV images with callipers")] = None,
+) -> None:
+    """Measure the head on each case's TV image, with centiles, estimated age and hints."""
+    from neurosono.classify.gestation import parse_ga
+    from neurosono.core.checkpoints import ModelFileError
+    from neurosono.measure.case import Measurer
+
+    try:
+        ga = parse_ga(ga_weeks)
+        cases = _gather(paths)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    try:
+        measurer = Measurer.load(model, detector=detector)
+    except (ModelFileError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    rows, records, failures = _measure_all(measurer, cases, ga, spacing_mm, overlay)
+    _print_rows(rows)
+    try:
+        if csv_out is not None:
+            _write_csv(csv_out, rows)
+        write_json(json_out, {"cases": records, "failures": failures})
+    except OSError as exc:
+        raise fail(f"cannot write results ({exc})", EXIT_OUTPUT) from None
+    for line in failures:
+        err.print(f"  {line}")
+    if failures:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _gather(paths: list[Path]) -> list:
+    from neurosono.core.images import IMAGE_EXTENSIONS
+    from neurosono.pipeline.batch import BatchCase, cases_from
+
+    cases = []
+    for path in paths:
+        if path.is_file() and path.name == "cases.csv":
+            cases.extend(cases_from(path))
+        elif path.is_dir() and (path / "cases.csv").is_file():
+            cases.extend(cases_from(path / "cases.csv"))
+        elif path.is_dir():
+            pairs = cases_from(path)
+            singles = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+            cases.extend(pairs or [BatchCase(p.stem, p, None) for p in singles])
+        elif path.is_file():
+            cases.append(BatchCase(path.stem, path, None))
+        else:
+            raise ValueError(f"{path}: no such file or folder")
+    if not cases:
+        raise ValueError(f"{', '.join(map(str, paths))}: no images found")
+    return cases
+
+
+def _measure_all(measurer, cases, ga, spacing_mm, overlay):
+    from neurosono.core.atomic import atomic_write_bytes
+    from neurosono.core.images import read_image
+    from neurosono.core.progress import track
+    from neurosono.measure.overlay import draw_biometry
+
+    rows, records, failures = [], [], []
+    for case in track(cases, "measuring"):
+        try:
+            loaded = {}
+            for plane, path in (("tv", case.tv), ("tc", case.tc)):
+                if path is not None:
+                    loaded[plane] = read_image(path)
+                    given = (case.spacing_mm or {}).get(plane) or spacing_mm
+                    if loaded[plane].spacing_mm is None and given:
+                        loaded[plane].spacing_mm = float(given)
+            biometry = measurer.measure(loaded, case.ga_weeks if case.ga_weeks is not None else ga)
+        except ValueError as exc:
+            failures.append(f"{case.case_id}: {exc}")
+            continue
+        rows.append({"case_id": case.case_id, **biometry.flat()})
+        records.append({"case_id": case.case_id, **biometry.to_dict()})
+        if overlay is not None and "tv" in loaded:
+            import cv2
+
+            overlay.mkdir(parents=True, exist_ok=True)
+            _, png = cv2.imencode(".png", draw_biometry(loaded["tv"].pixels, biometry))
+            atomic_write_bytes(overlay / f"{case.case_id}_biometry.png", png.tobytes())
+    return rows, records, failures
+
+
+def _print_rows(rows: list[dict]) -> None:
+    table = Table(title="head biometry (HC/OFD outer border, BPD outer-inner)")
+    columns = ("case_id", "hc_mm", "hc_mm_centile", "bpd_mm", "ofd_mm", "cephalic_index", "ga_weeks", "hints")
+    for column in columns:
+        table.add_column(column)
+    for row in rows[:50]:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    out.print(table)
+    if len(rows) > 50:
+        out.print(f"... and {len(rows) - 50} more (see --csv)")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+    import io
+
+    from neurosono.core.atomic import atomic_write_text
+
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+    out.print(f"results: {path}")
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[Path, typer.Argument(help="dataset with measurement columns (hc_mm, bpd_mm, ...)")],
+    model: HeadModelOpt = None,
+    split: Split = "test",
+    json_out: JsonOut = None,
+    n_boot: NBoot = 1000,
+    seed: BootSeed = 0,
+) -> None:
+    """Score measured against true measurements: MAE, bias, limits of agreement, Dice; CIs by source group."""
+    from neurosono.core.checkpoints import ModelFileError
+    from neurosono.data.format import DatasetFormatError
+    from neurosono.evaluate.biometry import evaluate_biometry
+    from neurosono.measure.headnet import load_head_model
+    from neurosono.models import REAL_HEAD_MODEL
+
+    try:
+        head, _ = load_head_model(model or REAL_HEAD_MODEL)
+        result = evaluate_biometry(dataset, head, chosen_split(split), n_boot, seed)
+    except (ModelFileError, DatasetFormatError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    table = Table(title=f"{result['dataset']} ({result['split']}, {result['n_cases']} cases)")
+    for column in ("measurement", "MAE (95% CI)", "bias (95% CI)", "LoA 95%", "n", "measured"):
+        table.add_column(column)
+    for name, entry in result.items():
+        if isinstance(entry, dict) and "mae" in entry:
+            mae, bias = entry["mae"], entry["bias"]
+            table.add_row(
+                name,
+                f"{mae['value']:.2f} ({mae['ci95'][0]:.2f}-{mae['ci95'][1]:.2f})",
+                f"{bias['value']:+.2f} ({bias['ci95'][0]:+.2f} to {bias['ci95'][1]:+.2f})",
+                f"{entry['loa95'][0]:+.2f} to {entry['loa95'][1]:+.2f}",
+                str(entry["n"]),
+                entry["measured"]["count"],
+            )
+    out.print(table)
+    if "dice" in result:
+        d = result["dice"]
+        out.print(f"head Dice {d['value']:.4f} ({d['ci95'][0]:.4f}-{d['ci95'][1]:.4f}), n {d['n']}")
+    write_json(json_out, result)
+
+
+@app.command("train")
+def train(
+    datasets: Annotated[list[Path], typer.Argument(help="datasets with head masks or phantom head geometry")],
+    out_dir: Annotated[Path, typer.Option("--out", help="new run folder")],
+    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 30,
+    batch: Annotated[int, typer.Option(help="batch size")] = 16,
+    lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 2e-3,
+    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val HC")] = 8,
+    max_per_dataset: Annotated[int | None, typer.Option(help="cap each dataset's train images")] = None,
+    seed: Seed = 0,
+) -> None:
+    """Train the head model (skull outline segmentation, then an ellipse fit) on train, pick on val."""
+    from neurosono.core.atomic import OutputExistsError
+    from neurosono.data.format import DatasetFormatError
+    from neurosono.measure.train import HeadDataError, HeadTrainConfig, train_head_model
+
+    config = HeadTrainConfig(epochs, batch, lr, patience=patience, seed=seed, max_per_dataset=max_per_dataset)
+    try:
+        record = train_head_model(datasets, out_dir, config)
+    except OutputExistsError as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    except (HeadDataError, DatasetFormatError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    m = record["val_metrics"]
+    out.print(
+        f"head model in {out_dir}: best epoch {record['best_epoch']}, val HC MAE {m['hc_mae_mm']} mm, "
+        f"Dice {m['dice']} ({m['n']} images), {record['train_seconds']:.0f} s"
+    )

@@ -1,0 +1,63 @@
+"""Measuring a case: the head model on the TV image, stage 1's CSP box on either image.
+
+:class:`Measurer` loads the head model once (default: the shipped one) and, for the CSP
+hint, a region detector (default: the shipped one; ``None`` to skip it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from neurosono.core.images import LoadedImage
+from neurosono.detect.predict import Detection, detect_planes
+from neurosono.measure.biometry import Biometry, assemble
+from neurosono.measure.head import measure_head
+from neurosono.measure.headnet import load_head_model, predict_maps
+from neurosono.models import DEFAULT_DETECTOR, REAL_HEAD_MODEL
+
+CSP_REGION = "csp"
+CSP_MIN_CONFIDENCE = 0.25  # the confidence a region must reach to count as seen
+
+
+def csp_seen(detections: list[Detection], region_names: list[str]) -> tuple[bool | None, str]:
+    """Whether any image shows the CSP, by stage 1's boxes; (None, why) when it cannot say."""
+    if CSP_REGION not in region_names:
+        return None, "the detector has no CSP region"
+    csp = region_names.index(CSP_REGION)
+    return any(d.class_id == csp and d.confidence >= CSP_MIN_CONFIDENCE for d in detections), ""
+
+
+def biometry_for(
+    head_model, images: dict[str, LoadedImage], ga_weeks: float | None, detections, region_names
+) -> Biometry:
+    """The case's biometry from the head model on its TV image and the given stage-1 output."""
+    seen, why = (None, "no detector run") if detections is None else csp_seen(detections, region_names)
+    head = None
+    if "tv" in images:
+        maps = predict_maps(head_model, [images["tv"].pixels])[0]
+        head = measure_head(maps, images["tv"].spacing_mm)
+    return assemble(head, ga_weeks, seen, why)
+
+
+class Measurer:
+    def __init__(self, head_model, meta: dict, detector=None) -> None:
+        self.head_model, self.meta, self.detector = head_model, meta, detector
+
+    @classmethod
+    def load(cls, head: str | Path | None = None, detector: str | Path | bool | None = True) -> Measurer:
+        """``head``: a head model file or run folder (None: the shipped one). ``detector``: a
+        detector file, True for the shipped one, False for none (no CSP hint)."""
+        model, meta = load_head_model(head or REAL_HEAD_MODEL)
+        found = None
+        if detector is not False:
+            from neurosono.detect.model import load_detector
+
+            found = load_detector(DEFAULT_DETECTOR if detector is True else detector)
+        return cls(model, meta, found)
+
+    def measure(self, images: dict[str, LoadedImage], ga_weeks: float | None = None) -> Biometry:
+        detections = None
+        if self.detector is not None:
+            detections = detect_planes(self.detector, images, conf=CSP_MIN_CONFIDENCE)
+        names = list(self.detector.regions) if self.detector is not None else []
+        return biometry_for(self.head_model, images, ga_weeks, detections, names)

@@ -1,0 +1,108 @@
+"""Head biometry from the head model's maps: HC, BPD, OFD and the cephalic index.
+
+Calliper convention (the INTERGROWTH-21st and ISUOG one, used everywhere in neurosono):
+HC is the perimeter of the ellipse round the outer border of the skull, OFD its long
+axis (outer to outer), and BPD runs from the outer border of the near parietal bone to the
+inner border of the far one (outer to inner): half the outer ellipse's short axis plus
+half the inner one's. The cephalic index is BPD / OFD.
+
+A value is never guessed: with no outline, no pixel spacing, or an outline that is not
+an ellipse, it is absent and the reason is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from neurosono.measure.ellipse import Ellipse, dice, fit_mask_ellipse
+
+HEAD_MEASUREMENTS = ("hc_mm", "bpd_mm", "ofd_mm", "cephalic_index")
+MIN_FIT_DICE = 0.90  # the outline must agree this well with its own ellipse
+MIN_HEAD_FRACTION = 0.005  # of the image's area; smaller is not a head
+
+
+@dataclass
+class HeadMeasurement:
+    outer: Ellipse | None
+    inner: Ellipse | None
+    spacing_mm: float | None
+    values: dict[str, float] = field(default_factory=dict)
+    absent: dict[str, str] = field(default_factory=dict)  # measurement -> why it is absent
+    fit_dice: float | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "values": dict(self.values),
+            "absent": dict(self.absent),
+            "spacing_mm": self.spacing_mm,
+            "head_ellipse": self.outer.to_dict(self.spacing_mm) if self.outer else None,
+            "brain_ellipse": self.inner.to_dict(self.spacing_mm) if self.inner else None,
+            "fit_dice": None if self.fit_dice is None else round(self.fit_dice, 4),
+        }
+
+    def callipers(self) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+        """Calliper ends (pixels) of the diameters measured: OFD on the outer ellipse's long axis,
+        BPD from the near outer border to the far inner border along the short axis."""
+        out = {}
+        if self.outer is not None:
+            out["ofd_mm"] = self.outer.axis_ends("major")
+            if self.inner is not None:
+                near, _ = self.outer.axis_ends("minor")
+                _, far = self.inner.axis_ends("minor")
+                out["bpd_mm"] = (near, far)
+        return out
+
+
+def _largest_part(mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return mask.astype(bool)
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def measure_head(maps: np.ndarray, spacing_mm: float | None) -> HeadMeasurement:
+    """Measurements from probability maps [2, H, W] (head, brain) at the image's own size."""
+    head = _largest_part(maps[0] > 0.5)
+    result = HeadMeasurement(None, None, spacing_mm)
+    if head.sum() < MIN_HEAD_FRACTION * head.size:
+        result.absent = {m: "no head outline found" for m in HEAD_MEASUREMENTS}
+        return result
+    outer = fit_mask_ellipse(head)
+    if outer is None:
+        result.absent = {m: "no head outline found" for m in HEAD_MEASUREMENTS}
+        return result
+    result.fit_dice = dice(head, outer.mask(head.shape))
+    if result.fit_dice < MIN_FIT_DICE:
+        reason = f"head outline is not an ellipse (fit Dice {result.fit_dice:.2f} < {MIN_FIT_DICE})"
+        result.absent = {m: reason for m in HEAD_MEASUREMENTS}
+        return result
+    result.outer = outer
+    brain = _largest_part((maps[1] > 0.5) & head)
+    result.inner = fit_mask_ellipse(brain) if brain.sum() >= MIN_HEAD_FRACTION * brain.size else None
+    if result.inner is not None and result.inner.minor >= outer.minor:
+        result.inner = None
+    _fill_values(result)
+    return result
+
+
+def _fill_values(result: HeadMeasurement) -> None:
+    outer, inner, spacing = result.outer, result.inner, result.spacing_mm
+    bpd_px = None if inner is None else (outer.minor + inner.minor) / 2
+    if bpd_px is not None:
+        result.values["cephalic_index"] = round(bpd_px / outer.major, 4)
+    else:
+        result.absent["cephalic_index"] = "no inner border of the skull found (needed for the BPD)"
+    if spacing is None or not spacing > 0:
+        for name in ("hc_mm", "bpd_mm", "ofd_mm"):
+            result.absent[name] = "no pixel spacing (give it, or use a DICOM with PixelSpacing)"
+        return
+    result.values["hc_mm"] = round(outer.perimeter * spacing, 2)
+    result.values["ofd_mm"] = round(outer.major * spacing, 2)
+    if bpd_px is not None:
+        result.values["bpd_mm"] = round(bpd_px * spacing, 2)
+    else:
+        result.absent["bpd_mm"] = "no inner border of the skull found"

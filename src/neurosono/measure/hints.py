@@ -1,0 +1,132 @@
+"""Finding hints: one rule per finding, each with the measurement and threshold behind it.
+
+The rules are ISUOG's (basic CNS examination, Ultrasound Obstet Gynecol 2020) and the
+standards' (``standards.py``). A hint stands beside HexaNet's P(abnormal); it never replaces
+it. A rule whose measurement is absent gives no hint: ``present`` is None, with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from neurosono.measure.standards import (
+    ATRIUM_LIMITS_MM,
+    CISTERNA_MAGNA_LIMITS_MM,
+    HC_CENTILE_LIMITS,
+    STANDARDS,
+    TCD_LOW_CENTILE,
+)
+
+
+@dataclass
+class Hint:
+    finding: str
+    present: bool | None
+    measurement: str
+    value: float | None
+    rule: str
+    reason: str = ""  # why the rule could not be applied (present is None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _absent(finding: str, measurement: str, rule: str, reason: str) -> Hint:
+    return Hint(finding, None, measurement, None, rule, reason)
+
+
+def ventriculomegaly(values: dict, absent: dict) -> Hint:
+    rule = "atrium (Vp) >= 10 mm: mild 10-12, moderate 12-15, severe > 15 mm"
+    vp = values.get("atrium_mm")
+    if vp is None:
+        return _absent("ventriculomegaly", "atrium_mm", rule, absent.get("atrium_mm", "not measured"))
+    grade = (
+        "severe"
+        if vp > ATRIUM_LIMITS_MM["severe"]
+        else "moderate"
+        if vp >= ATRIUM_LIMITS_MM["moderate"]
+        else "mild"
+        if vp >= ATRIUM_LIMITS_MM["mild"]
+        else ""
+    )
+    return Hint(
+        f"ventriculomegaly_{grade}" if grade else "ventriculomegaly", bool(grade), "atrium_mm", vp, rule
+    )
+
+
+def cisterna_magna(values: dict, absent: dict) -> list[Hint]:
+    low, high = CISTERNA_MAGNA_LIMITS_MM
+    cm = values.get("cisterna_magna_mm")
+    rules = (
+        ("cisterna_magna_enlarged", f"cisterna magna > {high:g} mm"),
+        ("cisterna_magna_small", f"cisterna magna < {low:g} mm"),
+    )
+    if cm is None:
+        reason = absent.get("cisterna_magna_mm", "not measured")
+        return [_absent(f, "cisterna_magna_mm", r, reason) for f, r in rules]
+    return [
+        Hint(rules[0][0], cm > high, "cisterna_magna_mm", cm, rules[0][1]),
+        Hint(rules[1][0], cm < low, "cisterna_magna_mm", cm, rules[1][1]),
+    ]
+
+
+def small_tcd(values: dict, absent: dict, ga_weeks: float | None) -> Hint:
+    rule = f"TCD below the {TCD_LOW_CENTILE:g}th centile for age ({STANDARDS['tcd_mm'].citation})"
+    tcd = values.get("tcd_mm")
+    if tcd is None:
+        return _absent("tcd_small", "tcd_mm", rule, absent.get("tcd_mm", "not measured"))
+    if ga_weeks is None:
+        return _absent("tcd_small", "tcd_mm", rule, "no gestational age")
+    centile = STANDARDS["tcd_mm"].centile(tcd, ga_weeks)
+    if centile is None:
+        return _absent("tcd_small", "tcd_mm", rule, f"{ga_weeks:.1f} weeks is outside the standard's ages")
+    return Hint("tcd_small", centile < TCD_LOW_CENTILE, "tcd_mm", tcd, rule)
+
+
+def csp_not_seen(csp_seen: bool | None, reason: str = "") -> Hint:
+    rule = "no cavum septi pellucidi found on the TV or TC image (expected from 18 weeks)"
+    if csp_seen is None:
+        return _absent("csp_not_seen", "csp_seen", rule, reason or "no detector output")
+    return Hint("csp_not_seen", not csp_seen, "csp_seen", float(csp_seen), rule)
+
+
+def hc_centile(values: dict, absent: dict, ga_weeks: float | None, ga_estimated: bool) -> list[Hint]:
+    low, high = HC_CENTILE_LIMITS
+    rules = (
+        ("hc_small", f"HC below the {low:g}rd centile ({STANDARDS['hc_mm'].citation})"),
+        ("hc_large", f"HC above the {high:g}th centile ({STANDARDS['hc_mm'].citation})"),
+    )
+    hc = values.get("hc_mm")
+    reason = ""
+    if hc is None:
+        reason = absent.get("hc_mm", "not measured")
+    elif ga_weeks is None:
+        reason = "no gestational age"
+    elif ga_estimated:
+        reason = "the age was estimated from this HC, so its centile says nothing"
+    centile = None if reason else STANDARDS["hc_mm"].centile(hc, ga_weeks)
+    if not reason and centile is None:
+        reason = f"{ga_weeks:.1f} weeks is outside the standard's ages"
+    if reason:
+        return [_absent(f, "hc_mm", r, reason) for f, r in rules]
+    return [
+        Hint(rules[0][0], centile < low, "hc_mm", hc, rules[0][1]),
+        Hint(rules[1][0], centile > high, "hc_mm", hc, rules[1][1]),
+    ]
+
+
+def all_hints(
+    values: dict,
+    absent: dict,
+    ga_weeks: float | None,
+    ga_estimated: bool,
+    csp_seen: bool | None,
+    csp_reason: str = "",
+) -> list[Hint]:
+    return [
+        ventriculomegaly(values, absent),
+        *cisterna_magna(values, absent),
+        small_tcd(values, absent, ga_weeks),
+        csp_not_seen(csp_seen, csp_reason),
+        *hc_centile(values, absent, ga_weeks, ga_estimated),
+    ]

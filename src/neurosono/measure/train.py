@@ -1,0 +1,241 @@
+"""Training the head model on datasets that know their heads (HC18 masks, phantom geometry).
+
+Each dataset's ``train`` split trains, its ``val`` split picks the epoch: the one with the
+lowest HC mean absolute error on val, measured by the whole measurement path (maps back
+at the image's size, ellipse fit, mm). Splits follow the dataset's source groups (HC18's
+``NNN_HC``, ``NNN_2HC``... are one subject), so val never shares a head with train.
+The brain map learns only from images whose inner skull border is known (phantoms).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from neurosono.core.atomic import atomic_write_text, staged_directory
+from neurosono.core.progress import note, track
+from neurosono.core.provenance import package_versions
+from neurosono.data.format import HEAD_MASK_COLUMN, Dataset
+from neurosono.measure.head import measure_head
+from neurosono.measure.headnet import HeadUNet, Letterbox, predict_maps, save_head_model, standardise
+from neurosono.measure.truth import HeadTruth, has_head_truth, head_truth
+
+RECORD_NAME = "head.json"
+WEIGHTS_NAME = "head.pt"
+
+
+@dataclass
+class HeadTrainConfig:
+    epochs: int = 30
+    batch: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 8
+    seed: int = 0
+    bf16: bool | None = None  # None: where the CPU computes bf16 natively
+    max_per_dataset: int | None = None  # cap each dataset's train images (None: all)
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # letterboxed uint8 [192, 256]
+    target: np.ndarray  # float32 [2, 192, 256]
+    has_brain: bool
+    truth: HeadTruth | None  # full-size truth, kept for validation only
+    group: str
+
+
+class HeadDataError(ValueError):
+    """A dataset gives no head to train or measure on; the message names it."""
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _sample(truth: HeadTruth, group: str, keep_truth: bool) -> Sample:
+    box = Letterbox.for_size(truth.image.shape[1], truth.image.shape[0])
+    maps = [truth.head, truth.brain if truth.brain is not None else np.zeros_like(truth.head)]
+    target = np.stack([box.put(m.astype(np.float32)) for m in maps])
+    return Sample(box.put(truth.image), target, truth.brain is not None, truth if keep_truth else None, group)
+
+
+def load_samples(
+    datasets: list[Dataset], split: str, keep_truth: bool, limit: int | None = None, progress: bool = True
+) -> list[Sample]:
+    samples = []
+    for dataset in datasets:
+        cases = [c for c in dataset.split(split) if has_head_truth(c)][:limit]
+        for case in track(cases, f"loading {dataset.spec.name} {split}", enabled=progress):
+            truth = head_truth(dataset, case)
+            if truth is not None:
+                samples.append(_sample(truth, f"{dataset.spec.name}/{case.group}", keep_truth))
+    return samples
+
+
+def augment(sample: Sample, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random rotation, scale, shift and flip (image and maps together), then grey-level changes."""
+    angle = rng.uniform(-30, 30)
+    scale = math.exp(rng.uniform(-0.25, 0.2))
+    shift = rng.uniform(-0.08, 0.08, 2) * (256, 192)
+    matrix = cv2.getRotationMatrix2D((128 + shift[0], 96 + shift[1]), angle, scale)
+    matrix[:, 2] -= shift
+    stack = np.concatenate([sample.image[None].astype(np.float32), sample.target])
+    warped = np.stack([cv2.warpAffine(ch, matrix, (256, 192), flags=cv2.INTER_LINEAR) for ch in stack])
+    if rng.random() < 0.5:
+        warped = warped[:, :, ::-1]
+    if rng.random() < 0.3:
+        warped = warped[:, ::-1, :]
+    image = warped[0] / 255.0
+    image = np.clip(image, 0, 1) ** math.exp(rng.uniform(-0.4, 0.4))
+    image = image * rng.uniform(0.7, 1.3) + rng.uniform(-0.08, 0.08)
+    if rng.random() < 0.4:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.2))
+    image = image + rng.normal(0, rng.uniform(0, 0.05), image.shape)
+    canvas = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    return standardise(canvas), np.ascontiguousarray(warped[1:])
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """BCE plus soft Dice per map; ``weight`` [B, 2] switches off maps a sample has no truth for."""
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((2, 3))
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum((2, 3))
+    soft_dice = 1 - (2 * inter + 1) / (prob.sum((2, 3)) + target.sum((2, 3)) + 1)
+    per_map = (bce + soft_dice) * weight
+    return per_map.sum() / weight.sum().clamp(min=1)
+
+
+def validate(model: HeadUNet, samples: list[Sample]) -> dict:
+    """HC error (mm) and head Dice of the full measurement path on validation samples."""
+    errors, dices = [], []
+    maps = predict_maps(model, [s.truth.image for s in samples])
+    for sample, m in zip(samples, maps, strict=True):
+        truth = sample.truth
+        measured = measure_head(m, truth.spacing_mm)
+        predicted = measured.outer.mask(truth.head.shape) if measured.outer else np.zeros_like(truth.head)
+        dices.append(2 * (predicted & truth.head).sum() / max(1, predicted.sum() + truth.head.sum()))
+        if "hc_mm" in truth.values:
+            hc = measured.values.get("hc_mm")
+            errors.append(abs(hc - truth.values["hc_mm"]) if hc is not None else truth.values["hc_mm"])
+    return {
+        "hc_mae_mm": round(float(np.mean(errors)), 3) if errors else None,
+        "dice": round(float(np.mean(dices)), 4) if dices else None,
+        "n": len(samples),
+    }
+
+
+def _epoch(model, optimiser, scheduler, samples, config, rng, bf16) -> float:
+    model.train()
+    order = rng.permutation(len(samples))
+    losses = []
+    for start in range(0, len(order) - config.batch + 1, config.batch):
+        batch = [samples[i] for i in order[start : start + config.batch]]
+        pairs = [augment(s, rng) for s in batch]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
+        y = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        weight = torch.tensor([[1.0, float(s.has_brain)] for s in batch])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = _loss(logits.float(), y, weight)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def data_hash(datasets: list[Dataset], splits: tuple[str, ...]) -> str:
+    """SHA-256 over each dataset's images and head masks in ``splits`` (with the case columns
+    the phantom geometry is read from)."""
+    digest = hashlib.sha256()
+    for dataset in datasets:
+        for case in sorted(dataset.cases, key=lambda c: c.case_id):
+            if case.split not in splits or not has_head_truth(case):
+                continue
+            digest.update(dataset.image_path(case.tv_image).read_bytes())
+            mask = case.extra.get(HEAD_MASK_COLUMN)
+            digest.update((dataset.root / mask).read_bytes() if mask else json.dumps(case.extra).encode())
+    return digest.hexdigest()
+
+
+def train_head_model(
+    dataset_paths: list[str | Path], out: str | Path, config: HeadTrainConfig, progress: bool = True
+) -> dict:
+    """Train the head model; writes ``out``/head.pt and head.json. Returns the record."""
+    datasets = [Dataset.load(p) for p in dataset_paths]
+    train = load_samples(datasets, "train", False, config.max_per_dataset, progress)
+    val = load_samples(datasets, "val", True, None, progress)
+    if not train or not val:
+        names = ", ".join(str(d.root) for d in datasets)
+        raise HeadDataError(
+            f"{names}: no train and val cases with a head mask or phantom head geometry "
+            "(split the dataset first: neurosono data split)"
+        )
+    bf16 = cpu_has_bf16() if config.bf16 is None else config.bf16
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = HeadUNet()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = max(1, len(train) // config.batch) * config.epochs
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=steps, pct_start=0.15)
+    history, best, best_state, stale, started = [], math.inf, None, 0, time.time()
+    for epoch in range(1, config.epochs + 1):
+        loss = _epoch(model, optimiser, scheduler, train, config, rng, bf16)
+        metrics = validate(model, val)
+        score = metrics["hc_mae_mm"] if metrics["hc_mae_mm"] is not None else 1 - metrics["dice"]
+        history.append({"epoch": epoch, "loss": round(loss, 4), **metrics})
+        if score < best:
+            best, best_state, stale = score, {k: v.clone() for k, v in model.state_dict().items()}, 0
+        else:
+            stale += 1
+        note(
+            f"training head model: epoch {epoch}/{config.epochs} loss {loss:.4f} "
+            f"val HC MAE {metrics['hc_mae_mm']} mm Dice {metrics['dice']}",
+            progress,
+        )
+        if stale >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    best_epoch = min(history, key=lambda h: h["hc_mae_mm"] if h["hc_mae_mm"] is not None else 1 - h["dice"])
+    record = {
+        "kind": "neurosono head model run",
+        "maps": ["head (outer skull border)", "brain (inner skull border)"],
+        "calliper_convention": "HC and OFD on the outer skull border; BPD outer to inner",
+        "config": {**asdict(config), "bf16": bf16},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "best_epoch": best_epoch["epoch"],
+        "val_metrics": {k: best_epoch[k] for k in ("hc_mae_mm", "dice", "n")},
+        "history": history,
+        "train_seconds": round(time.time() - started, 1),
+        "datasets": [
+            {
+                "name": d.spec.name,
+                "source": d.spec.source,
+                "licence": d.spec.licence,
+                "n_train": sum(s.group.startswith(d.spec.name + "/") for s in train),
+                "n_val": sum(s.group.startswith(d.spec.name + "/") for s in val),
+            }
+            for d in datasets
+        ],
+        "sha256_train_val": data_hash(datasets, ("train", "val")),
+        "versions": package_versions(),
+    }
+    with staged_directory(out) as staging:
+        save_head_model(staging / WEIGHTS_NAME, model, {"record": json.dumps(record)})
+        atomic_write_text(staging / RECORD_NAME, json.dumps(record, indent=2) + "\n")
+    return record

@@ -1,0 +1,218 @@
+"""Head biometry: the ellipse path, absent values with reasons, ages, hints, the head model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from neurosono.cli import app
+from neurosono.core.images import read_grey
+from neurosono.data.format import HEAD_MASK_COLUMN, Dataset
+from neurosono.data.importers import import_hc18
+from neurosono.measure.biometry import NOT_MEASURED, assemble
+from neurosono.measure.ellipse import Ellipse, fit_mask_ellipse
+from neurosono.measure.head import measure_head
+from neurosono.measure.hints import all_hints
+from neurosono.measure.standards import STANDARDS
+from neurosono.measure.truth import head_truth, phantom_ellipses
+
+SAMPLE = Path(__file__).parent / "data" / "real_sample"
+runner = CliRunner()
+
+
+def maps_for(outer: Ellipse, inner: Ellipse | None, shape=(373, 512)) -> np.ndarray:
+    """Probability maps as the head model gives them: soft edges, values in 0..1."""
+    import cv2
+
+    maps = [outer.mask(shape), inner.mask(shape) if inner else np.zeros(shape, bool)]
+    return np.stack([cv2.GaussianBlur(m.astype(np.float32), (0, 0), 1.5) for m in maps])
+
+
+def test_a_known_ellipse_measures_to_its_size_in_mm():
+    spacing = 0.2  # mm per pixel
+    # A 20-week head: OFD 62 mm, outer short axis 50 mm, a 2 mm skull.
+    outer = Ellipse(250.0, 190.0, 62 / spacing, 50 / spacing, 17.0)
+    inner = Ellipse(250.0, 190.0, 58 / spacing, 46 / spacing, 17.0)
+    measured = measure_head(maps_for(outer, inner), spacing)
+    assert measured.values["ofd_mm"] == pytest.approx(62.0, abs=0.3)
+    assert measured.values["bpd_mm"] == pytest.approx(48.0, abs=0.3)  # outer-inner: (50 + 46) / 2
+    assert measured.values["hc_mm"] == pytest.approx(outer.perimeter * spacing, rel=0.005)
+    assert measured.values["cephalic_index"] == pytest.approx(48 / 62, abs=0.01)
+    assert measured.absent == {}
+    ofd_ends = measured.callipers()["ofd_mm"]
+    assert np.hypot(*np.subtract(*ofd_ends)) * spacing == pytest.approx(62.0, abs=0.3)
+
+
+def test_no_spacing_gives_no_sizes_and_says_why():
+    outer = Ellipse(250.0, 190.0, 300.0, 240.0, 0.0)
+    measured = measure_head(maps_for(outer, Ellipse(250.0, 190.0, 280.0, 220.0, 0.0)), None)
+    for name in ("hc_mm", "bpd_mm", "ofd_mm"):
+        assert name not in measured.values
+        assert "pixel spacing" in measured.absent[name]
+    assert measured.values["cephalic_index"] == pytest.approx(230 / 300, abs=0.01)  # a ratio needs no mm
+
+
+def test_no_head_and_a_shapeless_outline_are_absent():
+    empty = measure_head(np.zeros((2, 100, 120), np.float32), 0.2)
+    assert empty.values == {} and set(empty.absent.values()) == {"no head outline found"}
+    blob = np.zeros((2, 200, 200), np.float32)
+    blob[0, 20:180, 20:60] = 1
+    blob[0, 20:60, 20:180] = 1  # an L, not an ellipse
+    assert "not an ellipse" in measure_head(blob, 0.2).absent["hc_mm"]
+
+
+def test_without_an_age_the_age_is_estimated_from_the_hc_and_marked():
+    spacing = 0.2
+    hc_20w = STANDARDS["hc_mm"].value_at(50, 20.0)
+    b = 0.8  # short/long axis ratio; find the long axis giving that perimeter
+    from scipy.optimize import brentq
+
+    from neurosono.measure.ellipse import perimeter
+
+    d1 = brentq(lambda d: perimeter(d, b * d) - hc_20w / spacing, 10, 5000)
+    outer = Ellipse(256.0, 190.0, d1, b * d1, 0.0)
+    head = measure_head(maps_for(outer, Ellipse(256.0, 190.0, d1 - 20, b * d1 - 20, 0.0)), spacing)
+    biometry = assemble(head, None, csp_seen=True)
+    assert biometry.ga_weeks == pytest.approx(20.0, abs=0.3)
+    assert "estimated" in biometry.ga_source
+    assert "hc_mm" not in biometry.centiles  # its centile would only restate the estimate
+    assert "bpd_mm" in biometry.centiles
+    hc_hints = [h for h in biometry.hints if h.measurement == "hc_mm"]
+    assert all(h.present is None and "estimated" in h.reason for h in hc_hints)
+    given = assemble(head, 20.0, csp_seen=True)
+    assert given.ga_source == "given" and given.centiles["hc_mm"]["centile"] == pytest.approx(50, abs=8)
+
+
+def test_a_missing_structure_gives_no_number_and_no_hint():
+    biometry = assemble(None, 21.0, csp_seen=None, csp_reason="no detector run")
+    assert "atrium_mm" not in biometry.values and biometry.absent["atrium_mm"] == NOT_MEASURED
+    assert biometry.absent["hc_mm"] == "no TV image"
+    by_finding = {h.finding: h for h in biometry.hints}
+    assert by_finding["ventriculomegaly"].present is None
+    assert (
+        by_finding["csp_not_seen"].present is None and by_finding["csp_not_seen"].reason == "no detector run"
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "ga", "found"),
+    [
+        ({"atrium_mm": 9.9}, 21, set()),
+        ({"atrium_mm": 10.5}, 21, {"ventriculomegaly_mild"}),
+        ({"atrium_mm": 13.0}, 21, {"ventriculomegaly_moderate"}),
+        ({"atrium_mm": 16.0}, 21, {"ventriculomegaly_severe"}),
+        ({"cisterna_magna_mm": 11.0}, 21, {"cisterna_magna_enlarged"}),
+        ({"cisterna_magna_mm": 1.5}, 21, {"cisterna_magna_small"}),
+        ({"tcd_mm": 18.0}, 21, {"tcd_small"}),  # 5th centile at 21 weeks is about 20.3 mm
+        ({"tcd_mm": 21.5}, 21, set()),
+        ({"hc_mm": 160.0}, 21, {"hc_small"}),
+        ({"hc_mm": 200.0}, 21, {"hc_large"}),
+    ],
+)
+def test_each_hint_fires_on_its_rule(values, ga, found):
+    hints = all_hints(values, {}, ga, False, csp_seen=True)
+    assert {h.finding for h in hints if h.present} == found
+
+
+def test_csp_hint_follows_the_detector():
+    assert [
+        h.present for h in all_hints({}, {}, 21, False, csp_seen=False) if h.finding == "csp_not_seen"
+    ] == [True]
+
+
+def test_hc18_sonographer_ellipses_fit_to_their_printed_hc(tmp_path):
+    dataset = import_hc18(SAMPLE / "hc18", tmp_path / "hc18")
+    for case in dataset.cases:
+        mask = read_grey(dataset.root / case.extra[HEAD_MASK_COLUMN]) > 127
+        ellipse = fit_mask_ellipse(mask)
+        assert ellipse.perimeter * case.pixel_spacing_mm == pytest.approx(
+            float(case.extra["hc_mm"]), rel=0.01
+        )
+
+
+def test_phantom_geometry_gives_the_true_outline(tiny_cohort):
+    dataset = Dataset.load(tiny_cohort)
+    for case in dataset.cases[:4]:
+        outer, inner = phantom_ellipses(case)
+        spacing = case.spacing_mm("tv")
+        assert outer.perimeter * spacing == pytest.approx(float(case.extra["hc_mm"]), abs=0.1)
+        assert (outer.minor + inner.minor) / 2 * spacing == pytest.approx(
+            float(case.extra["bpd_mm"]), abs=0.01
+        )
+        truth = head_truth(dataset, case)
+        assert truth.head.shape == truth.image.shape and truth.brain.sum() < truth.head.sum()
+
+
+def test_measure_cli_refuses_a_missing_path(tmp_path):
+    result = runner.invoke(app, ["measure", str(tmp_path / "nothing.png"), "--no-detector"])
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+@pytest.fixture(scope="session")
+def head_run(tmp_path_factory, tiny_cohort):
+    """A head model trained on the tiny phantom cohort plus the HC18 sample for a few epochs."""
+    root = tmp_path_factory.mktemp("head")
+    import_hc18(SAMPLE / "hc18", root / "hc18")
+    runner.invoke(app, ["data", "split", str(root / "hc18"), "--scheme", "holdout", "--seed", "0"])
+    run = root / "run"
+    result = runner.invoke(
+        app, ["measure", "train", str(tiny_cohort), str(root / "hc18"), "--out", str(run), "--epochs", "6", "--batch", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_head_model_trains_and_is_scored(head_run, tiny_cohort, tmp_path):
+    record = json.loads((head_run / "head.json").read_text())
+    first, best = record["history"][0], record["val_metrics"]
+    assert best["dice"] > first["dice"] - 1e-9 and best["dice"] > 0.5  # it learnt the head's place
+    out = tmp_path / "eval.json"
+    result = runner.invoke(
+        app,
+        [
+            "measure",
+            "eval",
+            str(tiny_cohort),
+            "--model",
+            str(head_run),
+            "--split",
+            "all",
+            "--json",
+            str(out),
+            "--n-boot",
+            "50",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    scored = json.loads(out.read_text())
+    assert {"mae", "bias", "loa95", "n", "measured"} <= set(scored["hc_mm"])
+    assert scored["dice"]["value"] > 0.5 and scored["dice"]["n"] == 12
+
+
+def test_measure_cli_writes_csv_json_and_overlays(head_run, tiny_cohort, tmp_path):
+    csv_out, json_out, overlay = tmp_path / "m.csv", tmp_path / "m.json", tmp_path / "ov"
+    result = runner.invoke(
+        app,
+        [
+            "measure",
+            str(tiny_cohort),
+            "--model",
+            str(head_run),
+            "--no-detector",
+            "--csv",
+            str(csv_out),
+            "--json",
+            str(json_out),
+            "--overlay",
+            str(overlay),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    records = json.loads(json_out.read_text())["cases"]
+    assert len(records) == 12 and all(r["ga_source"] == "given" for r in records)  # the cohort's ages
+    assert csv_out.read_text().splitlines()[0].startswith("case_id,hc_mm")
+    assert len(list(overlay.glob("*_biometry.png"))) == 12
