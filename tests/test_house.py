@@ -10,7 +10,19 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "neurosono"
 # Data flows one way: each room may import the rooms before it (and core, models), never after.
-ORDER = ("core", "models", "data", "phantom", "detect", "classify", "measure", "evaluate", "pipeline", "serve", "cli")
+ORDER = (
+    "core",
+    "models",
+    "data",
+    "phantom",
+    "detect",
+    "classify",
+    "measure",
+    "evaluate",
+    "pipeline",
+    "serve",
+    "cli",
+)
 FOUNDATIONS = {"core", "models"}
 MAX_CLI_LINES = 300
 MAX_FUNCTION_LINES = 80

@@ -160,7 +160,19 @@ def head_run(tmp_path_factory, tiny_cohort):
     runner.invoke(app, ["data", "split", str(root / "hc18"), "--scheme", "holdout", "--seed", "0"])
     run = root / "run"
     result = runner.invoke(
-        app, ["measure", "train", str(tiny_cohort), str(root / "hc18"), "--out", str(run), "--epochs", "6", "--batch", "4"]
+        app,
+        [
+            "measure",
+            "train",
+            str(tiny_cohort),
+            str(root / "hc18"),
+            "--out",
+            str(run),
+            "--epochs",
+            "6",
+            "--batch",
+            "4",
+        ],
     )
     assert result.exit_code == 0, result.output
     return run
@@ -216,3 +228,60 @@ def test_measure_cli_writes_csv_json_and_overlays(head_run, tiny_cohort, tmp_pat
     assert len(records) == 12 and all(r["ga_source"] == "given" for r in records)  # the cohort's ages
     assert csv_out.read_text().splitlines()[0].startswith("case_id,hc_mm")
     assert len(list(overlay.glob("*_biometry.png"))) == 12
+
+
+@pytest.mark.parametrize("zoomed", [False, True])
+def test_frames_map_back_to_the_image_pixels(zoomed):
+    from neurosono.measure.headnet import Frame
+
+    shape = (540, 800)
+    ellipse = Ellipse(430.0, 250.0, 420.0, 330.0, 35.0)
+    frame = Frame.zoom(ellipse, 1.3, shape) if zoomed else Frame.whole(shape)
+    seen = frame.put(ellipse.mask(shape).astype(np.float32))
+    back = frame.take(seen[None], shape)[0] > 0.5
+    fitted = fit_mask_ellipse(back)
+    assert fitted.perimeter == pytest.approx(ellipse.perimeter, rel=0.004)
+    assert (fitted.cx, fitted.cy) == pytest.approx((ellipse.cx, ellipse.cy), abs=1.5)
+
+
+def test_the_biometry_sr_round_trips(tmp_path):
+    import pydicom
+
+    from neurosono.measure.sr import ReportError, write_report
+    from test_images import _dicom
+
+    source = _dicom(tmp_path / "tv.dcm", np.zeros((373, 512), np.uint8))
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.save_as(source)
+    outer, inner = Ellipse(250, 190, 310, 250, 10), Ellipse(250, 190, 290, 230, 10)
+    biometry = assemble(measure_head(maps_for(outer, inner), 0.2), 21.0, csp_seen=True)
+    out = write_report(biometry.values, source, tmp_path / "sr.dcm")
+    sr = pydicom.dcmread(out)
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == ds.StudyInstanceUID
+
+    found, references = {}, []
+
+    def walk(items):
+        for item in items:
+            if item.ValueType == "NUM":
+                code = item.ConceptNameCodeSequence[0]
+                found[(code.CodingSchemeDesignator, code.CodeValue)] = float(
+                    item.MeasuredValueSequence[0].NumericValue
+                )
+            if item.ValueType == "IMAGE":
+                references.append(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    assert found[("LN", "11984-2")] == pytest.approx(biometry.values["hc_mm"], abs=0.01)  # HC
+    assert found[("LN", "11820-8")] == pytest.approx(biometry.values["bpd_mm"], abs=0.01)  # BPD
+    assert found[("LN", "11851-3")] == pytest.approx(biometry.values["ofd_mm"], abs=0.01)  # OFD
+    assert ("LN", "11863-8") not in found  # the TCD was not measured: not in the report
+    assert references == [ds.SOPInstanceUID]
+    with pytest.raises(FileExistsError):
+        write_report(biometry.values, source, out)  # never over an existing file
+    png = tmp_path / "tv.png"
+    png.write_bytes(b"not dicom")
+    with pytest.raises(ReportError, match="DICOM source"):
+        write_report(biometry.values, png, tmp_path / "other.dcm")

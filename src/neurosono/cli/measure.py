@@ -185,6 +185,9 @@ def evaluate(
     json_out: JsonOut = None,
     n_boot: NBoot = 1000,
     seed: BootSeed = 0,
+    hints: Annotated[
+        bool, typer.Option(help="also score the hints (stage 1 runs for the CSP) against true findings")
+    ] = False,
 ) -> None:
     """Score measured against true measurements: MAE, bias, limits of agreement, Dice; CIs by source group."""
     from neurosono.core.checkpoints import ModelFileError
@@ -195,7 +198,13 @@ def evaluate(
 
     try:
         head, _ = load_head_model(model or REAL_HEAD_MODEL)
-        result = evaluate_biometry(dataset, head, chosen_split(split), n_boot, seed)
+        detector = None
+        if hints:
+            from neurosono.detect.model import load_detector
+            from neurosono.models import DEFAULT_DETECTOR
+
+            detector = load_detector(DEFAULT_DETECTOR)
+        result = evaluate_biometry(dataset, head, chosen_split(split), n_boot, seed, detector=detector)
     except (ModelFileError, DatasetFormatError, ValueError) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     table = Table(title=f"{result['dataset']} ({result['split']}, {result['n_cases']} cases)")
@@ -216,7 +225,19 @@ def evaluate(
     if "dice" in result:
         d = result["dice"]
         out.print(f"head Dice {d['value']:.4f} ({d['ci95'][0]:.4f}-{d['ci95'][1]:.4f}), n {d['n']}")
+    for finding, score in result.get("hints", {}).items():
+        sens, spec = score["sensitivity"], score["specificity"]
+        out.print(
+            f"hint {finding}: sensitivity {sens['count']} ({_ci(sens)}), "
+            f"specificity {spec['count']} ({_ci(spec)})"
+        )
     write_json(json_out, result)
+
+
+def _ci(entry: dict) -> str:
+    if entry["value"] is None:
+        return "n/a"
+    return f"{entry['value']:.3f}, 95% CI {entry['ci95'][0]:.3f}-{entry['ci95'][1]:.3f}"
 
 
 @app.command("train")

@@ -55,6 +55,10 @@ def predict(
         Path | None, typer.Option("--csv", help="batch results CSV (resumed if it exists)")
     ] = None,
     csv_old: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
+    sr: Annotated[
+        Path | None,
+        typer.Option("--sr", help="write the biometry as a DICOM SR (the TV image must be DICOM)"),
+    ] = None,
 ) -> None:
     """P(abnormal) and the decision for new cases, with per-region boxes, attributions and warnings."""
     from neurosono.classify.gestation import parse_ga
@@ -91,6 +95,8 @@ def predict(
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     _print_prediction(result, ga if pipeline.uses_ga else None)
     write_json(json_out, result.to_dict())
+    if sr is not None:
+        _write_sr(result, tv, sr)
     if overlay is not None:
         from neurosono.pipeline.batch import write_overlays
 
@@ -138,6 +144,19 @@ def _print_prediction(result, ga: float | None) -> None:
     for warning in result.warnings:
         out.print(f"[yellow]warning:[/] {escape(warning)}", markup=True)
     out.print(f"[bold]{escape(result.model['notice'])}[/]", markup=True)
+
+
+def _write_sr(result, tv: Path | None, sr: Path) -> None:
+    from neurosono.measure.sr import ReportError, write_report
+
+    if tv is None or result.biometry is None:
+        raise fail("--sr needs a TV image and the head model", EXIT_BAD_INPUT)
+    try:
+        out.print(f"SR: {write_report(result.biometry['values'], tv, sr)}")
+    except ReportError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    except (FileExistsError, PermissionError) as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
 
 
 def _print_biometry(biometry: dict) -> None:

@@ -19,8 +19,8 @@ from neurosono.core.metrics import mean_with_ci, proportion_with_ci
 from neurosono.core.progress import track
 from neurosono.data.format import Dataset
 from neurosono.measure.ellipse import dice
-from neurosono.measure.head import HEAD_MEASUREMENTS, measure_head
-from neurosono.measure.headnet import predict_maps
+from neurosono.measure.head import HEAD_MEASUREMENTS, measure_image
+from neurosono.measure.standards import CSP_MIN_MM, HC_CENTILE_LIMITS, STANDARDS
 from neurosono.measure.truth import head_truth
 
 
@@ -36,6 +36,43 @@ def agreement(measured: list[float], true: list[float], groups: list[str], n_boo
     }
 
 
+def true_hints(case) -> dict[str, bool]:
+    """The findings a hint should report, from a dataset's true measurements (where recorded)."""
+    truth: dict[str, bool] = {}
+    width = _true_value(case, "csp_width_mm")
+    if width is not None:
+        truth["csp_not_seen"] = width < CSP_MIN_MM
+    hc = _true_value(case, "hc_mm")
+    if hc is not None and case.ga_weeks is not None:
+        centile = STANDARDS["hc_mm"].centile(hc, case.ga_weeks)
+        if centile is not None:
+            truth["hc_small"], truth["hc_large"] = (
+                centile < HC_CENTILE_LIMITS[0],
+                centile > HC_CENTILE_LIMITS[1],
+            )
+    return truth
+
+
+def hint_scores(rows: list[tuple[str, bool, bool, str]], n_boot: int, seed: int) -> dict:
+    """Sensitivity and specificity per hint from (finding, hinted, true, group) rows."""
+    result = {}
+    for finding in sorted({r[0] for r in rows}):
+        mine = [r for r in rows if r[0] == finding]
+        positives = [(r[1], r[3]) for r in mine if r[2]]
+        negatives = [(not r[1], r[3]) for r in mine if not r[2]]
+        result[finding] = {
+            "sensitivity": proportion_with_ci(*_columns(positives), n_boot, seed),
+            "specificity": proportion_with_ci(*_columns(negatives), n_boot, seed),
+            "n_positive": len(positives),
+            "n_negative": len(negatives),
+        }
+    return result
+
+
+def _columns(pairs):
+    return ([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else ([], None)
+
+
 def evaluate_biometry(
     dataset_path: str | Path,
     model,
@@ -43,9 +80,10 @@ def evaluate_biometry(
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
-    batch: int = 8,
+    detector=None,
 ) -> dict:
-    """Measure every TV image of the split with the head ``model`` and score it (see above)."""
+    """Measure every TV image of the split with the head ``model`` and score it (see above).
+    With a ``detector``, the hints are scored too (stage 1 on the TV and TC images for the CSP)."""
     dataset = Dataset.load(dataset_path)
     cases = [c for c in (dataset.split(split) if split else dataset.cases) if c.tv_image]
     if not cases:
@@ -53,29 +91,27 @@ def evaluate_biometry(
     pairs: dict[str, tuple[list, list, list]] = {m: ([], [], []) for m in HEAD_MEASUREMENTS}
     present: dict[str, list[tuple[bool, str]]] = {m: [] for m in HEAD_MEASUREMENTS}
     dices, dice_groups = [], []
-    for start in track(range(0, len(cases), batch), "measuring", enabled=progress):
-        chunk = cases[start : start + batch]
-        truths = [head_truth(dataset, c) for c in chunk]
-        images = [
-            t.image if t else read_grey(dataset.image_path(c.tv_image))
-            for t, c in zip(truths, chunk, strict=True)
-        ]
-        for case, truth, maps in zip(chunk, truths, predict_maps(model, images), strict=True):
-            measured = measure_head(maps, case.spacing_mm("tv"))
-            for m in HEAD_MEASUREMENTS:
-                true = _true_value(case, m)
-                if true is None:
-                    continue
-                got = measured.values.get(m)
-                present[m].append((got is not None, case.group))
-                if got is not None:
-                    for column, value in zip(pairs[m], (got, true, case.group), strict=True):
-                        column.append(value)
-            if truth is not None:
-                shape = truth.head.shape
-                fitted = measured.outer.mask(shape) if measured.outer else np.zeros(shape, bool)
-                dices.append(dice(fitted, truth.head))
-                dice_groups.append(case.group)
+    hint_rows: list[tuple[str, bool, bool, str]] = []
+    for case in track(cases, "measuring", enabled=progress):
+        truth = head_truth(dataset, case)
+        image = truth.image if truth else read_grey(dataset.image_path(case.tv_image))
+        measured = measure_image(model, image, case.spacing_mm("tv"))
+        if detector is not None:
+            hint_rows.extend(_case_hints(dataset, case, measured, detector))
+        for m in HEAD_MEASUREMENTS:
+            true = _true_value(case, m)
+            if true is None:
+                continue
+            got = measured.values.get(m)
+            present[m].append((got is not None, case.group))
+            if got is not None:
+                for column, value in zip(pairs[m], (got, true, case.group), strict=True):
+                    column.append(value)
+        if truth is not None:
+            shape = truth.head.shape
+            fitted = measured.outer.mask(shape) if measured.outer else np.zeros(shape, bool)
+            dices.append(dice(fitted, truth.head))
+            dice_groups.append(case.group)
     result: dict = {"dataset": dataset.spec.name, "split": split or "all", "n_cases": len(cases)}
     for m, (got, true, groups) in pairs.items():
         if present[m]:
@@ -84,7 +120,30 @@ def evaluate_biometry(
             result[m]["measured"] = proportion_with_ci(hits, groups_all, n_boot, seed)
     if dices:
         result["dice"] = {**mean_with_ci(dices, dice_groups, n_boot, seed), "n": len(dices)}
+    if hint_rows:
+        result["hints"] = hint_scores(hint_rows, n_boot, seed)
     return result
+
+
+def _case_hints(dataset: Dataset, case, measured, detector) -> list[tuple[str, bool, bool, str]]:
+    from neurosono.core.images import read_image
+    from neurosono.detect.predict import detect_planes
+    from neurosono.measure.biometry import assemble
+    from neurosono.measure.case import CSP_MIN_CONFIDENCE, csp_seen
+
+    truth = true_hints(case)
+    if not truth:
+        return []
+    images = {
+        plane: read_image(dataset.image_path(rel)) for plane, rel in case.images() if plane in ("tv", "tc")
+    }
+    seen, why = csp_seen(detect_planes(detector, images, conf=CSP_MIN_CONFIDENCE), list(detector.regions))
+    biometry = assemble(measured, case.ga_weeks, seen, why)
+    return [
+        (h.finding, bool(h.present), truth[h.finding], case.group)
+        for h in biometry.hints
+        if h.finding in truth and h.present is not None
+    ]
 
 
 def _true_value(case, column: str) -> float | None:

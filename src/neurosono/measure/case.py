@@ -11,8 +11,8 @@ from pathlib import Path
 from neurosono.core.images import LoadedImage
 from neurosono.detect.predict import Detection, detect_planes
 from neurosono.measure.biometry import Biometry, assemble
-from neurosono.measure.head import measure_head
-from neurosono.measure.headnet import load_head_model, predict_maps
+from neurosono.measure.head import measure_image
+from neurosono.measure.headnet import load_head_model
 from neurosono.models import DEFAULT_DETECTOR, REAL_HEAD_MODEL
 
 CSP_REGION = "csp"
@@ -34,8 +34,7 @@ def biometry_for(
     seen, why = (None, "no detector run") if detections is None else csp_seen(detections, region_names)
     head = None
     if "tv" in images:
-        maps = predict_maps(head_model, [images["tv"].pixels])[0]
-        head = measure_head(maps, images["tv"].spacing_mm)
+        head = measure_image(head_model, images["tv"].pixels, images["tv"].spacing_mm)
     return assemble(head, ga_weeks, seen, why)
 
 

@@ -89,6 +89,28 @@ def measure_head(maps: np.ndarray, spacing_mm: float | None) -> HeadMeasurement:
     return result
 
 
+ZOOM_MARGIN = 1.3  # the second look's frame: the head's box and 30% more
+
+
+def measure_image(model, image: np.ndarray, spacing_mm: float | None) -> HeadMeasurement:
+    """Two looks: the whole image, then a frame round the head found (finer pixels on the skull).
+    The second look is kept when it finds the head too; else the first one stands."""
+    from neurosono.measure.headnet import Frame, framed_maps
+
+    first = measure_head(framed_maps(model, [image], [Frame.whole(image.shape)])[0], spacing_mm)
+    return refine(model, image, first)
+
+
+def refine(model, image: np.ndarray, first: HeadMeasurement) -> HeadMeasurement:
+    from neurosono.measure.headnet import Frame, framed_maps
+
+    if first.outer is None:
+        return first
+    frame = Frame.zoom(first.outer, ZOOM_MARGIN, image.shape)
+    second = measure_head(framed_maps(model, [image], [frame])[0], first.spacing_mm)
+    return second if second.outer is not None else first
+
+
 def _fill_values(result: HeadMeasurement) -> None:
     outer, inner, spacing = result.outer, result.inner, result.spacing_mm
     bpd_px = None if inner is None else (outer.minor + inner.minor) / 2

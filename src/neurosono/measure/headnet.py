@@ -2,9 +2,11 @@
 
 Two output maps: the head inside the skull's outer border (what HC and OFD are measured
 on) and the brain inside its inner border (the far side of the BPD, measured outer to
-inner). The image is letterboxed to 256 x 192 pixels (aspect kept, grey, standardised);
-the maps are resized back to the image's own pixels and thresholded there, so the
-ellipse is fitted to a smooth outline at full resolution, not to the network's grid.
+inner). The image is framed into 256 x 192 pixels (aspect kept, grey, standardised); the maps
+are mapped back to the image's own pixels and thresholded there, so the ellipse is fitted
+to a smooth outline at full resolution, not to the network's grid. Measurement takes two
+looks (``measure.head.measure_image``): the whole image, then a frame round the head it
+found, where the skull spans most of the network's input; training shows it both views.
 
 Segmentation then a fit was chosen over regressing the five ellipse numbers directly: a
 fit uses every outline pixel, a part of the skull hidden by shadow or cut by the sector
@@ -13,6 +15,7 @@ edge only removes points, and the mask gives the Dice HC18 is scored with.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -64,39 +67,54 @@ class HeadUNet(nn.Module):
 
 
 @dataclass(frozen=True)
-class Letterbox:
-    """Where an image of (width, height) lies in the network's input."""
+class Frame:
+    """A box of an image (pixels; it may reach past the edges) placed in the network's input:
+    scaled to fit 256 x 192 with its aspect kept, centred, zero outside the image."""
 
-    width: int
-    height: int
-    new_w: int
-    new_h: int
-    dx: int
-    dy: int
+    x0: float
+    y0: float
+    scale: float
+    dx: float
+    dy: float
 
     @classmethod
-    def for_size(cls, width: int, height: int) -> Letterbox:
-        scale = min(INPUT_W / width, INPUT_H / height)
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        return cls(width, height, new_w, new_h, (INPUT_W - new_w) // 2, (INPUT_H - new_h) // 2)
+    def around(cls, x0: float, y0: float, x1: float, y1: float) -> Frame:
+        scale = min(INPUT_W / (x1 - x0), INPUT_H / (y1 - y0))
+        return cls(x0, y0, scale, (INPUT_W - (x1 - x0) * scale) / 2, (INPUT_H - (y1 - y0) * scale) / 2)
 
-    def put(self, image: np.ndarray, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-        """``image`` (H x W, any dtype) shrunk into a zero 192 x 256 canvas."""
-        small = cv2.resize(image, (self.new_w, self.new_h), interpolation=interpolation)
-        canvas = np.zeros((INPUT_H, INPUT_W), small.dtype)
-        canvas[self.dy : self.dy + self.new_h, self.dx : self.dx + self.new_w] = small
-        return canvas
+    @classmethod
+    def whole(cls, shape: tuple[int, ...]) -> Frame:
+        return cls.around(0.0, 0.0, float(shape[1]), float(shape[0]))
 
-    def take(self, maps: np.ndarray) -> np.ndarray:
-        """Network maps [C, 192, 256] back at the image's own size [C, H, W]."""
-        inner = maps[:, self.dy : self.dy + self.new_h, self.dx : self.dx + self.new_w]
-        return np.stack(
-            [cv2.resize(m, (self.width, self.height), interpolation=cv2.INTER_LINEAR) for m in inner]
-        )
+    @classmethod
+    def zoom(cls, ellipse, margin: float, shape: tuple[int, ...]) -> Frame:
+        """The head's box (the ellipse's axis-aligned box, ``margin`` times its size) as the frame."""
+        t = math.radians(ellipse.angle_deg)
+        a, b = ellipse.d1 / 2, ellipse.d2 / 2
+        half_w = math.hypot(a * math.cos(t), b * math.sin(t)) * margin
+        half_h = math.hypot(a * math.sin(t), b * math.cos(t)) * margin
+        return cls.around(ellipse.cx - half_w, ellipse.cy - half_h, ellipse.cx + half_w, ellipse.cy + half_h)
+
+    def matrix(self) -> np.ndarray:
+        s = self.scale
+        return np.array([[s, 0, self.dx - self.x0 * s], [0, s, self.dy - self.y0 * s]], np.float64)
+
+    def put(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (H x W) as the network's 192 x 256 input; smoothed first when shrunk."""
+        source = image.astype(np.float32)
+        if self.scale < 0.8:
+            source = cv2.GaussianBlur(source, (0, 0), 0.5 / self.scale)
+        return cv2.warpAffine(source, self.matrix(), (INPUT_W, INPUT_H), flags=cv2.INTER_LINEAR)
+
+    def take(self, maps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Network maps [C, 192, 256] back in the image's pixels [C, H, W] (zero outside the frame)."""
+        size = (shape[1], shape[0])
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        return np.stack([cv2.warpAffine(m, self.matrix(), size, flags=flags) for m in maps])
 
 
 def standardise(canvas: np.ndarray) -> np.ndarray:
-    """uint8 letterboxed image -> float32 with the image part at mean 0, SD 1."""
+    """A framed image (grey levels 0-255) -> float32 with the image part at mean 0, SD 1."""
     x = canvas.astype(np.float32) / 255.0
     inside = x[x > 0]
     mean, sd = (float(inside.mean()), float(inside.std())) if inside.size > 16 else (0.0, 1.0)
@@ -104,16 +122,20 @@ def standardise(canvas: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_maps(model: HeadUNet, images: list[np.ndarray], batch: int = 8) -> list[np.ndarray]:
-    """Probability maps [2, H, W] (head, brain) for each grey uint8 image, at its own size."""
+def framed_maps(model: HeadUNet, images: list[np.ndarray], frames: list[Frame]) -> list[np.ndarray]:
+    """Probability maps [2, H, W] (head, brain) of each image seen through its frame."""
     model.eval()
+    x = np.stack([standardise(f.put(im)) for f, im in zip(frames, images, strict=True)])[:, None]
+    probs = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+    return [f.take(p, im.shape) for f, p, im in zip(frames, probs, images, strict=True)]
+
+
+def predict_maps(model: HeadUNet, images: list[np.ndarray], batch: int = 8) -> list[np.ndarray]:
+    """Maps of whole images, each seen whole (one pass)."""
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        boxes = [Letterbox.for_size(im.shape[1], im.shape[0]) for im in chunk]
-        x = np.stack([standardise(b.put(im)) for b, im in zip(boxes, chunk, strict=True)])[:, None]
-        probs = torch.sigmoid(model(torch.from_numpy(x))).numpy()
-        out.extend(b.take(p) for b, p in zip(boxes, probs, strict=True))
+        out.extend(framed_maps(model, chunk, [Frame.whole(im.shape) for im in chunk]))
     return out
 
 

@@ -25,8 +25,9 @@ from neurosono.core.atomic import atomic_write_text, staged_directory
 from neurosono.core.progress import note, track
 from neurosono.core.provenance import package_versions
 from neurosono.data.format import HEAD_MASK_COLUMN, Dataset
-from neurosono.measure.head import measure_head
-from neurosono.measure.headnet import HeadUNet, Letterbox, predict_maps, save_head_model, standardise
+from neurosono.measure.ellipse import fit_mask_ellipse
+from neurosono.measure.head import measure_image
+from neurosono.measure.headnet import INPUT_H, INPUT_W, Frame, HeadUNet, save_head_model, standardise
 from neurosono.measure.truth import HeadTruth, has_head_truth, head_truth
 
 RECORD_NAME = "head.json"
@@ -43,12 +44,12 @@ class HeadTrainConfig:
     seed: int = 0
     bf16: bool | None = None  # None: where the CPU computes bf16 natively
     max_per_dataset: int | None = None  # cap each dataset's train images (None: all)
+    max_val_per_dataset: int | None = 100  # validation images per dataset each epoch
 
 
 @dataclass
 class Sample:
-    image: np.ndarray  # letterboxed uint8 [192, 256]
-    target: np.ndarray  # float32 [2, 192, 256]
+    views: list[tuple[np.ndarray, np.ndarray]]  # (framed image uint8 [192, 256], maps [2, 192, 256])
     has_brain: bool
     truth: HeadTruth | None  # full-size truth, kept for validation only
     group: str
@@ -66,35 +67,63 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _sample(truth: HeadTruth, group: str, keep_truth: bool) -> Sample:
-    box = Letterbox.for_size(truth.image.shape[1], truth.image.shape[0])
+def _sample(truth: HeadTruth, group: str, keep_truth: bool, rng: np.random.Generator) -> Sample:
+    """The image seen whole and through a frame round its head (as the second look sees it:
+    a random margin round the true head, a little off centre)."""
+    frames = [Frame.whole(truth.image.shape)]
+    ellipse = fit_mask_ellipse(truth.head)
+    if ellipse is not None:
+        size = max(ellipse.d1, ellipse.d2)
+        shifted = type(ellipse)(
+            ellipse.cx + rng.uniform(-0.05, 0.05) * size,
+            ellipse.cy + rng.uniform(-0.05, 0.05) * size,
+            ellipse.d1,
+            ellipse.d2,
+            ellipse.angle_deg,
+        )
+        frames.append(Frame.zoom(shifted, rng.uniform(1.1, 1.6), truth.image.shape))
     maps = [truth.head, truth.brain if truth.brain is not None else np.zeros_like(truth.head)]
-    target = np.stack([box.put(m.astype(np.float32)) for m in maps])
-    return Sample(box.put(truth.image), target, truth.brain is not None, truth if keep_truth else None, group)
+    views = [
+        (
+            np.clip(f.put(truth.image), 0, 255).astype(np.uint8),
+            np.stack([f.put(m.astype(np.float32)) for m in maps]),
+        )
+        for f in frames
+    ]
+    return Sample(views, truth.brain is not None, truth if keep_truth else None, group)
 
 
 def load_samples(
-    datasets: list[Dataset], split: str, keep_truth: bool, limit: int | None = None, progress: bool = True
+    datasets: list[Dataset],
+    split: str,
+    keep_truth: bool,
+    limit: int | None = None,
+    progress: bool = True,
+    seed: int = 0,
 ) -> list[Sample]:
+    rng = np.random.default_rng(seed)
     samples = []
     for dataset in datasets:
         cases = [c for c in dataset.split(split) if has_head_truth(c)][:limit]
         for case in track(cases, f"loading {dataset.spec.name} {split}", enabled=progress):
             truth = head_truth(dataset, case)
             if truth is not None:
-                samples.append(_sample(truth, f"{dataset.spec.name}/{case.group}", keep_truth))
+                samples.append(_sample(truth, f"{dataset.spec.name}/{case.group}", keep_truth, rng))
     return samples
 
 
 def augment(sample: Sample, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random rotation, scale, shift and flip (image and maps together), then grey-level changes."""
+    """One of the sample's views with a random rotation, scale, shift and flip (image and maps
+    together), then grey-level changes."""
+    image, target = sample.views[int(rng.integers(len(sample.views)))]
     angle = rng.uniform(-30, 30)
-    scale = math.exp(rng.uniform(-0.25, 0.2))
-    shift = rng.uniform(-0.08, 0.08, 2) * (256, 192)
-    matrix = cv2.getRotationMatrix2D((128 + shift[0], 96 + shift[1]), angle, scale)
+    scale = math.exp(rng.uniform(-0.2, 0.15))
+    shift = rng.uniform(-0.06, 0.06, 2) * (INPUT_W, INPUT_H)
+    matrix = cv2.getRotationMatrix2D((INPUT_W / 2 + shift[0], INPUT_H / 2 + shift[1]), angle, scale)
     matrix[:, 2] -= shift
-    stack = np.concatenate([sample.image[None].astype(np.float32), sample.target])
-    warped = np.stack([cv2.warpAffine(ch, matrix, (256, 192), flags=cv2.INTER_LINEAR) for ch in stack])
+    stack = np.concatenate([image[None].astype(np.float32), target])
+    size = (INPUT_W, INPUT_H)
+    warped = np.stack([cv2.warpAffine(ch, matrix, size, flags=cv2.INTER_LINEAR) for ch in stack])
     if rng.random() < 0.5:
         warped = warped[:, :, ::-1]
     if rng.random() < 0.3:
@@ -122,10 +151,9 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> t
 def validate(model: HeadUNet, samples: list[Sample]) -> dict:
     """HC error (mm) and head Dice of the full measurement path on validation samples."""
     errors, dices = [], []
-    maps = predict_maps(model, [s.truth.image for s in samples])
-    for sample, m in zip(samples, maps, strict=True):
+    for sample in samples:
         truth = sample.truth
-        measured = measure_head(m, truth.spacing_mm)
+        measured = measure_image(model, truth.image, truth.spacing_mm)
         predicted = measured.outer.mask(truth.head.shape) if measured.outer else np.zeros_like(truth.head)
         dices.append(2 * (predicted & truth.head).sum() / max(1, predicted.sum() + truth.head.sum()))
         if "hc_mm" in truth.values:
@@ -179,7 +207,7 @@ def train_head_model(
     """Train the head model; writes ``out``/head.pt and head.json. Returns the record."""
     datasets = [Dataset.load(p) for p in dataset_paths]
     train = load_samples(datasets, "train", False, config.max_per_dataset, progress)
-    val = load_samples(datasets, "val", True, None, progress)
+    val = load_samples(datasets, "val", True, config.max_val_per_dataset, progress)
     if not train or not val:
         names = ", ".join(str(d.root) for d in datasets)
         raise HeadDataError(

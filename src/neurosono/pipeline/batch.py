@@ -24,6 +24,11 @@ RESULT_COLUMNS = (
     "decision",
     "threshold",
     "support",
+    "hc_mm",
+    "bpd_mm",
+    "ofd_mm",
+    "cephalic_index",
+    "hints",
     "warnings",
     "error",
 )
@@ -108,6 +113,7 @@ def run_batch(
                     threshold=f"{result.threshold:.4f}",
                     support="" if result.support is None else f"{result.support:.4f}",
                     warnings="; ".join(result.warnings),
+                    **biometry_columns(result.biometry),
                 )
             except (ValueError, OSError) as exc:
                 error = str(exc)
@@ -115,6 +121,19 @@ def run_batch(
             writer.writerow(row)
             handle.flush()
             yield case, error
+
+
+def biometry_columns(biometry: dict | None) -> dict[str, str]:
+    """The head measurements and the hints found, for a results row ('' where absent)."""
+    if biometry is None:
+        return {}
+    row = {
+        m: f"{biometry['values'][m]:g}"
+        for m in ("hc_mm", "bpd_mm", "ofd_mm", "cephalic_index")
+        if m in biometry["values"]
+    }
+    row["hints"] = ";".join(h["finding"] for h in biometry["hints"] if h["present"])
+    return row
 
 
 @dataclass
