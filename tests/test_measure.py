@@ -197,12 +197,18 @@ def test_head_model_trains_and_is_scored(head_run, tiny_cohort, tmp_path):
             str(out),
             "--n-boot",
             "50",
+            "--plot",
+            str(tmp_path / "ba.png"),
+            "--hints",
         ],
     )
     assert result.exit_code == 0, result.output
     scored = json.loads(out.read_text())
     assert {"mae", "bias", "loa95", "n", "measured"} <= set(scored["hc_mm"])
     assert scored["dice"]["value"] > 0.5 and scored["dice"]["n"] == 12
+    assert (tmp_path / "ba.png").stat().st_size > 1000
+    csp = scored["hints"]["csp_not_seen"]  # scored against the phantom's true CSP widths
+    assert csp["n_positive"] + csp["n_negative"] == 12
 
 
 def test_measure_cli_writes_csv_json_and_overlays(head_run, tiny_cohort, tmp_path):

@@ -188,6 +188,7 @@ def evaluate(
     hints: Annotated[
         bool, typer.Option(help="also score the hints (stage 1 runs for the CSP) against true findings")
     ] = False,
+    plot: Annotated[Path | None, typer.Option(help="write Bland-Altman plots (PNG) here")] = None,
 ) -> None:
     """Score measured against true measurements: MAE, bias, limits of agreement, Dice; CIs by source group."""
     from neurosono.core.checkpoints import ModelFileError
@@ -204,7 +205,9 @@ def evaluate(
             from neurosono.models import DEFAULT_DETECTOR
 
             detector = load_detector(DEFAULT_DETECTOR)
-        result = evaluate_biometry(dataset, head, chosen_split(split), n_boot, seed, detector=detector)
+        result = evaluate_biometry(
+            dataset, head, chosen_split(split), n_boot, seed, detector=detector, plot=plot
+        )
     except (ModelFileError, DatasetFormatError, ValueError) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     table = Table(title=f"{result['dataset']} ({result['split']}, {result['n_cases']} cases)")

@@ -81,6 +81,7 @@ def evaluate_biometry(
     seed: int = 0,
     progress: bool = True,
     detector=None,
+    plot: str | Path | None = None,
 ) -> dict:
     """Measure every TV image of the split with the head ``model`` and score it (see above).
     With a ``detector``, the hints are scored too (stage 1 on the TV and TC images for the CSP)."""
@@ -122,7 +123,44 @@ def evaluate_biometry(
         result["dice"] = {**mean_with_ci(dices, dice_groups, n_boot, seed), "n": len(dices)}
     if hint_rows:
         result["hints"] = hint_scores(hint_rows, n_boot, seed)
+    if plot is not None:
+        drawn = {m: (got, true) for m, (got, true, _) in pairs.items() if len(got) > 1}
+        if drawn:
+            bland_altman_plot(drawn, result, Path(plot))
     return result
+
+
+def bland_altman_plot(pairs: dict[str, tuple[list, list]], result: dict, out: Path) -> Path:
+    """One Bland-Altman panel per measurement: difference against mean, bias and limits."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from neurosono.core.atomic import atomic_write_bytes
+
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.6), squeeze=False)
+    for ax, (name, (got, true)) in zip(axes[0], pairs.items(), strict=True):
+        got, true = np.asarray(got), np.asarray(true)
+        ax.scatter((got + true) / 2, got - true, s=8, alpha=0.6)
+        bias, (low, high) = result[name]["bias"]["value"], result[name]["loa95"]
+        for level, style in ((bias, "-"), (low, "--"), (high, "--")):
+            ax.axhline(level, color="k", linestyle=style, linewidth=0.8)
+        unit = "" if name == "cephalic_index" else " (mm)"
+        ax.set(
+            xlabel=f"mean of measured and true{unit}",
+            ylabel=f"measured - true{unit}",
+            title=f"{name}: bias {bias:+.2f}, LoA {low:+.2f} to {high:+.2f}",
+        )
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{result['dataset']} ({result['split']}): Bland-Altman", fontsize=10)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(out, buffer.getvalue())
+    return out
 
 
 def _case_hints(dataset: Dataset, case, measured, detector) -> list[tuple[str, bool, bool, str]]:
