@@ -27,6 +27,7 @@ SLOW_FIXTURES = {
     "export",
     "pipelines",
     "head_run",
+    "structure_run",
 }
 
 

@@ -1,7 +1,8 @@
 """``neurosono measure ...``: head biometry with centiles and finding hints; train and score it.
 
 ``neurosono measure PATH...`` measures images, pair folders or datasets; ``measure eval``
-scores against a dataset's own measurements; ``measure train`` trains the head model.
+scores against a dataset's own measurements; ``measure train`` trains the head model and
+``measure train-structures`` the structure model.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class _MeasureGroup(TyperGroup):
 
 app = typer.Typer(
     cls=_MeasureGroup,
-    help="Head biometry (HC, BPD, OFD, cephalic index) with centiles for age and finding hints.\n\n"
+    help="Biometry (HC, BPD, OFD, cephalic index; atrium, TCD, cisterna magna, CSP width) with "
+    "centiles for age and finding hints.\n\n"
     "neurosono measure PATH... measures images (as TV images), folders of NAME_tv/NAME_tc pairs, "
     "cases.csv files or dataset folders.",
     no_args_is_help=True,
@@ -50,6 +52,13 @@ app = typer.Typer(
 )
 HeadModelOpt = Annotated[
     Path | None, typer.Option("--model", help="head model run [default: the shipped one]")
+]
+StructuresOpt = Annotated[
+    Path | None,
+    typer.Option("--structures", help="structure model run [default: the shipped one]"),
+]
+NoStructuresOpt = Annotated[
+    bool, typer.Option("--no-structures", help="measure the head only (no atrium, TCD, cisterna magna, CSP)")
 ]
 
 
@@ -61,12 +70,17 @@ def images(
     ] = None,
     spacing_mm: Annotated[float | None, typer.Option(help="pixel spacing for images that carry none")] = None,
     model: HeadModelOpt = None,
-    detector: Annotated[bool, typer.Option(help="run stage 1 for the CSP hint")] = True,
+    structures: StructuresOpt = None,
+    no_structures: NoStructuresOpt = False,
+    detector: Annotated[
+        bool, typer.Option(help="run stage 1 (the structures are measured in its boxes; the CSP hint)")
+    ] = True,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="write one row per case")] = None,
     json_out: JsonOut = None,
     overlay: Annotated[Path | None, typer.Option(help="folder for the TV images with callipers")] = None,
 ) -> None:
-    """Measure the head on each case's TV image, with centiles, estimated age and hints."""
+    """Measure the head (TV image) and the structures (in stage 1's boxes), with centiles,
+    estimated age and hints."""
     from neurosono.classify.gestation import parse_ga
     from neurosono.core.checkpoints import ModelFileError
     from neurosono.measure.case import Measurer
@@ -77,7 +91,7 @@ def images(
     except ValueError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     try:
-        measurer = Measurer.load(model, detector=detector)
+        measurer = Measurer.load(model, detector=detector, structures=False if no_structures else structures)
     except (ModelFileError, ValueError) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     rows, records, failures = _measure_all(measurer, cases, ga, spacing_mm, overlay)
@@ -139,20 +153,42 @@ def _measure_all(measurer, cases, ga, spacing_mm, overlay):
             continue
         rows.append({"case_id": case.case_id, **biometry.flat()})
         records.append({"case_id": case.case_id, **biometry.to_dict()})
-        if overlay is not None and "tv" in loaded:
+        if overlay is not None:
             import cv2
 
             overlay.mkdir(parents=True, exist_ok=True)
-            _, png = cv2.imencode(".png", draw_biometry(loaded["tv"].pixels, biometry))
-            atomic_write_bytes(overlay / f"{case.case_id}_biometry.png", png.tobytes())
+            # The TV image carries the head and its own structures; the TC one the cerebellum's.
+            for plane, suffix in (("tv", "biometry"), ("tc", "tc_structures")):
+                if plane in loaded and (plane == "tv" or biometry.structures is not None):
+                    _, png = cv2.imencode(".png", draw_biometry(loaded[plane].pixels, biometry, plane))
+                    atomic_write_bytes(overlay / f"{case.case_id}_{suffix}.png", png.tobytes())
     return rows, records, failures
 
 
 def _print_rows(rows: list[dict]) -> None:
-    table = Table(title="head biometry (HC/OFD outer border, BPD outer-inner)")
-    columns = ("case_id", "hc_mm", "hc_mm_centile", "bpd_mm", "ofd_mm", "cephalic_index", "ga_weeks", "hints")
+    table = Table(title="biometry in mm (HC/OFD outer border, BPD outer-inner)")
+    columns = (
+        "case_id",
+        "hc_mm",
+        "hc_mm_centile",
+        "bpd_mm",
+        "ofd_mm",
+        "cephalic_index",
+        "atrium_mm",
+        "tcd_mm",
+        "cisterna_magna_mm",
+        "csp_width_mm",
+        "ga_weeks",
+        "hints",
+    )
+    short = {
+        "cephalic_index": "CI",
+        "cisterna_magna_mm": "cm_mm",
+        "csp_width_mm": "csp_mm",
+        "hc_mm_centile": "hc_c",
+    }
     for column in columns:
-        table.add_column(column)
+        table.add_column(short.get(column, column))
     for row in rows[:50]:
         table.add_row(*(str(row.get(c, "")) for c in columns))
     out.print(table)
@@ -181,34 +217,51 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def evaluate(
     dataset: Annotated[Path, typer.Argument(help="dataset with measurement columns (hc_mm, bpd_mm, ...)")],
     model: HeadModelOpt = None,
+    structures: StructuresOpt = None,
+    no_structures: NoStructuresOpt = False,
     split: Split = "test",
     json_out: JsonOut = None,
     n_boot: NBoot = 1000,
     seed: BootSeed = 0,
     hints: Annotated[
-        bool, typer.Option(help="also score the hints (stage 1 runs for the CSP) against true findings")
+        bool, typer.Option(help="also score the hints against the findings the true measurements give")
     ] = False,
     plot: Annotated[Path | None, typer.Option(help="write Bland-Altman plots (PNG) here")] = None,
 ) -> None:
-    """Score measured against true measurements: MAE, bias, limits of agreement, Dice; CIs by source group."""
+    """Score measured against true measurements: MAE, bias, limits of agreement, Dice; CIs by
+    source group. The structures are scored where the dataset records them (stage 1 runs)."""
     from neurosono.core.checkpoints import ModelFileError
-    from neurosono.data.format import DatasetFormatError
+    from neurosono.data.format import Dataset, DatasetFormatError
     from neurosono.evaluate.biometry import evaluate_biometry
     from neurosono.measure.headnet import load_head_model
-    from neurosono.models import REAL_HEAD_MODEL
+    from neurosono.measure.structures import STRUCTURE_NAMES, load_structure_model
+    from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 
     try:
         head, _ = load_head_model(model or REAL_HEAD_MODEL)
+        recorded = set(Dataset.load(dataset).cases[0].extra) if not no_structures else set()
+        structure_model = None
+        if recorded & set(STRUCTURE_NAMES) or structures is not None:
+            structure_model = load_structure_model(structures or PHANTOM_STRUCTURE_MODEL)[0]
         detector = None
-        if hints:
+        if hints or structure_model is not None:
             from neurosono.detect.model import load_detector
             from neurosono.models import DEFAULT_DETECTOR
 
             detector = load_detector(DEFAULT_DETECTOR)
         result = evaluate_biometry(
-            dataset, head, chosen_split(split), n_boot, seed, detector=detector, plot=plot
+            dataset,
+            head,
+            chosen_split(split),
+            n_boot,
+            seed,
+            detector=detector,
+            plot=plot,
+            structure_model=structure_model,
         )
-    except (ModelFileError, DatasetFormatError, ValueError) as exc:
+        if not hints:
+            result.pop("hints", None)
+    except (ModelFileError, DatasetFormatError, ValueError, IndexError) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     table = Table(title=f"{result['dataset']} ({result['split']}, {result['n_cases']} cases)")
     for column in ("measurement", "MAE (95% CI)", "bias (95% CI)", "LoA 95%", "n", "measured"):
@@ -270,4 +323,42 @@ def train(
     out.print(
         f"head model in {out_dir}: best epoch {record['best_epoch']}, val HC MAE {m['hc_mae_mm']} mm, "
         f"Dice {m['dice']} ({m['n']} images), {record['train_seconds']:.0f} s"
+    )
+
+
+@app.command("train-structures")
+def train_structures(
+    datasets: Annotated[
+        list[Path], typer.Argument(help="datasets with region boxes and true structure sizes")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="new run folder")],
+    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 40,
+    batch: Annotated[int, typer.Option(help="batch size")] = 64,
+    lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 2e-3,
+    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val MAE")] = 10,
+    max_cases: Annotated[int | None, typer.Option(help="cap each dataset's train cases")] = None,
+    seed: Seed = 0,
+) -> None:
+    """Train the structure model (atrium, TCD, cisterna magna, CSP width in stage 1's boxes) on
+    train, pick on val."""
+    from neurosono.core.atomic import OutputExistsError
+    from neurosono.data.format import DatasetFormatError
+    from neurosono.measure.structures_train import (
+        StructureDataError,
+        StructureTrainConfig,
+        train_structure_model,
+    )
+
+    config = StructureTrainConfig(epochs, batch, lr, patience=patience, seed=seed, max_cases=max_cases)
+    try:
+        record = train_structure_model(datasets, out_dir, config)
+    except OutputExistsError as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    except (StructureDataError, DatasetFormatError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    m = record["val_metrics"]
+    per = ", ".join(f"{k} {v}" for k, v in m["mae_mm"].items())
+    out.print(
+        f"structure model in {out_dir}: best epoch {record['best_epoch']}, val MAE (mm) {per} "
+        f"({m['n']} windows), {record['train_seconds']:.0f} s"
     )

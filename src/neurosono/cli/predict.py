@@ -172,6 +172,19 @@ def _print_biometry(biometry: dict) -> None:
     if age is not None and biometry["ga_source"] != "given":
         parts.append(f"age {age:.1f} weeks {biometry['ga_source']}")
     out.print("  biometry: " + ("; ".join(parts) if parts else biometry["absent"].get("hc_mm", "none")))
+    structures = []
+    for name, label in (
+        ("atrium_mm", "Vp"),
+        ("tcd_mm", "TCD"),
+        ("cisterna_magna_mm", "CM"),
+        ("csp_width_mm", "CSP"),
+    ):
+        if name in values:
+            centile = f" (centile {centiles[name]['centile']:.0f})" if name in centiles else ""
+            structures.append(f"{label} {values[name]:.1f} mm{centile}")
+        elif name in biometry["absent"]:
+            structures.append(f"{label} absent: {biometry['absent'][name]}")
+    out.print("  structures: " + "; ".join(structures))
     found = [h["finding"] for h in biometry["hints"] if h["present"]]
     out.print("  hints (beside P(abnormal), not instead): " + (", ".join(found) if found else "none"))
 

@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from neurosono.core.runtime import cpu_cores
+
 
 def config_dir() -> Path:
     """The folder neurosono lends ultralytics for settings and fonts (never the home folder)."""
@@ -17,13 +19,6 @@ def config_dir() -> Path:
         tempfile.gettempdir(), f"neurosono-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
     )
     return Path(base) / "ultralytics"
-
-
-def cpu_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def configure_ultralytics() -> Path:

@@ -1,11 +1,15 @@
 """Scoring measurements against a dataset's own: ``neurosono measure eval``.
 
-For each measurement column the dataset has (``hc_mm``, ``bpd_mm``, ...): the mean absolute
+For each measurement column the dataset has (``hc_mm``, ``bpd_mm``, ..., ``atrium_mm``,
+``tcd_mm``, ``cisterna_magna_mm``, ``csp_width_mm``; a structure recorded as 0 mm is not
+there and is left out): the mean absolute
 error, the bias (mean of measured - true) and the 95% limits of agreement (Bland-Altman:
 bias +- 1.96 SD of the differences), over the cases where both exist; the share of cases
 where the measurement is absent is reported beside them. CIs are bootstrap percentile
 intervals by source group. Where the true head outline is known (a head mask or phantom
-geometry), the Dice of the fitted head ellipse with it.
+geometry), the Dice of the fitted head ellipse with it. With stage 1 (a detector), the
+structures are measured in its boxes and each finding hint is scored against the finding
+the true measurements give: sensitivity and specificity.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from neurosono.core.progress import track
 from neurosono.data.format import Dataset
 from neurosono.measure.ellipse import dice
 from neurosono.measure.head import HEAD_MEASUREMENTS, measure_image
-from neurosono.measure.standards import CSP_MIN_MM, HC_CENTILE_LIMITS, STANDARDS
+from neurosono.measure.standards import (
+    ATRIUM_LIMITS_MM,
+    CISTERNA_MAGNA_LIMITS_MM,
+    CSP_MIN_MM,
+    HC_CENTILE_LIMITS,
+    STANDARDS,
+    TCD_LOW_CENTILE,
+)
+from neurosono.measure.structures import STRUCTURE_NAMES
 from neurosono.measure.truth import head_truth
 
 
@@ -39,6 +51,18 @@ def agreement(measured: list[float], true: list[float], groups: list[str], n_boo
 def true_hints(case) -> dict[str, bool]:
     """The findings a hint should report, from a dataset's true measurements (where recorded)."""
     truth: dict[str, bool] = {}
+    atrium = _true_value(case, "atrium_mm")
+    if atrium is not None:
+        truth["ventriculomegaly"] = atrium >= ATRIUM_LIMITS_MM["mild"]
+    cisterna = _true_value(case, "cisterna_magna_mm")
+    if cisterna is not None:
+        truth["cisterna_magna_enlarged"] = cisterna > CISTERNA_MAGNA_LIMITS_MM[1]
+        truth["cisterna_magna_small"] = cisterna < CISTERNA_MAGNA_LIMITS_MM[0]
+    tcd = _true_value(case, "tcd_mm")
+    if tcd is not None and case.ga_weeks is not None:
+        centile = STANDARDS["tcd_mm"].centile(tcd, case.ga_weeks)
+        if centile is not None:
+            truth["tcd_small"] = centile < TCD_LOW_CENTILE
     width = _true_value(case, "csp_width_mm")
     if width is not None:
         truth["csp_not_seen"] = width < CSP_MIN_MM
@@ -82,28 +106,34 @@ def evaluate_biometry(
     progress: bool = True,
     detector=None,
     plot: str | Path | None = None,
+    structure_model=None,
 ) -> dict:
-    """Measure every TV image of the split with the head ``model`` and score it (see above).
-    With a ``detector``, the hints are scored too (stage 1 on the TV and TC images for the CSP)."""
+    """Measure every case of the split with the head ``model`` (TV image) and score it (see
+    above). With a ``detector``, stage 1 runs on the TV and TC images: the hints are scored,
+    and with a ``structure_model`` the structures are measured in its boxes and scored too."""
     dataset = Dataset.load(dataset_path)
     cases = [c for c in (dataset.split(split) if split else dataset.cases) if c.tv_image]
     if not cases:
         raise ValueError(f"{dataset.root}: no cases with a TV image in split {split or 'all'}")
-    pairs: dict[str, tuple[list, list, list]] = {m: ([], [], []) for m in HEAD_MEASUREMENTS}
-    present: dict[str, list[tuple[bool, str]]] = {m: [] for m in HEAD_MEASUREMENTS}
+    columns = HEAD_MEASUREMENTS + (STRUCTURE_NAMES if structure_model is not None and detector else ())
+    pairs: dict[str, tuple[list, list, list]] = {m: ([], [], []) for m in columns}
+    present: dict[str, list[tuple[bool, str]]] = {m: [] for m in columns}
     dices, dice_groups = [], []
     hint_rows: list[tuple[str, bool, bool, str]] = []
     for case in track(cases, "measuring", enabled=progress):
         truth = head_truth(dataset, case)
         image = truth.image if truth else read_grey(dataset.image_path(case.tv_image))
         measured = measure_image(model, image, case.spacing_mm("tv"))
+        values = measured.values
         if detector is not None:
-            hint_rows.extend(_case_hints(dataset, case, measured, detector))
-        for m in HEAD_MEASUREMENTS:
+            biometry = _with_stage1(dataset, case, measured, detector, structure_model)
+            values = biometry.values
+            hint_rows.extend(_hint_rows(case, biometry))
+        for m in columns:
             true = _true_value(case, m)
-            if true is None:
+            if true is None or (m in STRUCTURE_NAMES and true <= 0):
                 continue
-            got = measured.values.get(m)
+            got = values.get(m)
             present[m].append((got is not None, case.group))
             if got is not None:
                 for column, value in zip(pairs[m], (got, true, case.group), strict=True):
@@ -163,25 +193,39 @@ def bland_altman_plot(pairs: dict[str, tuple[list, list]], result: dict, out: Pa
     return out
 
 
-def _case_hints(dataset: Dataset, case, measured, detector) -> list[tuple[str, bool, bool, str]]:
+def _with_stage1(dataset: Dataset, case, measured, detector, structure_model):
+    """The case's biometry with stage 1 run on its TV and TC images (CSP seen, structures)."""
     from neurosono.core.images import read_image
     from neurosono.detect.predict import detect_planes
     from neurosono.measure.biometry import assemble
     from neurosono.measure.case import CSP_MIN_CONFIDENCE, csp_seen
+    from neurosono.measure.structures import measure_structures
 
-    truth = true_hints(case)
-    if not truth:
-        return []
     images = {
         plane: read_image(dataset.image_path(rel)) for plane, rel in case.images() if plane in ("tv", "tc")
     }
-    seen, why = csp_seen(detect_planes(detector, images, conf=CSP_MIN_CONFIDENCE), list(detector.regions))
-    biometry = assemble(measured, case.ga_weeks, seen, why)
-    return [
-        (h.finding, bool(h.present), truth[h.finding], case.group)
-        for h in biometry.hints
-        if h.finding in truth and h.present is not None
-    ]
+    for plane, loaded in images.items():
+        loaded.spacing_mm = loaded.spacing_mm or case.spacing_mm(plane)
+    detections = detect_planes(detector, images, conf=CSP_MIN_CONFIDENCE)
+    regions = list(detector.regions)
+    seen, why = csp_seen(detections, regions)
+    structures = None
+    if structure_model is not None:
+        planes = {p: (im.pixels, im.spacing_mm) for p, im in images.items()}
+        structures = measure_structures(structure_model, planes, detections, regions)
+    return assemble(measured, case.ga_weeks, seen, why, structures=structures)
+
+
+def _hint_rows(case, biometry) -> list[tuple[str, bool, bool, str]]:
+    """(finding, hinted, true, group) for each hint the case's true measurements can judge;
+    the ventriculomegaly grades count as one finding."""
+    truth = true_hints(case)
+    rows = []
+    for hint in biometry.hints:
+        finding = "ventriculomegaly" if hint.finding.startswith("ventriculomegaly") else hint.finding
+        if finding in truth and hint.present is not None:
+            rows.append((finding, bool(hint.present), truth[finding], case.group))
+    return rows
 
 
 def _true_value(case, column: str) -> float | None:

@@ -1,9 +1,10 @@
 """A case's biometry: the measurements, their centiles for age, and the finding hints.
 
-Measured here: HC, BPD, OFD and the cephalic index on the TV image (the head model), and
-whether the CSP was seen (stage 1's CSP box on TV or TC). The atrium (Vp), TCD, cisterna
-magna and CSP width are named in every result but not measured by this version: they are
-absent with that reason, never a number, and the hints built on them say so.
+Measured here: HC, BPD, OFD and the cephalic index on the TV image (the head model); the
+atrium (Vp), TCD, cisterna magna depth and CSP width inside stage 1's boxes (the structure
+model, ``structures.py``); and whether the CSP was seen (stage 1's CSP box on TV or TC).
+A measurement that cannot be made is absent with the reason, never a number, and the
+hints built on it say so.
 
 With no gestational age given, the age is estimated from the measured HC (Papageorghiou
 et al. 2016) and marked ``estimated``; the HC's own centile is then not given (it would
@@ -17,9 +18,10 @@ from dataclasses import dataclass, field
 from neurosono.measure.head import HEAD_MEASUREMENTS, HeadMeasurement
 from neurosono.measure.hints import Hint, all_hints
 from neurosono.measure.standards import STANDARDS, ga_from_hc
+from neurosono.measure.structures import STRUCTURE_NAMES, StructureMeasurement
 
-STRUCTURE_MEASUREMENTS = ("atrium_mm", "tcd_mm", "cisterna_magna_mm", "csp_width_mm")
-NOT_MEASURED = "not measured by this version (head biometry only)"
+STRUCTURE_MEASUREMENTS = STRUCTURE_NAMES
+NOT_MEASURED = "no structure model loaded"
 MEASUREMENTS = (*HEAD_MEASUREMENTS, *STRUCTURE_MEASUREMENTS)
 ESTIMATED_GA_SOURCE = "estimated from the HC (INTERGROWTH-21st dating, Papageorghiou et al., UOG 2016)"
 
@@ -33,6 +35,7 @@ class Biometry:
     ga_source: str = ""  # "given", the estimate's method, or "" (none)
     hints: list[Hint] = field(default_factory=list)
     head: HeadMeasurement | None = None
+    structures: StructureMeasurement | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -43,6 +46,7 @@ class Biometry:
             "ga_source": self.ga_source,
             "hints": [h.to_dict() for h in self.hints],
             "head": self.head.to_dict() if self.head else None,
+            "structure_boxes": self.structures.to_dict()["boxes"] if self.structures else {},
             "calliper_convention": "HC and OFD on the outer skull border; BPD outer to inner",
         }
 
@@ -79,15 +83,23 @@ def assemble(
     csp_seen: bool | None,
     csp_reason: str = "",
     head_reason: str = "no TV image",
+    structures: StructureMeasurement | None = None,
+    structures_reason: str = NOT_MEASURED,
 ) -> Biometry:
-    """The case's biometry from its head measurement, the given age and whether the CSP was seen."""
-    result = Biometry(head=head)
+    """The case's biometry from its head and structure measurements, the given age and
+    whether the CSP was seen."""
+    result = Biometry(head=head, structures=structures)
     if head is not None:
         result.values.update(head.values)
         result.absent.update(head.absent)
     else:
         result.absent.update({m: head_reason for m in HEAD_MEASUREMENTS})
-    result.absent.update({m: NOT_MEASURED for m in STRUCTURE_MEASUREMENTS if m not in result.values})
+    if structures is not None:
+        result.values.update(structures.values)
+        result.absent.update(structures.absent)
+    for m in STRUCTURE_MEASUREMENTS:
+        if m not in result.values:
+            result.absent.setdefault(m, structures_reason)
     estimated = False
     if ga_weeks is not None:
         result.ga_weeks, result.ga_source = float(ga_weeks), "given"

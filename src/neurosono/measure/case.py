@@ -1,7 +1,8 @@
-"""Measuring a case: the head model on the TV image, stage 1's CSP box on either image.
+"""Measuring a case: the head model on the TV image, the structure model in stage 1's boxes.
 
-:class:`Measurer` loads the head model once (default: the shipped one) and, for the CSP
-hint, a region detector (default: the shipped one; ``None`` to skip it).
+:class:`Measurer` loads the head model once (default: the shipped one), the structure model
+(default: the shipped one) and the region detector both the structures and the CSP hint
+need (default: the shipped one; ``False`` to skip it, and with it the structures).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from neurosono.detect.predict import Detection, detect_planes
 from neurosono.measure.biometry import Biometry, assemble
 from neurosono.measure.head import measure_image
 from neurosono.measure.headnet import load_head_model
-from neurosono.models import DEFAULT_DETECTOR, REAL_HEAD_MODEL
+from neurosono.measure.structures import load_structure_model, measure_structures
+from neurosono.models import DEFAULT_DETECTOR, PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 
 CSP_REGION = "csp"
 CSP_MIN_CONFIDENCE = 0.25  # the confidence a region must reach to count as seen
@@ -28,35 +30,59 @@ def csp_seen(detections: list[Detection], region_names: list[str]) -> tuple[bool
 
 
 def biometry_for(
-    head_model, images: dict[str, LoadedImage], ga_weeks: float | None, detections, region_names
+    head_model,
+    images: dict[str, LoadedImage],
+    ga_weeks: float | None,
+    detections,
+    region_names,
+    structure_model=None,
 ) -> Biometry:
-    """The case's biometry from the head model on its TV image and the given stage-1 output."""
+    """The case's biometry from the head model on its TV image and, with stage 1's output,
+    the structure model in its boxes."""
     seen, why = (None, "no detector run") if detections is None else csp_seen(detections, region_names)
     head = None
     if "tv" in images:
         head = measure_image(head_model, images["tv"].pixels, images["tv"].spacing_mm)
-    return assemble(head, ga_weeks, seen, why)
+    structures, reason = None, "no structure model loaded"
+    if structure_model is not None and detections is None:
+        reason = "no detector run (the structures are measured in its boxes)"
+    elif structure_model is not None:
+        planes = {p: (im.pixels, im.spacing_mm) for p, im in images.items()}
+        structures = measure_structures(structure_model, planes, detections, list(region_names))
+    return assemble(head, ga_weeks, seen, why, structures=structures, structures_reason=reason)
 
 
 class Measurer:
-    def __init__(self, head_model, meta: dict, detector=None) -> None:
+    def __init__(self, head_model, meta: dict, detector=None, structure_model=None) -> None:
         self.head_model, self.meta, self.detector = head_model, meta, detector
+        self.structure_model = structure_model
 
     @classmethod
-    def load(cls, head: str | Path | None = None, detector: str | Path | bool | None = True) -> Measurer:
+    def load(
+        cls,
+        head: str | Path | None = None,
+        detector: str | Path | bool | None = True,
+        structures: str | Path | bool | None = True,
+    ) -> Measurer:
         """``head``: a head model file or run folder (None: the shipped one). ``detector``: a
-        detector file, True for the shipped one, False for none (no CSP hint)."""
+        detector file, True for the shipped one, False for none (no CSP hint, no structures).
+        ``structures``: a structure model file or run folder, True or None for the shipped
+        one, False for none."""
         model, meta = load_head_model(head or REAL_HEAD_MODEL)
         found = None
         if detector is not False:
             from neurosono.detect.model import load_detector
 
             found = load_detector(DEFAULT_DETECTOR if detector is True else detector)
-        return cls(model, meta, found)
+        structure_model = None
+        if structures is not False and found is not None:
+            chosen = PHANTOM_STRUCTURE_MODEL if structures in (True, None) else structures
+            structure_model = load_structure_model(chosen)[0]
+        return cls(model, meta, found, structure_model)
 
     def measure(self, images: dict[str, LoadedImage], ga_weeks: float | None = None) -> Biometry:
         detections = None
         if self.detector is not None:
             detections = detect_planes(self.detector, images, conf=CSP_MIN_CONFIDENCE)
         names = list(self.detector.regions) if self.detector is not None else []
-        return biometry_for(self.head_model, images, ga_weeks, detections, names)
+        return biometry_for(self.head_model, images, ga_weeks, detections, names, self.structure_model)

@@ -29,3 +29,4 @@ def default_classifier(single_image: bool) -> Path:
 
 
 REAL_HEAD_MODEL = REAL_DIR / "head"  # the head biometry model (HC18 and phantom heads)
+PHANTOM_STRUCTURE_MODEL = PHANTOM_DIR / "structures"  # Vp, TCD, cisterna magna, CSP width (phantom truth)

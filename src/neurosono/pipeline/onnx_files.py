@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from neurosono.core.checkpoints import ModelFileError, file_sha256
-from neurosono.detect.env import cpu_cores
+from neurosono.core.runtime import onnx_runner  # noqa: F401  (re-exported: the pipeline runs its files with it)
 
 FORMAT = "neurosono-onnx-v1"
 MANIFEST = "onnx.json"
@@ -26,21 +26,6 @@ DETECTOR_BATCH = 1  # with fixed_size: images per detector run (TV and TC go one
 
 class OnnxModelError(ModelFileError):
     """An ONNX model folder is missing, incomplete, or does not match its manifest."""
-
-
-def onnx_runner(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_cores()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # onnxruntime's idle worker threads spin by default, taking the cores from torch's
-    # threads (ultralytics' pre- and post-processing) and from Python between runs: on
-    # 2 cores, stage 1 + 2 took 92-132 ms per case spinning and 51-56 ms not spinning.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def read_manifest(folder: str | Path) -> dict:

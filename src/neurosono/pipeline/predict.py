@@ -94,12 +94,15 @@ class Pipeline:
     same pre- and post-processing as torch.
     """
 
-    def __init__(self, detector, stage2: Stage2, meta: dict, model_info: dict, head_model=None) -> None:
+    def __init__(
+        self, detector, stage2: Stage2, meta: dict, model_info: dict, head_model=None, structure_model=None
+    ) -> None:
         self.detector = detector
         self.stage2 = stage2
         self.meta = meta  # HexaNet's record: regions, planes, threshold, how its inputs are made
         self.model_info = model_info
         self.head_model = head_model  # the biometry head model (None: no biometry)
+        self.structure_model = structure_model  # Vp, TCD, cisterna magna, CSP width (None: not measured)
 
     @classmethod
     def load(
@@ -116,17 +119,18 @@ class Pipeline:
         the shipped models (``model_dir`` None) their export in the cache folder, written
         on first use (``notify``, default stderr, says so). ``threads``: onnxruntime's
         intra-op threads (default: every core); torch keeps ``torch.get_num_threads()``.
-        ``biometry``: also measure the head (the folder's ``head/head.pt``, else the shipped
-        head model), with centiles and finding hints.
+        ``biometry``: also measure the head and the structures (the folder's ``head/head.pt``
+        and ``structures/structures.pt``, else the shipped models), with centiles and
+        finding hints.
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-        head = load_biometry_model(model_dir) if biometry else None
+        head, structures = load_biometry_models(model_dir) if biometry else (None, None)
         if runtime == "onnx":
             from neurosono.pipeline.onnx_runtime import load_onnx_parts
 
             detector, stage2, meta, info = load_onnx_parts(model_dir, notify, threads)
-            return cls(detector, stage2, meta, info, head)
+            return cls(detector, stage2, meta, info, head, structures)
         parts = load_torch_parts(Path(model_dir) if model_dir else default_model_dir())
         return cls(
             parts.detector,
@@ -134,6 +138,7 @@ class Pipeline:
             parts.hexanet.meta,
             {**parts.info, "runtime": "torch"},
             head,
+            structures,
         )
 
     def predict(
@@ -179,7 +184,14 @@ class Pipeline:
         regions, planes = self.meta["regions"], self.meta["planes"]
         biometry = None
         if self.head_model is not None:
-            found = biometry_for(self.head_model, images, ga_weeks, detections, list(self.detector.regions))
+            found = biometry_for(
+                self.head_model,
+                images,
+                ga_weeks,
+                detections,
+                list(self.detector.regions),
+                self.structure_model,
+            )
             biometry = found.to_dict()
         spacing = {plane: im.spacing_mm for plane, im in images.items()}
         pixels = {p: im.pixels for p, im in images.items()}
@@ -229,15 +241,22 @@ class Pipeline:
         )
 
 
-def load_biometry_model(model_dir: str | Path | None):
-    """The head model beside the models (``head/head.pt``), else the shipped one; None if neither."""
+def load_biometry_models(model_dir: str | Path | None) -> tuple:
+    """(head model, structure model): each the one beside the models (``head/head.pt``,
+    ``structures/structures.pt``), else the shipped one; None where neither exists."""
     from neurosono.measure.headnet import load_head_model
-    from neurosono.models import REAL_HEAD_MODEL
+    from neurosono.measure.structures import load_structure_model
+    from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 
-    for folder in ([Path(model_dir) / "head"] if model_dir else []) + [REAL_HEAD_MODEL]:
-        if (folder / "head.pt").is_file():
-            return load_head_model(folder)[0]
-    return None
+    found = []
+    for name, shipped, load in (
+        ("head", REAL_HEAD_MODEL, load_head_model),
+        ("structures", PHANTOM_STRUCTURE_MODEL, load_structure_model),
+    ):
+        folders = ([Path(model_dir) / name] if model_dir else []) + [shipped]
+        folder = next((f for f in folders if (f / f"{name}.pt").is_file()), None)
+        found.append(load(folder)[0] if folder else None)
+    return tuple(found)
 
 
 def region_results(

@@ -1,0 +1,239 @@
+"""Training the structure model on datasets that record the structures' true sizes.
+
+Only the phantom does today (its cases.csv holds ``atrium_mm``, ``tcd_mm``,
+``cisterna_magna_mm`` and ``csp_width_mm``, its labels the region boxes); no public real
+set has them. The windows come from the true region boxes, jittered in place and size as
+much as stage 1's boxes move, then turned and flipped at random; the ``val`` split picks
+the epoch with the lowest mean absolute error (mm, averaged over the structures).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from neurosono.core.atomic import atomic_write_text, staged_directory
+from neurosono.core.images import read_grey
+from neurosono.core.progress import note, track
+from neurosono.core.provenance import package_versions
+from neurosono.data.format import Dataset, dataset_hash, read_labels
+from neurosono.measure.structures import (
+    STRUCTURES,
+    StructureNet,
+    crop,
+    save_structure_model,
+    standardise_crop,
+    window,
+)
+
+RECORD_NAME = "structures.json"
+WEIGHTS_NAME = "structures.pt"
+
+
+@dataclass
+class StructureTrainConfig:
+    epochs: int = 40
+    batch: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 10
+    seed: int = 0
+    max_cases: int | None = None  # cap each dataset's train cases (None: all)
+    jitter: float = 0.08  # box centre shift, share of the window's side
+    size_jitter: float = 0.12  # box size change, log scale
+
+
+@dataclass
+class StructureSample:
+    image: np.ndarray  # the plane's grey image
+    spacing_mm: float
+    box: tuple[float, float, float, float]
+    structure: int  # index into STRUCTURES
+    true_mm: float
+    group: str
+
+
+class StructureDataError(ValueError):
+    """A dataset gives no structure to train or measure on; the message names it."""
+
+
+def true_size(case, measurement: str) -> float | None:
+    try:
+        value = float(case.extra[measurement])
+    except (KeyError, ValueError):
+        return None
+    return value if value > 0 else None  # 0: the structure is not there (e.g. no CSP)
+
+
+def load_structure_samples(
+    datasets: list[Dataset], split: str, limit: int | None = None, progress: bool = True
+) -> list[StructureSample]:
+    samples = []
+    for dataset in datasets:
+        names = dataset.spec.regions
+        cases = dataset.split(split)[:limit]
+        for case in track(cases, f"loading {dataset.spec.name} {split}", enabled=progress):
+            for plane, rel in case.images():
+                spacing = case.spacing_mm(plane)
+                label = dataset.label_path(rel)
+                if not spacing or not label.is_file():
+                    continue
+                wanted = [
+                    (i, s, true_size(case, s.measurement))
+                    for i, s in enumerate(STRUCTURES)
+                    if plane in s.planes and s.region in names
+                ]
+                wanted = [w for w in wanted if w[2] is not None]
+                if not wanted:
+                    continue
+                image = read_grey(dataset.image_path(rel))
+                h, w = image.shape
+                boxes = {
+                    names[b.class_id]: b.to_xyxy(w, h) for b in read_labels(label) if b.class_id < len(names)
+                }
+                for index, spec, size in wanted:
+                    if spec.region in boxes:
+                        group = f"{dataset.spec.name}/{case.group}"
+                        samples.append(
+                            StructureSample(image, spacing, boxes[spec.region], index, size, group)
+                        )
+    return samples
+
+
+def _augmented(sample: StructureSample, config: StructureTrainConfig, rng: np.random.Generator):
+    cx, cy, side = window(sample.box)
+    cx += rng.uniform(-config.jitter, config.jitter) * side
+    cy += rng.uniform(-config.jitter, config.jitter) * side
+    side *= math.exp(rng.uniform(-config.size_jitter, config.size_jitter))
+    pixels = crop(sample.image, cx, cy, side, rng.uniform(-180, 180), bool(rng.random() < 0.5)) / 255.0
+    pixels = np.clip(pixels, 0, 1) ** math.exp(rng.uniform(-0.4, 0.4))
+    if rng.random() < 0.3:
+        pixels = cv2.GaussianBlur(pixels, (0, 0), rng.uniform(0.3, 1.0))
+    pixels = pixels * rng.uniform(0.7, 1.3) + rng.normal(0, rng.uniform(0, 0.04), pixels.shape)
+    return standardise_crop(np.clip(pixels, 0, 1) * 255), side * sample.spacing_mm
+
+
+def _batch(samples, order, config, rng, augment: bool):
+    crops, sides = [], []
+    for i in order:
+        s = samples[i]
+        if augment:
+            pixels, side_mm = _augmented(s, config, rng)
+        else:
+            cx, cy, side = window(s.box)
+            pixels, side_mm = standardise_crop(crop(s.image, cx, cy, side)), side * s.spacing_mm
+        crops.append(pixels)
+        sides.append(side_mm)
+    x = torch.from_numpy(np.stack(crops).astype(np.float32)[:, None])
+    index = torch.tensor([samples[i].structure for i in order])
+    true = torch.tensor([samples[i].true_mm for i in order], dtype=torch.float32)
+    return x, index, torch.tensor(sides, dtype=torch.float32), true
+
+
+@torch.no_grad()
+def validate_structures(model: StructureNet, samples: list[StructureSample]) -> dict:
+    """Mean absolute error (mm) per structure on un-jittered windows of the true boxes."""
+    model.eval()
+    errors: dict[str, list[float]] = {s.measurement: [] for s in STRUCTURES}
+    for start in range(0, len(samples), 256):
+        order = list(range(start, min(start + 256, len(samples))))
+        x, index, side, true = _batch(samples, order, None, None, augment=False)
+        got = model(x).gather(1, index[:, None]).squeeze(1) * side
+        for i, e in zip(index.tolist(), (got - true).abs().tolist(), strict=True):
+            errors[STRUCTURES[i].measurement].append(e)
+    per = {m: round(float(np.mean(e)), 3) for m, e in errors.items() if e}
+    return {"mae_mm": per, "mean_mae_mm": round(float(np.mean(list(per.values()))), 3), "n": len(samples)}
+
+
+def train_structure_model(
+    dataset_paths: list[str | Path], out: str | Path, config: StructureTrainConfig, progress: bool = True
+) -> dict:
+    """Train the structure model; writes ``out``/structures.pt and structures.json. Returns the record."""
+    datasets = [Dataset.load(p) for p in dataset_paths]
+    train = load_structure_samples(datasets, "train", config.max_cases, progress)
+    val = load_structure_samples(datasets, "val", None, progress)
+    if not train or not val:
+        names = ", ".join(str(d.root) for d in datasets)
+        raise StructureDataError(
+            f"{names}: no train and val cases with region boxes and true structure sizes "
+            "(atrium_mm, tcd_mm, cisterna_magna_mm, csp_width_mm); split the dataset first"
+        )
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = StructureNet()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, len(train) // config.batch)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.15
+    )
+    history, best, best_state, stale, started = [], math.inf, None, 0, time.time()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = rng.permutation(len(train))
+        losses = []
+        for step in range(steps_per_epoch):
+            x, index, side, true = _batch(
+                train, order[step * config.batch : (step + 1) * config.batch], config, rng, True
+            )
+            got = model(x).gather(1, index[:, None]).squeeze(1) * side
+            loss = nn.functional.smooth_l1_loss(got, true, beta=0.5)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        metrics = validate_structures(model, val)
+        history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 4), **metrics})
+        if metrics["mean_mae_mm"] < best:
+            best, best_state, stale = (
+                metrics["mean_mae_mm"],
+                {k: v.clone() for k, v in model.state_dict().items()},
+                0,
+            )
+        else:
+            stale += 1
+        note(
+            f"training structure model: epoch {epoch}/{config.epochs} loss {history[-1]['loss']:.4f} "
+            f"val MAE {metrics['mean_mae_mm']} mm {metrics['mae_mm']}",
+            progress,
+        )
+        if stale >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    best_epoch = min(history, key=lambda h: h["mean_mae_mm"])
+    record = {
+        "kind": "neurosono structure model run",
+        "structures": {
+            s.measurement: {"region": s.region, "planes": list(s.planes), "what": s.what} for s in STRUCTURES
+        },
+        "config": asdict(config),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "best_epoch": best_epoch["epoch"],
+        "val_metrics": {k: best_epoch[k] for k in ("mae_mm", "mean_mae_mm", "n")},
+        "history": history,
+        "train_seconds": round(time.time() - started, 1),
+        "datasets": [
+            {
+                "name": d.spec.name,
+                "source": d.spec.source,
+                "licence": d.spec.licence,
+                "n_train_windows": sum(s.group.startswith(d.spec.name + "/") for s in train),
+                "n_val_windows": sum(s.group.startswith(d.spec.name + "/") for s in val),
+                "sha256_train_val": dataset_hash(d, ("train", "val")),
+            }
+            for d in datasets
+        ],
+        "versions": package_versions(),
+    }
+    with staged_directory(out) as staging:
+        save_structure_model(staging / WEIGHTS_NAME, model, {"record": json.dumps(record)})
+        atomic_write_text(staging / RECORD_NAME, json.dumps(record, indent=2) + "\n")
+    return record

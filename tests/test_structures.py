@@ -1,0 +1,185 @@
+"""Structure sizes (atrium, TCD, cisterna magna, CSP width) measured in stage 1's boxes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from neurosono.cli import app
+from neurosono.detect.predict import Detection
+from neurosono.measure.biometry import assemble
+from neurosono.measure.structures import (
+    CROP_PX,
+    STRUCTURES,
+    WINDOW_MARGIN,
+    StructureNet,
+    crop,
+    load_structure_model,
+    measure_structures,
+    window,
+)
+
+REGIONS = [
+    "csp",
+    "thalami",
+    "lateral_ventricle",
+    "sylvian_fissure",
+    "cerebellum",
+    "cisterna_magna",
+    "fetal_head",
+]
+runner = CliRunner()
+
+
+def constant_model(share: float) -> StructureNet:
+    """A structure network whose every output is ``share`` (its last layer zeroed, bias set)."""
+    model = StructureNet()
+    last = model.out[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(math.log(share / (1 - share)))
+    return model.eval()
+
+
+def box(region: str, plane: str, xyxy, confidence: float = 0.9) -> Detection:
+    return Detection(plane, REGIONS.index(region), confidence, tuple(float(v) for v in xyxy))
+
+
+def test_a_window_holds_its_box_at_the_network_scale():
+    image = np.zeros((200, 300), np.uint8)
+    image[60:100, 120:160] = 255  # a 40 px square
+    cx, cy, side = window((120, 60, 160, 100))
+    assert (cx, cy, side) == (140, 80, 40 * WINDOW_MARGIN)
+    pixels = crop(image, cx, cy, side)
+    assert pixels.shape == (CROP_PX, CROP_PX)
+    bright = pixels > 127
+    width = bright.any(0).sum()
+    assert width == pytest.approx(CROP_PX / WINDOW_MARGIN, abs=2)  # the square fills 1 / margin of it
+    assert bright[CROP_PX // 2, CROP_PX // 2] and not bright[2, 2]
+
+
+def test_sizes_are_the_networks_share_of_the_window_in_mm():
+    image = np.full((300, 400), 80, np.uint8)
+    detections = [
+        box("cerebellum", "tc", (100, 100, 200, 160)),
+        box("lateral_ventricle", "tv", (50, 50, 90, 70)),
+    ]
+    found = measure_structures(
+        constant_model(0.25), {"tv": (image, 0.2), "tc": (image, 0.1)}, detections, REGIONS
+    )
+    assert found.values["tcd_mm"] == pytest.approx(0.25 * 100 * WINDOW_MARGIN * 0.1, abs=0.01)
+    assert found.values["atrium_mm"] == pytest.approx(0.25 * 40 * WINDOW_MARGIN * 0.2, abs=0.01)
+    assert found.boxes["tcd_mm"].plane == "tc"
+
+
+def test_missing_boxes_planes_and_spacings_give_no_number_but_a_reason():
+    image = np.full((300, 400), 80, np.uint8)
+    weak = [box("cisterna_magna", "tc", (10, 10, 30, 30), confidence=0.1)]  # below the confidence needed
+    found = measure_structures(constant_model(0.3), {"tv": (image, None), "tc": (image, 0.2)}, weak, REGIONS)
+    assert found.values == {}
+    assert found.absent["atrium_mm"] == "no pixel spacing for the TV image"
+    assert found.absent["cisterna_magna_mm"] == "cisterna_magna not found on the TC image"
+    assert found.absent["tcd_mm"] == "cerebellum not found on the TC image"
+    only_tv = measure_structures(constant_model(0.3), {"tv": (image, 0.2)}, [], REGIONS)
+    assert only_tv.absent["tcd_mm"] == "no TC image"
+    head_only = measure_structures(constant_model(0.3), {"tv": (image, 0.2)}, [], ["fetal_head"])
+    assert head_only.absent["csp_width_mm"] == "the detector has no csp region"
+    biometry = assemble(None, 21.0, csp_seen=True, structures=found)
+    assert "atrium_mm" not in biometry.values
+    vm = next(h for h in biometry.hints if h.finding == "ventriculomegaly")
+    assert vm.present is None and vm.reason == "no pixel spacing for the TV image"
+
+
+def test_the_csp_is_measured_on_tc_when_tv_does_not_show_it():
+    image = np.full((300, 400), 80, np.uint8)
+    found = measure_structures(
+        constant_model(0.2),
+        {"tv": (image, 0.2), "tc": (image, 0.2)},
+        [box("csp", "tc", (100, 100, 120, 110))],
+        REGIONS,
+    )
+    assert found.boxes["csp_width_mm"].plane == "tc" and "csp_width_mm" in found.values
+
+
+def test_the_shipped_model_measures_unseen_phantoms_in_the_shipped_detectors_boxes(tmp_path):
+    from neurosono.core.images import read_image
+    from neurosono.data.format import Dataset
+    from neurosono.detect.model import load_detector
+    from neurosono.detect.predict import detect_planes
+    from neurosono.models import DEFAULT_DETECTOR, PHANTOM_STRUCTURE_MODEL
+    from neurosono.phantom.cohort import CohortConfig, generate_cohort
+
+    generate_cohort(tmp_path / "c", CohortConfig(cases=8, seed=4242, abnormal_fraction=0.0), workers=1)
+    dataset = Dataset.load(tmp_path / "c")
+    detector = load_detector(DEFAULT_DETECTOR)
+    model, meta = load_structure_model(PHANTOM_STRUCTURE_MODEL)
+    assert json.loads(meta["record"])["kind"] == "neurosono structure model run"
+    errors = {s.measurement: [] for s in STRUCTURES}
+    for case in dataset.cases:
+        images = {p: read_image(dataset.image_path(rel)) for p, rel in case.images()}
+        planes = {p: (im.pixels, case.spacing_mm(p)) for p, im in images.items()}
+        found = measure_structures(
+            model, planes, detect_planes(detector, images, 0.25), list(detector.regions)
+        )
+        for name, value in found.values.items():
+            errors[name].append(abs(value - float(case.extra[name])))
+    for name, values in errors.items():
+        assert len(values) >= 6, name  # found in most cases
+        assert np.mean(values) < 1.5, (name, np.mean(values))  # a fair phantom in mm, not a guess
+
+
+@pytest.fixture(scope="session")
+def structure_run(tmp_path_factory, tiny_cohort):
+    run = tmp_path_factory.mktemp("structures") / "run"
+    result = runner.invoke(
+        app,
+        ["measure", "train-structures", str(tiny_cohort), "--out", str(run), "--epochs", "4", "--batch", "8"],
+    )
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_the_structure_model_trains_and_is_scored(structure_run, tiny_cohort, tmp_path):
+    record = json.loads((structure_run / "structures.json").read_text())
+    assert record["best_epoch"] >= 1 and set(record["val_metrics"]["mae_mm"]) <= {
+        s.measurement for s in STRUCTURES
+    }
+    assert record["val_metrics"]["mean_mae_mm"] <= record["history"][0]["mean_mae_mm"]
+    rerun = runner.invoke(app, ["measure", "train-structures", str(tiny_cohort), "--out", str(structure_run)])
+    assert rerun.exit_code != 0 and "exists" in rerun.output  # a finished run is never overwritten
+
+
+def test_structure_training_needs_true_sizes(tmp_path):
+    from pathlib import Path
+
+    from neurosono.data.importers import import_hc18
+
+    import_hc18(Path(__file__).parent / "data" / "real_sample" / "hc18", tmp_path / "hc18")
+    result = runner.invoke(
+        app, ["measure", "train-structures", str(tmp_path / "hc18"), "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2 and "true structure sizes" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_biometry_networks_run_the_same_on_onnxruntime(tmp_path):
+    from neurosono.measure.headnet import HeadUNet
+    from neurosono.measure.onnx import HEAD_ONNX, STRUCTURES_ONNX, OnnxNet, export_biometry
+
+    torch.manual_seed(0)
+    head, structures = HeadUNet().eval(), StructureNet().eval()
+    checks = export_biometry(head, structures, tmp_path)
+    assert set(checks) == {HEAD_ONNX, STRUCTURES_ONNX} and max(checks.values()) < 1e-3
+    image = (np.random.default_rng(0).random((300, 400)) * 255).astype(np.uint8)
+    detections = [box("cerebellum", "tc", (100, 100, 200, 160)), box("csp", "tv", (150, 120, 170, 130))]
+    planes = {"tv": (image, 0.2), "tc": (image, 0.2)}
+    on_torch = measure_structures(structures, planes, detections, REGIONS)
+    on_onnx = measure_structures(OnnxNet(tmp_path / STRUCTURES_ONNX, threads=1), planes, detections, REGIONS)
+    assert on_onnx.values.keys() == on_torch.values.keys() == {"tcd_mm", "csp_width_mm"}
+    for name, value in on_torch.values.items():
+        assert on_onnx.values[name] == pytest.approx(value, abs=0.02)
