@@ -14,6 +14,7 @@ the true measurements give: sensitivity and specificity.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,50 @@ def _true_value(case, column: str) -> float | None:
         return float(case.extra[column])
     except (KeyError, ValueError):
         return None
+
+
+BIOMETRY_JSON = "biometry.json"
+BLAND_ALTMAN_PNG = "bland_altman.png"
+
+
+def evaluate_run_biometry(
+    dataset_path: str | Path,
+    detector_file: str | Path,
+    out_dir: str | Path,
+    split: str = "test",
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict | None:
+    """The shipped head and structure models on a run's split, measured in the run's own
+    stage-1 boxes: ``biometry.json`` and ``bland_altman.png`` in ``out_dir``. None (nothing
+    written) where the dataset records no measurement or no head model is shipped."""
+    from neurosono.core.atomic import atomic_write_text
+    from neurosono.detect.model import load_detector
+    from neurosono.measure.headnet import load_head_model
+    from neurosono.measure.structures import load_structure_model
+    from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
+
+    dataset = Dataset.load(dataset_path)
+    recorded = set().union(*(c.extra for c in dataset.cases)) if dataset.cases else set()
+    if not recorded & set(HEAD_MEASUREMENTS + STRUCTURE_NAMES) or not (REAL_HEAD_MODEL / "head.pt").is_file():
+        return None
+    head, _ = load_head_model(REAL_HEAD_MODEL)
+    structures = None
+    if (PHANTOM_STRUCTURE_MODEL / "structures.pt").is_file():
+        structures, _ = load_structure_model(PHANTOM_STRUCTURE_MODEL)
+    out_dir = Path(out_dir)
+    result = evaluate_biometry(
+        dataset_path,
+        head,
+        split,
+        n_boot,
+        seed,
+        progress,
+        detector=load_detector(detector_file),
+        plot=out_dir / BLAND_ALTMAN_PNG,
+        structure_model=structures,
+    )
+    result["models"] = {"head": "shipped", "structures": "shipped" if structures is not None else None}
+    atomic_write_text(out_dir / BIOMETRY_JSON, json.dumps(result, indent=2) + "\n")
+    return result

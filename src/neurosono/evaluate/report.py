@@ -256,6 +256,7 @@ def write_report(run_dir: str | Path, out: str | Path, record: dict, max_gallery
         if 0 < hexanet["n_abnormal"] < len(cases)
         else {}
     )
+    biometry = biometry_section(evaluation)
     env = Environment(loader=PackageLoader("neurosono.evaluate", "templates"), autoescape=select_autoescape())
     html = env.get_template("report.html.j2").render(
         title=f"neurosono run on {dataset.spec.name}",
@@ -288,9 +289,48 @@ def write_report(run_dir: str | Path, out: str | Path, record: dict, max_gallery
         per_finding=hexanet.get("per_finding", {}),
         regions=regions,
         threshold=threshold,
+        biometry=biometry,
     )
     atomic_write_text(out, html)
     return Path(out)
+
+
+def biometry_section(evaluation: Path) -> dict | None:
+    """The biometry tables and Bland-Altman plots of a run's evaluation (None: not measured)."""
+    from neurosono.evaluate.biometry import BIOMETRY_JSON, BLAND_ALTMAN_PNG
+
+    found = evaluation / BIOMETRY_JSON
+    if not found.is_file():
+        return None
+    result = json.loads(found.read_text())
+    rows = [
+        {
+            "measurement": name,
+            "mae": _ci(entry["mae"]),
+            "bias": _ci(entry["bias"]),
+            "loa": "{:+.2f} to {:+.2f}".format(*entry["loa95"]),
+            "n": entry["n"],
+            "measured": entry["measured"]["count"],
+        }
+        for name, entry in result.items()
+        if isinstance(entry, dict) and "mae" in entry
+    ]
+    hints = [
+        {
+            "finding": name,
+            "sensitivity": f"{v['sensitivity']['count']} ({_ci(v['sensitivity'])})",
+            "specificity": f"{v['specificity']['count']} ({_ci(v['specificity'])})",
+        }
+        for name, v in result.get("hints", {}).items()
+    ]
+    plot = evaluation / BLAND_ALTMAN_PNG
+    return {
+        "rows": rows,
+        "hints": hints,
+        "dice": _ci(result["dice"]) if "dice" in result else None,
+        "plot": data_uri(plot.read_bytes()) if plot.is_file() else None,
+        "n_cases": result["n_cases"],
+    }
 
 
 def classification_rows(hexanet: dict, baseline: dict | None) -> list[dict]:

@@ -181,6 +181,7 @@ def run_pipeline(
 
     def evaluate_stage(folder: Path) -> None:
         from neurosono.data.format import Dataset
+        from neurosono.evaluate.biometry import evaluate_run_biometry
         from neurosono.evaluate.two_stage import evaluate_two_stage
 
         with staged_directory(folder) as staged:
@@ -196,8 +197,11 @@ def run_pipeline(
                 out_dir=staged,
                 progress=progress,
             )
+            # Biometry beside the decision: the shipped measuring models in this run's boxes.
+            evaluate_run_biometry(dataset_dir, detector_file, staged, "test", config.n_boot, seed, progress)
 
-    stages.run("evaluation", {"n_boot": config.n_boot, "seed": config.seed, "split": "test"}, evaluate_stage)
+    evaluation_inputs = {"n_boot": config.n_boot, "seed": config.seed, "split": "test", "biometry": True}
+    stages.run("evaluation", evaluation_inputs, evaluate_stage)
 
     def report_stage(folder: Path) -> None:
         from neurosono.evaluate.report import write_report
