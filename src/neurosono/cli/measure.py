@@ -21,7 +21,6 @@ from neurosono.cli.common import (
     BootSeed,
     JsonOut,
     NBoot,
-    Seed,
     Split,
     chosen_split,
     err,
@@ -167,26 +166,11 @@ def _measure_all(measurer, cases, ga, spacing_mm, overlay):
 
 def _print_rows(rows: list[dict]) -> None:
     table = Table(title="biometry in mm (HC/OFD outer border, BPD outer-inner)")
-    columns = (
-        "case_id",
-        "hc_mm",
-        "hc_mm_centile",
-        "bpd_mm",
-        "ofd_mm",
-        "cephalic_index",
-        "atrium_mm",
-        "tcd_mm",
-        "cisterna_magna_mm",
-        "csp_width_mm",
-        "ga_weeks",
-        "hints",
-    )
-    short = {
-        "cephalic_index": "CI",
-        "cisterna_magna_mm": "cm_mm",
-        "csp_width_mm": "csp_mm",
-        "hc_mm_centile": "hc_c",
-    }
+    # Column (header): the values every row has, headers short enough for a terminal.
+    shown = "case_id hc_mm hc_mm_centile:hc_c bpd_mm ofd_mm cephalic_index:CI atrium_mm tcd_mm"
+    shown += " cisterna_magna_mm:cm_mm csp_width_mm:csp_mm ga_weeks hints"
+    pairs = [(c.split(":") * 2)[:2] for c in shown.split()]
+    columns, short = [c for c, _ in pairs], dict(pairs)
     for column in columns:
         table.add_column(short.get(column, column))
     for row in rows[:50]:
@@ -296,69 +280,8 @@ def _ci(entry: dict) -> str:
     return f"{entry['value']:.3f}, 95% CI {entry['ci95'][0]:.3f}-{entry['ci95'][1]:.3f}"
 
 
-@app.command("train")
-def train(
-    datasets: Annotated[list[Path], typer.Argument(help="datasets with head masks or phantom head geometry")],
-    out_dir: Annotated[Path, typer.Option("--out", help="new run folder")],
-    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 30,
-    batch: Annotated[int, typer.Option(help="batch size")] = 16,
-    lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 2e-3,
-    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val HC")] = 8,
-    max_per_dataset: Annotated[int | None, typer.Option(help="cap each dataset's train images")] = None,
-    seed: Seed = 0,
-) -> None:
-    """Train the head model (skull outline segmentation, then an ellipse fit) on train, pick on val."""
-    from neurosono.core.atomic import OutputExistsError
-    from neurosono.data.format import DatasetFormatError
-    from neurosono.measure.train import HeadDataError, HeadTrainConfig, train_head_model
+# The training commands live beside this module (they share its group).
+from neurosono.cli.measure_train import train, train_structures  # noqa: E402
 
-    config = HeadTrainConfig(epochs, batch, lr, patience=patience, seed=seed, max_per_dataset=max_per_dataset)
-    try:
-        record = train_head_model(datasets, out_dir, config)
-    except OutputExistsError as exc:
-        raise fail(str(exc), EXIT_OUTPUT) from None
-    except (HeadDataError, DatasetFormatError, ValueError) as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from None
-    m = record["val_metrics"]
-    out.print(
-        f"head model in {out_dir}: best epoch {record['best_epoch']}, val HC MAE {m['hc_mae_mm']} mm, "
-        f"Dice {m['dice']} ({m['n']} images), {record['train_seconds']:.0f} s"
-    )
-
-
-@app.command("train-structures")
-def train_structures(
-    datasets: Annotated[
-        list[Path], typer.Argument(help="datasets with region boxes and true structure sizes")
-    ],
-    out_dir: Annotated[Path, typer.Option("--out", help="new run folder")],
-    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 40,
-    batch: Annotated[int, typer.Option(help="batch size")] = 64,
-    lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 2e-3,
-    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val MAE")] = 10,
-    max_cases: Annotated[int | None, typer.Option(help="cap each dataset's train cases")] = None,
-    seed: Seed = 0,
-) -> None:
-    """Train the structure model (atrium, TCD, cisterna magna, CSP width in stage 1's boxes) on
-    train, pick on val."""
-    from neurosono.core.atomic import OutputExistsError
-    from neurosono.data.format import DatasetFormatError
-    from neurosono.measure.structures_train import (
-        StructureDataError,
-        StructureTrainConfig,
-        train_structure_model,
-    )
-
-    config = StructureTrainConfig(epochs, batch, lr, patience=patience, seed=seed, max_cases=max_cases)
-    try:
-        record = train_structure_model(datasets, out_dir, config)
-    except OutputExistsError as exc:
-        raise fail(str(exc), EXIT_OUTPUT) from None
-    except (StructureDataError, DatasetFormatError, ValueError) as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from None
-    m = record["val_metrics"]
-    per = ", ".join(f"{k} {v}" for k, v in m["mae_mm"].items())
-    out.print(
-        f"structure model in {out_dir}: best epoch {record['best_epoch']}, val MAE (mm) {per} "
-        f"({m['n']} windows), {record['train_seconds']:.0f} s"
-    )
+app.command("train")(train)
+app.command("train-structures")(train_structures)

@@ -209,7 +209,16 @@ def train_structure_model(
             break
     model.load_state_dict(best_state)
     best_epoch = min(history, key=lambda h: h["mean_mae_mm"])
-    record = {
+    record = _record(config, model, history, best_epoch, time.time() - started, datasets, train, val)
+    with staged_directory(out) as staging:
+        save_structure_model(staging / WEIGHTS_NAME, model, {"record": json.dumps(record)})
+        atomic_write_text(staging / RECORD_NAME, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _record(config, model, history, best_epoch, seconds, datasets, train, val) -> dict:
+    """The run's record: settings, the epoch chosen, the history and the data it saw."""
+    return {
         "kind": "neurosono structure model run",
         "structures": {
             s.measurement: {"region": s.region, "planes": list(s.planes), "what": s.what} for s in STRUCTURES
@@ -219,7 +228,7 @@ def train_structure_model(
         "best_epoch": best_epoch["epoch"],
         "val_metrics": {k: best_epoch[k] for k in ("mae_mm", "mean_mae_mm", "n")},
         "history": history,
-        "train_seconds": round(time.time() - started, 1),
+        "train_seconds": round(seconds, 1),
         "datasets": [
             {
                 "name": d.spec.name,
@@ -233,7 +242,3 @@ def train_structure_model(
         ],
         "versions": package_versions(),
     }
-    with staged_directory(out) as staging:
-        save_structure_model(staging / WEIGHTS_NAME, model, {"record": json.dumps(record)})
-        atomic_write_text(staging / RECORD_NAME, json.dumps(record, indent=2) + "\n")
-    return record

@@ -1,0 +1,76 @@
+"""``neurosono measure train`` and ``measure train-structures``: the head and structure models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neurosono.cli.common import EXIT_BAD_INPUT, EXIT_OUTPUT, Seed, fail, out
+
+
+def train(
+    datasets: Annotated[list[Path], typer.Argument(help="datasets with head masks or phantom head geometry")],
+    out_dir: Annotated[Path, typer.Option("--out", help="new run folder")],
+    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 30,
+    batch: Annotated[int, typer.Option(help="batch size")] = 16,
+    lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 2e-3,
+    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val HC")] = 8,
+    max_per_dataset: Annotated[int | None, typer.Option(help="cap each dataset's train images")] = None,
+    seed: Seed = 0,
+) -> None:
+    """Train the head model (skull outline segmentation, then an ellipse fit) on train, pick on val."""
+    from neurosono.core.atomic import OutputExistsError
+    from neurosono.data.format import DatasetFormatError
+    from neurosono.measure.train import HeadDataError, HeadTrainConfig, train_head_model
+
+    config = HeadTrainConfig(epochs, batch, lr, patience=patience, seed=seed, max_per_dataset=max_per_dataset)
+    try:
+        record = train_head_model(datasets, out_dir, config)
+    except OutputExistsError as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    except (HeadDataError, DatasetFormatError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    m = record["val_metrics"]
+    out.print(
+        f"head model in {out_dir}: best epoch {record['best_epoch']}, val HC MAE {m['hc_mae_mm']} mm, "
+        f"Dice {m['dice']} ({m['n']} images), {record['train_seconds']:.0f} s"
+    )
+
+
+def train_structures(
+    datasets: Annotated[
+        list[Path], typer.Argument(help="datasets with region boxes and true structure sizes")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="new run folder")],
+    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 40,
+    batch: Annotated[int, typer.Option(help="batch size")] = 64,
+    lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 2e-3,
+    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val MAE")] = 10,
+    max_cases: Annotated[int | None, typer.Option(help="cap each dataset's train cases")] = None,
+    seed: Seed = 0,
+) -> None:
+    """Train the structure model (atrium, TCD, cisterna magna, CSP width in stage 1's boxes) on
+    train, pick on val."""
+    from neurosono.core.atomic import OutputExistsError
+    from neurosono.data.format import DatasetFormatError
+    from neurosono.measure.structures_train import (
+        StructureDataError,
+        StructureTrainConfig,
+        train_structure_model,
+    )
+
+    config = StructureTrainConfig(epochs, batch, lr, patience=patience, seed=seed, max_cases=max_cases)
+    try:
+        record = train_structure_model(datasets, out_dir, config)
+    except OutputExistsError as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    except (StructureDataError, DatasetFormatError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    m = record["val_metrics"]
+    per = ", ".join(f"{k} {v}" for k, v in m["mae_mm"].items())
+    out.print(
+        f"structure model in {out_dir}: best epoch {record['best_epoch']}, val MAE (mm) {per} "
+        f"({m['n']} windows), {record['train_seconds']:.0f} s"
+    )
