@@ -40,8 +40,16 @@ def test_quick_run_trains_both_stages_and_writes_a_self_contained_report(quick_r
     assert cases and all(len(c["attribution"]) == 6 for c in cases)
 
     html = (out / "report.html").read_text()
-    for heading in ("Cohort", "Stage 1: region detector", "Stage 2: normal vs abnormal", "Error gallery"):
+    for heading in (
+        "Cohort",
+        "Stage 1: region detector",
+        "Stage 2: normal vs abnormal",
+        "Biometry",
+        "Error gallery",
+    ):
         assert heading in html
+    biometry = json.loads((out / "evaluation" / "biometry.json").read_text())
+    assert {"hc_mm", "tcd_mm", "atrium_mm"} <= set(biometry) and biometry["hc_mm"]["n"] > 0
     assert "whole-image baseline" in html and "Ramirez Zegarra" in html
     assert "not for clinical use" in html.lower()
     # Self-contained: every image inline, nothing fetched from elsewhere.

@@ -18,6 +18,9 @@ def train(
     lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 2e-3,
     patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val HC")] = 8,
     max_per_dataset: Annotated[int | None, typer.Option(help="cap each dataset's train images")] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="start from this head model (file or run) instead of random weights")
+    ] = None,
     seed: Seed = 0,
 ) -> None:
     """Train the head model (skull outline segmentation, then an ellipse fit) on train, pick on val."""
@@ -25,7 +28,15 @@ def train(
     from neurosono.data.format import DatasetFormatError
     from neurosono.measure.train import HeadDataError, HeadTrainConfig, train_head_model
 
-    config = HeadTrainConfig(epochs, batch, lr, patience=patience, seed=seed, max_per_dataset=max_per_dataset)
+    config = HeadTrainConfig(
+        epochs,
+        batch,
+        lr,
+        patience=patience,
+        seed=seed,
+        max_per_dataset=max_per_dataset,
+        init_from=str(init) if init else None,
+    )
     try:
         record = train_head_model(datasets, out_dir, config)
     except OutputExistsError as exc:
@@ -44,10 +55,10 @@ def train_structures(
         list[Path], typer.Argument(help="datasets with region boxes and true structure sizes")
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="new run folder")],
-    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 40,
+    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 30,
     batch: Annotated[int, typer.Option(help="batch size")] = 64,
     lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 2e-3,
-    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val MAE")] = 10,
+    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val MAE")] = 30,
     max_cases: Annotated[int | None, typer.Option(help="cap each dataset's train cases")] = None,
     seed: Seed = 0,
 ) -> None:

@@ -27,7 +27,15 @@ from neurosono.core.provenance import package_versions
 from neurosono.data.format import HEAD_MASK_COLUMN, Dataset
 from neurosono.measure.ellipse import fit_mask_ellipse
 from neurosono.measure.head import measure_image
-from neurosono.measure.headnet import INPUT_H, INPUT_W, Frame, HeadUNet, save_head_model, standardise
+from neurosono.measure.headnet import (
+    INPUT_H,
+    INPUT_W,
+    Frame,
+    HeadUNet,
+    load_head_model,
+    save_head_model,
+    standardise,
+)
 from neurosono.measure.truth import HeadTruth, has_head_truth, head_truth
 
 RECORD_NAME = "head.json"
@@ -45,6 +53,7 @@ class HeadTrainConfig:
     bf16: bool | None = None  # None: where the CPU computes bf16 natively
     max_per_dataset: int | None = None  # cap each dataset's train images (None: all)
     max_val_per_dataset: int | None = 100  # validation images per dataset each epoch
+    init_from: str | None = None  # a head model (file or run) to start from instead of random weights
 
 
 @dataclass
@@ -218,6 +227,14 @@ def train_head_model(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = HeadUNet()
+    init_sha256 = None
+    if config.init_from:
+        from neurosono.core.checkpoints import file_sha256, load_payload
+        from neurosono.measure.headnet import FORMAT
+
+        start_file, _ = load_payload(config.init_from, WEIGHTS_NAME, FORMAT, "head model")
+        model.load_state_dict(load_head_model(start_file)[0].state_dict())
+        init_sha256 = file_sha256(start_file)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = max(1, len(train) // config.batch) * config.epochs
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=steps, pct_start=0.15)
@@ -244,7 +261,8 @@ def train_head_model(
         "kind": "neurosono head model run",
         "maps": ["head (outer skull border)", "brain (inner skull border)"],
         "calliper_convention": "HC and OFD on the outer skull border; BPD outer to inner",
-        "config": {**asdict(config), "bf16": bf16},
+        "config": {**asdict(config), "bf16": bf16, "init_from": "given" if config.init_from else None},
+        "init_from_sha256": init_sha256,
         "parameters": sum(p.numel() for p in model.parameters()),
         "best_epoch": best_epoch["epoch"],
         "val_metrics": {k: best_epoch[k] for k in ("hc_mae_mm", "dice", "n")},
