@@ -168,10 +168,12 @@ def _print_biometry(biometry: dict) -> None:
             parts.append(f"{name.removesuffix('_mm').upper()} {values[name]:.1f} mm{centile}")
     if "cephalic_index" in values:
         parts.append(f"CI {values['cephalic_index']:.2f}")
+    if "hc_mm" in biometry["absent"]:
+        parts.append(f"HC absent: {biometry['absent']['hc_mm']}")
     age = biometry["ga_weeks"]
     if age is not None and biometry["ga_source"] != "given":
         parts.append(f"age {age:.1f} weeks {biometry['ga_source']}")
-    out.print("  biometry: " + ("; ".join(parts) if parts else biometry["absent"].get("hc_mm", "none")))
+    out.print("  biometry: " + ("; ".join(parts) if parts else "none"))
     structures = []
     for name, label in (
         ("atrium_mm", "Vp"),
