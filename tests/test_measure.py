@@ -291,3 +291,42 @@ def test_the_biometry_sr_round_trips(tmp_path):
     png.write_bytes(b"not dicom")
     with pytest.raises(ReportError, match="DICOM source"):
         write_report(biometry.values, png, tmp_path / "other.dcm")
+
+
+def test_the_sr_references_the_tc_image_for_what_was_measured_on_it(tmp_path):
+    import pydicom
+
+    from neurosono.measure.sr import write_report
+    from test_images import _dicom
+
+    uids = {}
+    for plane in ("tv", "tc"):
+        path = _dicom(tmp_path / f"{plane}.dcm", np.zeros((373, 512), np.uint8))
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.4", pydicom.uid.generate_uid()
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(path)
+        uids[plane] = ds.SOPInstanceUID
+    values = {"hc_mm": 180.0, "tcd_mm": 21.0, "cisterna_magna_mm": 5.0}
+    planes = {"tcd_mm": "tc", "cisterna_magna_mm": "tc"}
+    out = write_report(values, tmp_path / "tv.dcm", tmp_path / "sr.dcm", planes, tmp_path / "tc.dcm")
+    groups = {}  # tracking identifier -> (codes, referenced images)
+
+    def walk(items, key=None):
+        for item in items:
+            if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "112039":
+                key = item.TextValue
+                groups.setdefault(key, (set(), set()))
+            if key and item.ValueType == "NUM":
+                groups[key][0].add(item.ConceptNameCodeSequence[0].CodeValue)
+            if key and item.ValueType == "IMAGE":
+                groups[key][1].add(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            walk(item.get("ContentSequence", []), key)
+
+    for container in pydicom.dcmread(out).ContentSequence:
+        walk([container])
+    assert groups["fetal biometry, TV plane"] == ({"11984-2"}, {uids["tv"]})
+    assert groups["fetal biometry, TC plane"] == ({"11863-8", "11860-4"}, {uids["tc"]})
+    # Without the TC image, its values stay out rather than reference the wrong image.
+    alone = write_report(values, tmp_path / "tv.dcm", tmp_path / "sr_tv.dcm", planes)
+    assert "11863-8" not in str(pydicom.dcmread(alone))

@@ -96,7 +96,7 @@ def predict(
     _print_prediction(result, ga if pipeline.uses_ga else None)
     write_json(json_out, result.to_dict())
     if sr is not None:
-        _write_sr(result, tv, sr)
+        _write_sr(result, tv, sr, tc)
     if overlay is not None:
         from neurosono.pipeline.batch import write_overlays
 
@@ -146,13 +146,20 @@ def _print_prediction(result, ga: float | None) -> None:
     out.print(f"[bold]{escape(result.model['notice'])}[/]", markup=True)
 
 
-def _write_sr(result, tv: Path | None, sr: Path) -> None:
+def _is_dicom(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(132)[128:132] == b"DICM"
+
+
+def _write_sr(result, tv: Path | None, sr: Path, tc: Path | None = None) -> None:
     from neurosono.measure.sr import ReportError, write_report
 
     if tv is None or result.biometry is None:
         raise fail("--sr needs a TV image and the head model", EXIT_BAD_INPUT)
     try:
-        out.print(f"SR: {write_report(result.biometry['values'], tv, sr)}")
+        planes = {m: box["plane"] for m, box in result.biometry.get("structure_boxes", {}).items()}
+        tc_dicom = tc if tc is not None and _is_dicom(tc) else None
+        out.print(f"SR: {write_report(result.biometry['values'], tv, sr, planes, tc_dicom)}")
     except ReportError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     except (FileExistsError, PermissionError) as exc:

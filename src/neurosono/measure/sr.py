@@ -72,14 +72,7 @@ def _evidence(source: pydicom.Dataset, where: str) -> pydicom.Dataset:
     return evidence
 
 
-def biometry_report(
-    values: dict[str, float], source: pydicom.Dataset, where: str = "source"
-) -> hd.sr.Comprehensive3DSR:
-    """The SR of the measured ``values`` (a biometry's) on ``source`` (the TV image's DICOM dataset)."""
-    source = _evidence(source, where)
-    measured = [name for name in CODES if name in values]
-    if not measured:
-        raise ReportError("nothing was measured, so there is no report to write")
+def _group(values: dict[str, float], names: list[str], source: pydicom.Dataset, plane: str):
     measurements = [
         hd.sr.Measurement(
             name=CODES[name],
@@ -87,14 +80,41 @@ def biometry_report(
             unit=codes.UCUM.Millimeter if name.endswith("_mm") else NO_UNITS,
             finding_sites=[hd.sr.FindingSite(SITES[name])],
         )
-        for name in measured
+        for name in names
     ]
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="fetal head biometry"),
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(), identifier=f"fetal biometry, {plane.upper()} plane"
+        ),
         measurements=measurements,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
         finding_type=codes.SCT.Skull,
     )
+
+
+def biometry_report(
+    values: dict[str, float],
+    source: pydicom.Dataset,
+    where: str = "source",
+    planes: dict[str, str] | None = None,
+    others: dict[str, tuple[pydicom.Dataset, str]] | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR of the measured ``values`` (a biometry's) on ``source`` (the TV image's DICOM
+    dataset). ``planes`` names the plane each value was measured on (default TV); values
+    from another plane go in their own group referencing that plane's image (``others``:
+    plane -> (dataset, where)), and are left out where that image is not given."""
+    planes = planes or {}
+    sources = {"tv": _evidence(source, where)}
+    for plane, (dataset, place) in (others or {}).items():
+        sources[plane] = _evidence(dataset, place)
+    measured = [name for name in CODES if name in values and planes.get(name, "tv") in sources]
+    if not measured:
+        raise ReportError("nothing was measured, so there is no report to write")
+    groups = [
+        _group(values, [n for n in measured if planes.get(n, "tv") == plane], dataset, plane)
+        for plane, dataset in sources.items()
+        if any(planes.get(n, "tv") == plane for n in measured)
+    ]
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -104,10 +124,10 @@ def biometry_report(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=PROCEDURE,
-        imaging_measurements=[group],
+        imaging_measurements=groups,
     )
     return hd.sr.Comprehensive3DSR(
-        evidence=[source],
+        evidence=list(sources.values()),
         content=report[0],
         series_number=990,
         series_instance_uid=hd.UID(),
@@ -120,16 +140,28 @@ def biometry_report(
     )
 
 
-def write_report(values: dict[str, float], source_path: str | Path, out: str | Path) -> Path:
-    """Write the SR for a DICOM source image to ``out`` (atomically; never over a file there)."""
+def _read_source(path: str | Path) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises several types for a file that is not DICOM
+        raise ReportError(f"{path}: an SR needs a DICOM source image ({type(exc).__name__})") from None
+
+
+def write_report(
+    values: dict[str, float],
+    source_path: str | Path,
+    out: str | Path,
+    planes: dict[str, str] | None = None,
+    tc_path: str | Path | None = None,
+) -> Path:
+    """Write the SR for a DICOM TV image (and, for the values ``planes`` places on TC, the
+    DICOM TC image ``tc_path``) to ``out``, atomically and never over a file there."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out}: already exists; choose a new SR file")
-    try:
-        source = pydicom.dcmread(source_path, stop_before_pixels=True)
-    except Exception as exc:  # pydicom raises several types for a file that is not DICOM
-        raise ReportError(f"{source_path}: an SR needs a DICOM source image ({type(exc).__name__})") from None
-    report = biometry_report(values, source, str(source_path))
+    source = _read_source(source_path)
+    others = {"tc": (_read_source(tc_path), str(tc_path))} if tc_path is not None else None
+    report = biometry_report(values, source, str(source_path), planes, others)
     from io import BytesIO
 
     buffer = BytesIO()
