@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from neurosono.cli import app
+from neurosono.data.format import DEFAULT_REGIONS
 from neurosono.detect.predict import Detection
 from neurosono.measure.biometry import assemble
 from neurosono.measure.structures import (
@@ -23,16 +24,9 @@ from neurosono.measure.structures import (
     measure_structures,
     window,
 )
+from neurosono.models import HEAD_REGION
 
-REGIONS = [
-    "csp",
-    "thalami",
-    "lateral_ventricle",
-    "sylvian_fissure",
-    "cerebellum",
-    "cisterna_magna",
-    "fetal_head",
-]
+REGIONS = [*DEFAULT_REGIONS, HEAD_REGION]  # the shipped detector's regions
 runner = CliRunner()
 
 
