@@ -55,10 +55,10 @@ def train_structures(
         list[Path], typer.Argument(help="datasets with region boxes and true structure sizes")
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="new run folder")],
-    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 30,
+    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 50,
     batch: Annotated[int, typer.Option(help="batch size")] = 64,
     lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 2e-3,
-    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val MAE")] = 30,
+    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val MAE")] = 50,
     max_cases: Annotated[int | None, typer.Option(help="cap each dataset's train cases")] = None,
     seed: Seed = 0,
 ) -> None:

@@ -40,13 +40,13 @@ WEIGHTS_NAME = "structures.pt"
 
 @dataclass
 class StructureTrainConfig:
-    epochs: int = 30
+    epochs: int = 50
     batch: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
     # The one-cycle schedule anneals in its last epochs, where the best ones come: stopping
     # early would keep a high-learning-rate epoch, so by default every epoch runs.
-    patience: int = 30
+    patience: int = 50
     seed: int = 0
     max_cases: int | None = None  # cap each dataset's train cases (None: all)
     jitter: float = 0.08  # box centre shift, share of the window's side
