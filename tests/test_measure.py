@@ -330,3 +330,37 @@ def test_the_sr_references_the_tc_image_for_what_was_measured_on_it(tmp_path):
     # Without the TC image, its values stay out rather than reference the wrong image.
     alone = write_report(values, tmp_path / "tv.dcm", tmp_path / "sr_tv.dcm", planes)
     assert "11863-8" not in str(pydicom.dcmread(alone))
+
+
+def test_head_training_can_start_from_a_trained_model(head_run, tiny_cohort, tmp_path):
+    from neurosono.core.checkpoints import file_sha256
+
+    result = runner.invoke(
+        app,
+        [
+            "measure",
+            "train",
+            str(tiny_cohort),
+            "--out",
+            str(tmp_path / "tuned"),
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--init",
+            str(head_run),
+            "--lr",
+            "1e-5",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "tuned" / "head.json").read_text())
+    assert record["init_from_sha256"] == file_sha256(head_run / "head.pt")
+    started = json.loads((head_run / "head.json").read_text())["val_metrics"]["dice"]
+    assert (
+        record["val_metrics"]["dice"] > 0.5 and started > 0.5
+    )  # one epoch at a tiny rate keeps what the start knew; random weights find no head
+    bad = runner.invoke(
+        app, ["measure", "train", str(tiny_cohort), "--out", str(tmp_path / "x"), "--init", str(tmp_path)]
+    )
+    assert bad.exit_code == 2 and "no head model file" in bad.output
