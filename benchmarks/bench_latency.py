@@ -10,6 +10,9 @@ Targets: <= 100 ms per case on onnxruntime; stage 2 adds <= 15% over detection a
 (median stage 2 / median stage 1). The machine's load average is recorded with every
 run: figures measured while other jobs share the CPU are upper bounds.
 
+The decision alone is timed (``Pipeline.load(..., biometry=False)``): what biometry adds
+is ``benchmarks/bench_biometry.py``'s figure; ``--biometry`` times both together.
+
 Run: .venv/bin/python benchmarks/bench_latency.py [--cases 64] [--warmup 8] [--json out.json]
      [--model DIR] [--onnx DIR]   (default: the shipped models and their cached ONNX export)
 """
@@ -115,6 +118,7 @@ def main() -> None:
     parser.add_argument("--onnx", type=Path, default=None, help="ONNX export (default: the cached one)")
     parser.add_argument("--runtimes", default="torch,onnx")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--biometry", action="store_true", help="measure the biometry too")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch and onnxruntime threads (default: every core)"
     )
@@ -146,7 +150,7 @@ def main() -> None:
             if runtime == "onnx" and model is None and args.model is not None:
                 parser.error("--model with the onnx runtime needs --onnx (an export of that model)")
             start = time.perf_counter()
-            pipeline = Pipeline.load(model, runtime=runtime, threads=args.threads)
+            pipeline = Pipeline.load(model, runtime=runtime, threads=args.threads, biometry=args.biometry)
             load_seconds = time.perf_counter() - start
             batch_dir = Path(tmp) / f"batch-{runtime}"
             result = measure(pipeline, cohort, cases, args.warmup, batch_dir, args.threads or threads)
