@@ -198,9 +198,7 @@ def _with_stage1(dataset: Dataset, case, measured, detector, structure_model):
     """The case's biometry with stage 1 run on its TV and TC images (CSP seen, structures)."""
     from neurosono.core.images import read_image
     from neurosono.detect.predict import detect_planes
-    from neurosono.measure.biometry import assemble
-    from neurosono.measure.case import CSP_MIN_CONFIDENCE, csp_seen
-    from neurosono.measure.structures import measure_structures
+    from neurosono.measure.case import CSP_MIN_CONFIDENCE, biometry_with
 
     images = {
         plane: read_image(dataset.image_path(rel)) for plane, rel in case.images() if plane in ("tv", "tc")
@@ -208,13 +206,7 @@ def _with_stage1(dataset: Dataset, case, measured, detector, structure_model):
     for plane, loaded in images.items():
         loaded.spacing_mm = loaded.spacing_mm or case.spacing_mm(plane)
     detections = detect_planes(detector, images, conf=CSP_MIN_CONFIDENCE)
-    regions = list(detector.regions)
-    seen, why = csp_seen(detections, regions)
-    structures = None
-    if structure_model is not None:
-        planes = {p: (im.pixels, im.spacing_mm) for p, im in images.items()}
-        structures = measure_structures(structure_model, planes, detections, regions)
-    return assemble(measured, case.ga_weeks, seen, why, structures=structures)
+    return biometry_with(measured, images, case.ga_weeks, detections, list(detector.regions), structure_model)
 
 
 def _hint_rows(case, biometry) -> list[tuple[str, bool, bool, str]]:

@@ -12,13 +12,14 @@ from pathlib import Path
 from neurosono.core.images import LoadedImage
 from neurosono.detect.predict import Detection, detect_planes
 from neurosono.measure.biometry import Biometry, assemble
-from neurosono.measure.head import measure_image
+from neurosono.measure.head import HeadMeasurement, measure_image
 from neurosono.measure.headnet import load_head_model
-from neurosono.measure.structures import load_structure_model, measure_structures
+from neurosono.measure.structures import MIN_CONFIDENCE, load_structure_model, measure_structures
 from neurosono.models import DEFAULT_DETECTOR, PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 
 CSP_REGION = "csp"
-CSP_MIN_CONFIDENCE = 0.25  # the confidence a region must reach to count as seen
+# A region counts as seen (CSP hint) at the confidence it is measured in (structures).
+CSP_MIN_CONFIDENCE = MIN_CONFIDENCE
 
 
 def csp_seen(detections: list[Detection], region_names: list[str]) -> tuple[bool | None, str]:
@@ -39,10 +40,23 @@ def biometry_for(
 ) -> Biometry:
     """The case's biometry from the head model on its TV image and, with stage 1's output,
     the structure model in its boxes."""
-    seen, why = (None, "no detector run") if detections is None else csp_seen(detections, region_names)
     head = None
     if "tv" in images:
         head = measure_image(head_model, images["tv"].pixels, images["tv"].spacing_mm)
+    return biometry_with(head, images, ga_weeks, detections, region_names, structure_model)
+
+
+def biometry_with(
+    head: HeadMeasurement | None,
+    images: dict[str, LoadedImage],
+    ga_weeks: float | None,
+    detections,
+    region_names,
+    structure_model=None,
+) -> Biometry:
+    """The case's biometry from a head measurement already made and stage 1's output
+    (None: no detector run): whether the CSP was seen, the structures in its boxes."""
+    seen, why = (None, "no detector run") if detections is None else csp_seen(detections, region_names)
     structures, reason = None, "no structure model loaded"
     if structure_model is not None and detections is None:
         reason = "no detector run (the structures are measured in its boxes)"
