@@ -146,11 +146,6 @@ def _print_prediction(result, ga: float | None) -> None:
     out.print(f"[bold]{escape(result.model['notice'])}[/]", markup=True)
 
 
-def _is_dicom(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(132)[128:132] == b"DICM"
-
-
 def _write_sr(result, tv: Path | None, sr: Path, tc: Path | None = None) -> None:
     from neurosono.measure.sr import ReportError, write_report
 
@@ -158,7 +153,9 @@ def _write_sr(result, tv: Path | None, sr: Path, tc: Path | None = None) -> None
         raise fail("--sr needs a TV image and the head model", EXIT_BAD_INPUT)
     try:
         planes = {m: box["plane"] for m, box in result.biometry.get("structure_boxes", {}).items()}
-        tc_dicom = tc if tc is not None and _is_dicom(tc) else None
+        from neurosono.core.images import is_dicom
+
+        tc_dicom = tc if tc is not None and is_dicom(tc) else None
         out.print(f"SR: {write_report(result.biometry['values'], tv, sr, planes, tc_dicom)}")
     except ReportError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
@@ -181,13 +178,10 @@ def _print_biometry(biometry: dict) -> None:
     if age is not None and biometry["ga_source"] != "given":
         parts.append(f"age {age:.1f} weeks {biometry['ga_source']}")
     out.print("  biometry: " + ("; ".join(parts) if parts else "none"))
+    from neurosono.measure.structures import STRUCTURE_LABELS
+
     structures = []
-    for name, label in (
-        ("atrium_mm", "Vp"),
-        ("tcd_mm", "TCD"),
-        ("cisterna_magna_mm", "CM"),
-        ("csp_width_mm", "CSP"),
-    ):
+    for name, label in STRUCTURE_LABELS.items():
         if name in values:
             centile = f" (centile {centiles[name]['centile']:.0f})" if name in centiles else ""
             structures.append(f"{label} {values[name]:.1f} mm{centile}")

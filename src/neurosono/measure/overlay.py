@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 
 from neurosono.measure.biometry import Biometry
+from neurosono.measure.structures import STRUCTURE_LABELS
 
 OUTER, INNER, CALLIPER, STRUCTURE = (0, 200, 255), (80, 220, 80), (255, 255, 0), (255, 120, 255)  # BGR
-SHORT = {"atrium_mm": "Vp", "tcd_mm": "TCD", "cisterna_magna_mm": "CM", "csp_width_mm": "CSP"}
 
 
 def draw_biometry(grey: np.ndarray, biometry: Biometry, plane: str = "tv") -> np.ndarray:
@@ -24,7 +24,7 @@ def draw_biometry(grey: np.ndarray, biometry: Biometry, plane: str = "tv") -> np
                 continue
             x0, y0, x1, y1 = (round(v) for v in found.box)
             cv2.rectangle(image, (x0, y0), (x1, y1), STRUCTURE, thick, cv2.LINE_AA)
-            label = f"{SHORT.get(name, name)} {biometry.values[name]:.1f}"
+            label = f"{STRUCTURE_LABELS.get(name, name)} {biometry.values[name]:.1f}"
             cv2.putText(
                 image, label, (x0, max(10, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8, STRUCTURE, 1
             )
@@ -40,7 +40,7 @@ def draw_biometry(grey: np.ndarray, biometry: Biometry, plane: str = "tv") -> np
         for x, y in ((x0, y0), (x1, y1)):
             cv2.drawMarker(image, (round(x), round(y)), CALLIPER, cv2.MARKER_CROSS, 6 * thick + 4, thick)
     lines = [
-        f"{SHORT.get(k, k.removesuffix('_mm').upper())} {v:.1f} mm"
+        f"{STRUCTURE_LABELS.get(k, k.removesuffix('_mm').upper())} {v:.1f} mm"
         for k, v in biometry.values.items()
         if k.endswith("_mm")
     ]

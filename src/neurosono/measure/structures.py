@@ -33,6 +33,7 @@ class StructureSpec:
     region: str  # stage 1's region it is measured in
     planes: tuple[str, ...]  # planes it is measured on, in order of preference
     what: str  # what the calliper measures, for docs and records
+    label: str  # its short name on overlays and in the console
 
 
 STRUCTURES = (
@@ -41,22 +42,28 @@ STRUCTURES = (
         "lateral_ventricle",
         ("tv",),
         "the atrium of the lateral ventricle (Vp), inner to inner, at the glomus of the choroid plexus",
+        "Vp",
     ),
     StructureSpec(
         "tcd_mm",
         "cerebellum",
         ("tc",),
         "transverse cerebellar diameter, outer to outer across the hemispheres",
+        "TCD",
     ),
     StructureSpec(
         "cisterna_magna_mm",
         "cisterna_magna",
         ("tc",),
         "cisterna magna depth, from the vermis to the inner occipital bone",
+        "CM",
     ),
-    StructureSpec("csp_width_mm", "csp", ("tv", "tc"), "width of the cavum septi pellucidi, wall to wall"),
+    StructureSpec(
+        "csp_width_mm", "csp", ("tv", "tc"), "width of the cavum septi pellucidi, wall to wall", "CSP"
+    ),
 )
 STRUCTURE_NAMES = tuple(s.measurement for s in STRUCTURES)
+STRUCTURE_LABELS = {s.measurement: s.label for s in STRUCTURES}
 
 
 def window(box: tuple[float, float, float, float]) -> tuple[float, float, float]:
