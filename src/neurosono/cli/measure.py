@@ -216,16 +216,16 @@ def evaluate(
     source group. The structures are scored where the dataset records them (stage 1 runs)."""
     from neurosono.core.checkpoints import ModelFileError
     from neurosono.data.format import Dataset, DatasetFormatError
-    from neurosono.evaluate.biometry import evaluate_biometry
+    from neurosono.evaluate.biometry import evaluate_biometry, recorded_measurements
     from neurosono.measure.headnet import load_head_model
     from neurosono.measure.structures import STRUCTURE_NAMES, load_structure_model
     from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 
     try:
         head, _ = load_head_model(model or REAL_HEAD_MODEL)
-        recorded = set(Dataset.load(dataset).cases[0].extra) if not no_structures else set()
+        recorded = set() if no_structures else recorded_measurements(Dataset.load(dataset), STRUCTURE_NAMES)
         structure_model = None
-        if recorded & set(STRUCTURE_NAMES) or structures is not None:
+        if recorded or structures is not None:
             structure_model = load_structure_model(structures or PHANTOM_STRUCTURE_MODEL)[0]
         detector = None
         if hints or structure_model is not None:
@@ -245,7 +245,7 @@ def evaluate(
         )
         if not hints:
             result.pop("hints", None)
-    except (ModelFileError, DatasetFormatError, ValueError, IndexError) as exc:
+    except (ModelFileError, DatasetFormatError, ValueError) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     table = Table(title=f"{result['dataset']} ({result['split']}, {result['n_cases']} cases)")
     for column in ("measurement", "MAE (95% CI)", "bias (95% CI)", "LoA 95%", "n", "measured"):

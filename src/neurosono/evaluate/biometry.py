@@ -221,6 +221,14 @@ def _hint_rows(case, biometry) -> list[tuple[str, bool, bool, str]]:
     return rows
 
 
+def recorded_measurements(dataset: Dataset, names: tuple[str, ...]) -> set[str]:
+    """Which of the measurement columns ``names`` the dataset's cases record."""
+    columns: set[str] = set()
+    for case in dataset.cases:
+        columns.update(case.extra)
+    return columns & set(names)
+
+
 def _true_value(case, column: str) -> float | None:
     try:
         return float(case.extra[column])
@@ -251,8 +259,8 @@ def evaluate_run_biometry(
     from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 
     dataset = Dataset.load(dataset_path)
-    recorded = set().union(*(c.extra for c in dataset.cases)) if dataset.cases else set()
-    if not recorded & set(HEAD_MEASUREMENTS + STRUCTURE_NAMES) or not (REAL_HEAD_MODEL / "head.pt").is_file():
+    recorded = recorded_measurements(dataset, HEAD_MEASUREMENTS + STRUCTURE_NAMES)
+    if not recorded or not (REAL_HEAD_MODEL / "head.pt").is_file():
         return None
     head, _ = load_head_model(REAL_HEAD_MODEL)
     structures = None
