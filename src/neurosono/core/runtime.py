@@ -1,4 +1,4 @@
-"""The machine's cores, and onnxruntime sessions set up the way every neurosono model runs."""
+"""The machine's cores, and onnxruntime set up the way every neurosono model runs."""
 
 from __future__ import annotations
 
