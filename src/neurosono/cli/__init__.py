@@ -9,7 +9,19 @@ from __future__ import annotations
 import typer
 
 from neurosono import __version__
-from neurosono.cli import classify, data, detect, evaluate, measure, phantom, predict, real, realism, run
+from neurosono.cli import (
+    classify,
+    data,
+    detect,
+    evaluate,
+    measure,
+    phantom,
+    predict,
+    real,
+    realism,
+    run,
+    serve,
+)
 from neurosono.cli.common import out
 
 app = typer.Typer(
@@ -39,6 +51,7 @@ app.command("export")(predict.export)
 app.add_typer(measure.app, name="measure")
 app.command()(realism.realism)
 app.command()(run.run)
+app.command()(serve.serve)
 app.add_typer(real.app, name="real", hidden=True)
 
 

@@ -9,6 +9,7 @@ problem; huge images are refused from their header, before decoding.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ def _rgb_to_grey(array: np.ndarray) -> np.ndarray:
     return (array[..., :3].astype(np.float32) @ weights).round().clip(0, 255).astype(np.uint8)
 
 
-def _check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
+def _check_size(path: Path | str, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageReadError(
             f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
@@ -114,6 +115,18 @@ def read_image(
     return _read_raster(path, max_pixels)
 
 
+def read_image_bytes(
+    data: bytes, name: str, frame: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> LoadedImage:
+    """An image held in memory (an upload): its kind is told from its content alone, never
+    from a file name; ``name`` labels it in messages and in ``LoadedImage.path``."""
+    if not data:
+        raise ImageReadError(f"{name}: is an empty file")
+    if data[128:132] == b"DICM":
+        return _read_dicom(io.BytesIO(data), frame, max_pixels, where=name)
+    return _read_raster(io.BytesIO(data), max_pixels, where=name)
+
+
 def read_grey(path: str | Path) -> np.ndarray:
     """The 8-bit grey pixels of an image file (what the stage-2 classifiers read)."""
     return read_image(path).pixels
@@ -134,14 +147,15 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ImageReadError(f"{path}: unreadable image header ({type(exc).__name__}: {exc})") from None
 
 
-def _read_raster(path: Path, max_pixels: int) -> LoadedImage:
+def _read_raster(path: Path | io.BytesIO, max_pixels: int, where: str | None = None) -> LoadedImage:
+    where = where or str(path)
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our own limit, checked from the header, applies instead
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as image:
-                _check_size(path, *image.size, max_pixels)
+                _check_size(where, *image.size, max_pixels)
                 mode = image.mode
                 image.load()
                 colour = None
@@ -151,17 +165,17 @@ def _read_raster(path: Path, max_pixels: int) -> LoadedImage:
                     pixels = np.asarray(image.convert("L"))
                     if mode not in ("L", "1", "LA"):
                         colour = np.asarray(image.convert("RGB"))
-                kind = (image.format or path.suffix.lstrip(".")).lower()
+                kind = (image.format or Path(where).suffix.lstrip(".")).lower()
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file (PNG, JPEG, BMP, TIFF or DICOM expected)") from None
+        raise ImageReadError(f"{where}: not an image file (PNG, JPEG, BMP, TIFF or DICOM expected)") from None
     except ImageReadError:
         raise
     except Exception as exc:  # decoders raise a wide variety on corrupt data
         problem = "truncated image" if "truncated" in str(exc).lower() else "unreadable image"
-        raise ImageReadError(f"{path}: {problem} ({type(exc).__name__}: {exc})") from None
+        raise ImageReadError(f"{where}: {problem} ({type(exc).__name__}: {exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
-    return LoadedImage(path, pixels, None, kind, {"mode": mode}, colour)
+    return LoadedImage(Path(where), pixels, None, kind, {"mode": mode}, colour)
 
 
 def _dicom_spacing(ds) -> float | None:
@@ -177,32 +191,37 @@ def _dicom_spacing(ds) -> float | None:
     return None
 
 
-def _read_dicom(path: Path, frame: int | None, max_pixels: int) -> LoadedImage:
+def _read_dicom(
+    path: Path | io.BytesIO, frame: int | None, max_pixels: int, where: str | None = None
+) -> LoadedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
+
+    where = where or str(path)
 
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
-        raise ImageReadError(f"{path}: not a valid DICOM file") from None
+        raise ImageReadError(f"{where}: not a valid DICOM file") from None
     except Exception as exc:
-        raise ImageReadError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from None
+        raise ImageReadError(f"{where}: unreadable DICOM ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds:
-        raise ImageReadError(f"{path}: DICOM file without pixel data (a report or structured document?)")
+        raise ImageReadError(f"{where}: DICOM file without pixel data (a report or structured document?)")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    _check_size(path, cols, rows, max_pixels)
+    _check_size(where, cols, rows, max_pixels)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1 and frame is None:
         raise ImageReadError(
-            f"{path}: multi-frame DICOM ({frames} frames); choose one with --frame N (0-based)"
+            f"{where}: multi-frame DICOM ({frames} frames); choose one (0-based) "
+            "with --frame N, or the API's frame field"
         )
     if frame is not None and not 0 <= frame < frames:
-        raise ImageReadError(f"{path}: --frame {frame} is outside 0..{frames - 1}")
+        raise ImageReadError(f"{where}: frame {frame} is outside 0..{frames - 1}")
     try:
         array = ds.pixel_array  # pydicom converts YBR colour spaces to RGB
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
-        raise ImageReadError(f"{path}: cannot decode pixel data (transfer syntax {syntax}): {exc}") from None
+        raise ImageReadError(f"{where}: cannot decode pixel data (transfer syntax {syntax}): {exc}") from None
     if frames > 1:
         array = array[frame]
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
@@ -220,4 +239,4 @@ def _read_dicom(path: Path, frame: int | None, max_pixels: int) -> LoadedImage:
         "frame": frame,
         "bits": int(ds.get("BitsAllocated", 8)),
     }
-    return LoadedImage(path, pixels, _dicom_spacing(ds), "dicom", info, colour)
+    return LoadedImage(Path(where), pixels, _dicom_spacing(ds), "dicom", info, colour)

@@ -67,13 +67,21 @@ class Ellipse:
         cv2.ellipse(canvas, centre, axes, self.angle_deg, 0, 360, 1, -1, cv2.LINE_8, shift)
         return canvas.astype(bool)
 
+    @classmethod
+    def from_dict(cls, record: dict) -> Ellipse:
+        """The ellipse of a ``to_dict`` record (pixel coordinates)."""
+        return cls(
+            record["cx_px"], record["cy_px"], record["major_px"], record["minor_px"], record["angle_deg"]
+        )
+
     def to_dict(self, spacing_mm: float | None = None) -> dict:
         out = {
             "cx_px": round(self.cx, 2),
             "cy_px": round(self.cy, 2),
             "major_px": round(self.major, 2),
             "minor_px": round(self.minor, 2),
-            "angle_deg": round(self.angle_deg % 180.0, 2),
+            # The long axis's direction, so that the record alone redraws the ellipse.
+            "angle_deg": round((self.angle_deg + (0.0 if self.d1 >= self.d2 else 90.0)) % 180.0, 2),
         }
         if spacing_mm:
             out["perimeter_mm"] = round(self.perimeter * spacing_mm, 2)

@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-
 from neurosono.core.atomic import atomic_write_bytes
 from neurosono.core.images import IMAGE_EXTENSIONS, read_image
 from neurosono.data.format import load_cases
@@ -162,40 +160,15 @@ def predict_batch(
     return BatchSummary(len(cases), failures)
 
 
-COLOURS = [(0, 214, 255), (255, 200, 0), (80, 80, 255), (120, 255, 120), (0, 140, 255), (255, 120, 210)]
-
-
 def write_overlays(result: Prediction, folder: Path) -> list[Path]:
-    """Each input image with its chosen region boxes, names, confidences and attributions."""
+    """Each input image with what the prediction found on it (``pipeline/overlay.py``)."""
+    from neurosono.pipeline.overlay import overlay_png
+
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for plane, info in result.inputs.items():
-        image = read_image(info["path"]).bgr().copy()
-        for index, region in enumerate(result.regions):
-            if not region.found or region.plane != plane:
-                continue
-            x0, y0, x1, y1 = (round(v) for v in region.box)
-            colour = COLOURS[index % len(COLOURS)]
-            cv2.rectangle(image, (x0, y0), (x1, y1), colour, 2)
-            text = f"{region.region} {region.confidence:.2f} ({region.attribution:+.2f})"
-            cv2.putText(
-                image, text, (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA
-            )
-        banner = f"P(abnormal) {result.p_abnormal:.2f}: {result.decision.upper()} - {result.model['notice']}"
-        cv2.putText(
-            image,
-            banner,
-            (8, image.shape[0] - 10),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            (255, 255, 255),
-            1,
-            cv2.LINE_AA,
-        )
-        ok, png = cv2.imencode(".png", image)
-        if not ok:
-            raise OSError(f"could not encode the overlay for {info['path']}")
+        png = overlay_png(read_image(info["path"]).bgr(), result, plane)
         target = folder / f"{Path(info['path']).stem}_overlay.png"
-        atomic_write_bytes(target, png.tobytes())
+        atomic_write_bytes(target, png)
         written.append(target)
     return written

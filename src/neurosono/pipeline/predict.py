@@ -125,18 +125,18 @@ class Pipeline:
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-        head, structures = load_biometry_models(model_dir) if biometry else (None, None)
+        head, structures, hashes = load_biometry_models(model_dir) if biometry else (None, None, {})
         if runtime == "onnx":
             from neurosono.pipeline.onnx_runtime import load_onnx_parts
 
             detector, stage2, meta, info = load_onnx_parts(model_dir, notify, threads)
-            return cls(detector, stage2, meta, info, head, structures)
+            return cls(detector, stage2, meta, {**info, **hashes}, head, structures)
         parts = load_torch_parts(Path(model_dir) if model_dir else default_model_dir())
         return cls(
             parts.detector,
             TorchStage2(parts.hexanet.model),
             parts.hexanet.meta,
-            {**parts.info, "runtime": "torch"},
+            {**parts.info, **hashes, "runtime": "torch"},
             head,
             structures,
         )
@@ -242,13 +242,15 @@ class Pipeline:
 
 
 def load_biometry_models(model_dir: str | Path | None) -> tuple:
-    """(head model, structure model): each the one beside the models (``head/head.pt``,
-    ``structures/structures.pt``), else the shipped one; None where neither exists."""
+    """(head model, structure model, their files' hashes): each model the one beside the
+    models (``head/head.pt``, ``structures/structures.pt``), else the shipped one; None where
+    neither exists. The hashes are keyed ``head_sha256`` and ``structures_sha256``."""
+    from neurosono.core.checkpoints import file_sha256
     from neurosono.measure.headnet import load_head_model
     from neurosono.measure.structures import load_structure_model
     from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 
-    found = []
+    found, hashes = [], {}
     for name, shipped, load in (
         ("head", REAL_HEAD_MODEL, load_head_model),
         ("structures", PHANTOM_STRUCTURE_MODEL, load_structure_model),
@@ -256,7 +258,9 @@ def load_biometry_models(model_dir: str | Path | None) -> tuple:
         folders = ([Path(model_dir) / name] if model_dir else []) + [shipped]
         folder = next((f for f in folders if (f / f"{name}.pt").is_file()), None)
         found.append(load(folder)[0] if folder else None)
-    return tuple(found)
+        if folder:
+            hashes[f"{name}_sha256"] = file_sha256(folder / f"{name}.pt")
+    return (*found, hashes)
 
 
 def region_results(
