@@ -69,13 +69,14 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loader = None
-        if app.state.engine is None:
+        if app.state.engine is None:  # an engine passed in belongs to the caller, who closes it
             loader = asyncio.create_task(_load(app, settings))
         yield
-        if loader is not None and not loader.done():
-            loader.cancel()
-        if app.state.engine is not None:
-            await asyncio.to_thread(app.state.engine.close)
+        if loader is not None:
+            if not loader.done():
+                loader.cancel()
+            elif app.state.engine is not None:
+                await asyncio.to_thread(app.state.engine.close)
 
     app = FastAPI(
         title="neurosono",

@@ -37,7 +37,7 @@ async def _bounded(request: Request, limit: int) -> AsyncIterator[bytes]:
     async for chunk in request.stream():
         seen += len(chunk)
         if seen > limit:
-            raise ProblemError(413, f"the upload is larger than the {limit / 2**20:g} MB limit")
+            raise ProblemError(413, f"the upload is larger than the {limit / 2**20:.3g} MB limit")
         yield chunk
 
 
@@ -47,7 +47,8 @@ async def read_case(request: Request, max_bytes: int, max_pixels: int) -> CaseUp
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise ProblemError(
             413,
-            f"the upload ({int(declared) / 2**20:.1f} MB) is larger than the {max_bytes / 2**20:g} MB limit",
+            f"the upload ({int(declared) / 2**20:.1f} MB) is larger than "
+            f"the {max_bytes / 2**20:.3g} MB limit",
         )
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
