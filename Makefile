@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Running `make demo` again resumes the run: finished stages are kept.
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test test-fast lint docs bench clean
+.PHONY: install browser demo test test-fast lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,16 +19,25 @@ install: $(STAMP)
 demo: install
 	$(BIN)/neurosono run --out $(DEMO_OUT)
 
-test: install
-	$(BIN)/python -m pytest -q
+# Debian's chromium and chromium-driver for the browser test, installed where missing (as root,
+# or through sudo). `make test` needs them: there the browser test fails rather than skips.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
-# Under a minute: everything but the tests that train models.
+test: install browser
+	NEUROSONO_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
+
+# Under a minute: everything but the tests that train models, drive the browser or start servers.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The command reference is generated from the command line itself (a test checks it is current).
 docs: install
 	$(BIN)/python -m neurosono.cli.reference > docs/cli.md
+	$(BIN)/python -m neurosono.serve.openapi > docs/openapi.json
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -308,7 +308,7 @@ def ga_warnings(meta: dict, ga_weeks: float | None) -> list[str]:
     if ga_weeks is None:
         return [
             "gestational age not given: the model decided without it (it is less sure of sizes "
-            "that depend on age, such as the cerebellum's); give it with --ga-weeks (Python: ga_weeks=)"
+            "that depend on age, such as the cerebellum's); give it with --ga-weeks (Python and the API: ga_weeks)"
         ]
     span = meta.get("ga_weeks_range")
     if span and not span[0] - 0.5 <= ga_weeks <= span[1] + 0.5:
