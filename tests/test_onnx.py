@@ -20,6 +20,7 @@ from neurosono.core.checkpoints import file_sha256
 from neurosono.core.images import read_image
 from neurosono.data.format import Dataset
 from neurosono.detect.env import cpu_cores
+from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 from neurosono.phantom.cohort import CohortConfig, generate_cohort
 from neurosono.pipeline import export as deploy
 from neurosono.pipeline import onnx_files, onnx_runtime
@@ -57,7 +58,8 @@ def pipelines(export: Path) -> tuple[Pipeline, Pipeline]:
 def test_export_writes_both_stages_and_a_manifest(export: Path, pipelines: tuple[Pipeline, Pipeline]) -> None:
     import onnx
 
-    assert sorted(p.name for p in export.iterdir()) == ["detector.onnx", "hexanet.onnx", "onnx.json"]
+    files = ["detector.onnx", "head.onnx", "hexanet.onnx", "onnx.json", "structures.onnx"]
+    assert sorted(p.name for p in export.iterdir()) == files
     assert not [p for p in export.parent.iterdir() if p.name.startswith(".")]  # no staging debris
     manifest = json.loads((export / "onnx.json").read_text())
     detector_file, classifier_file = model_files(default_model_dir())
@@ -73,6 +75,15 @@ def test_export_writes_both_stages_and_a_manifest(export: Path, pipelines: tuple
     assert manifest["detector"]["source_sha256"] == file_sha256(detector_file)
     assert manifest["hexanet"]["source_sha256"] == file_sha256(classifier_file)
     assert manifest["detector"]["sha256"] == file_sha256(export / "detector.onnx")
+    for name, model in (
+        ("head", REAL_HEAD_MODEL / "head.pt"),
+        ("structures", PHANTOM_STRUCTURE_MODEL / "structures.pt"),
+    ):
+        entry = manifest["biometry"][name]
+        assert entry["source_sha256"] == file_sha256(model) and entry["sha256"] == file_sha256(
+            export / entry["file"]
+        )
+        assert entry["max_abs_diff_vs_torch"] < 1e-3
     assert manifest["opset"] == onnx_files.OPSET and manifest["versions"]["onnxruntime"]
     imgsz = json.loads(detector_file.with_suffix(".json").read_text())["config"]["imgsz"]
     assert manifest["detector"]["imgsz"] == imgsz and manifest["detector"]["fixed_size"] is False
@@ -102,6 +113,8 @@ def test_onnx_pipeline_matches_torch(cohort: Path, pipelines: tuple[Pipeline, Pi
         decisions.add(a.decision)
         assert b.p_abnormal == pytest.approx(a.p_abnormal, abs=1e-3)
         assert b.decision == a.decision and b.threshold == a.threshold
+        for name, value in a.biometry["values"].items():  # the biometry runs on onnxruntime too
+            assert b.biometry["values"][name] == pytest.approx(value, rel=1e-3, abs=0.05), name
         assert [r.found for r in b.regions] == [r.found for r in a.regions]
         assert sum(r.found for r in a.regions) >= 4  # the detector sees these phantoms
         for ra, rb in zip(a.regions, b.regions, strict=True):

@@ -92,6 +92,7 @@ def test_predict_returns_the_json_of_predict_json(client, phantom_pair, tmp_path
         cli_app,
         [
             "predict",
+            "--runtime", "onnx",
             "--tv", str(phantom_pair["tv"]),
             "--tc", str(phantom_pair["tc"]),
             "--ga-weeks", "21+3",

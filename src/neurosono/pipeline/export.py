@@ -147,6 +147,7 @@ def write_export(model_dir: Path, folder: Path, fixed_size: bool = False) -> dic
             "outputs": {"logit": ["batch"], "drop_one_logits": ["batch", shapes["n_regions"]]},
             "max_abs_diff_vs_torch": hexanet_check,
         },
+        "biometry": export_biometry_files(model_dir, folder),
         "opset": OPSET,
         "exporter": "torch.onnx.export(dynamo=False); the detector through ultralytics' ONNX exporter",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -154,6 +155,29 @@ def write_export(model_dir: Path, folder: Path, fixed_size: bool = False) -> dic
     }
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def export_biometry_files(model_dir: Path, folder: Path) -> dict:
+    """head.onnx and structures.onnx for the biometry models the folder's pipeline uses (its
+    own, else the shipped ones): per file, its hash, its source's hash and its difference
+    from torch. Empty when there is no head model."""
+    from neurosono.measure.onnx import HEAD_ONNX, STRUCTURES_ONNX, export_biometry
+    from neurosono.pipeline.predict import load_biometry_models
+
+    head, structures, hashes = load_biometry_models(model_dir)
+    if head is None:
+        return {}
+    checks = export_biometry(head, structures, folder)
+    return {
+        name: {
+            "file": file,
+            "sha256": file_sha256(folder / file),
+            "source_sha256": hashes[f"{name}_sha256"],
+            "max_abs_diff_vs_torch": checks[file],
+        }
+        for name, file in (("head", HEAD_ONNX), ("structures", STRUCTURES_ONNX))
+        if file in checks
+    }
 
 
 def export_detector(detector: Detector, target: Path, fixed_size: bool) -> float:

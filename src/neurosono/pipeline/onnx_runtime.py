@@ -12,6 +12,7 @@ import contextlib
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,16 @@ def load_onnx_detector(folder: Path, manifest: dict, threads: int | None = None)
     )
 
 
+@dataclass
+class OnnxParts:
+    detector: Detector
+    stage2: OnnxHexaNet
+    meta: dict
+    info: dict
+    head_model: object | None  # OnnxNet, called like the torch head model
+    structure_model: object | None
+
+
 def default_export_dir(detector_sha256: str, classifier_sha256: str) -> Path:
     """Cache folder for the shipped models' export, keyed by their source SHA-256s."""
     return config_dir().parent / "onnx" / f"{detector_sha256[:16]}-{classifier_sha256[:16]}"
@@ -109,7 +120,13 @@ def cached_default_export(notify: Callable[[str], None] | None = None) -> Path:
     with contextlib.suppress(OnnxModelError):
         manifest = read_manifest(folder)
         sources = (manifest["detector"]["source_sha256"], manifest["hexanet"]["source_sha256"])
-        if sources == (det_sha, cls_sha) and manifest["detector"].get("fixed_size") is False:
+        biometry = {k: v["source_sha256"] for k, v in manifest.get("biometry", {}).items()}
+        current = (
+            sources == (det_sha, cls_sha)
+            and manifest["detector"].get("fixed_size") is False
+            and biometry == shipped_biometry_hashes()
+        )
+        if current:
             return folder
     (notify or _notify_stderr)(f"exporting the shipped models to ONNX once, into {folder}")
     if folder.exists():  # stale or broken: replace it
@@ -122,12 +139,33 @@ def cached_default_export(notify: Callable[[str], None] | None = None) -> Path:
     return folder
 
 
+def shipped_biometry_hashes() -> dict[str, str]:
+    """The shipped biometry models' file hashes, by name (head, structures)."""
+    from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
+
+    files = {"head": REAL_HEAD_MODEL / "head.pt", "structures": PHANTOM_STRUCTURE_MODEL / "structures.pt"}
+    return {name: file_sha256(path) for name, path in files.items() if path.is_file()}
+
+
+def load_onnx_biometry(folder: Path, manifest: dict, threads: int | None = None) -> tuple:
+    """(head model, structure model, their source hashes) of an export on onnxruntime;
+    (None, None, {}) for an export without biometry files."""
+    from neurosono.measure.onnx import OnnxNet
+
+    entries = manifest.get("biometry", {})
+    nets = {name: OnnxNet(folder / entry["file"], threads) for name, entry in entries.items()}
+    hashes = {f"{name}_sha256": entry["source_sha256"] for name, entry in entries.items()}
+    return nets.get("head"), nets.get("structures"), hashes
+
+
 def load_onnx_parts(
     model_dir: str | Path | None = None,
     notify: Callable[[str], None] | None = None,
     threads: int | None = None,
-) -> tuple[Detector, OnnxHexaNet, dict, dict]:
-    """(detector, stage 2, HexaNet's record, model info) of an ONNX export, as the pipeline runs them.
+    biometry: bool = True,
+) -> OnnxParts:
+    """Detector, stage 2, HexaNet's record, model info and (with ``biometry``, where the export
+    holds them) the biometry networks of an ONNX export, as the pipeline runs them.
 
     ``model_dir``: an ONNX export folder; None (or the shipped model folder) uses the
     shipped models' export in the cache, writing it on first use. ``threads``:
@@ -139,6 +177,10 @@ def load_onnx_parts(
     else:
         folder = Path(model_dir)
     manifest = read_manifest(folder)
+    if biometry:
+        head, structures, hashes = load_onnx_biometry(folder, manifest, threads)
+    else:
+        head, structures, hashes = None, None, {}
     detector = load_onnx_detector(folder, manifest, threads)
     classifier = OnnxHexaNet(folder / manifest["hexanet"]["file"], threads)
     if classifier.n_regions != len(manifest["regions"]):
@@ -170,9 +212,10 @@ def load_onnx_parts(
         "classifier_sha256": manifest["hexanet"]["source_sha256"],
         "trained_on": manifest["trained_on"],
         "notice": manifest["notice"],
+        **hashes,
         "runtime": "onnx",
     }
-    return detector, classifier, meta, info
+    return OnnxParts(detector, classifier, meta, info, head, structures)
 
 
 def _same(a: Path, b: Path) -> bool:

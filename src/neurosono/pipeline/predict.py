@@ -125,12 +125,16 @@ class Pipeline:
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-        head, structures, hashes = load_biometry_models(model_dir) if biometry else (None, None, {})
         if runtime == "onnx":
             from neurosono.pipeline.onnx_runtime import load_onnx_parts
 
-            detector, stage2, meta, info = load_onnx_parts(model_dir, notify, threads)
-            return cls(detector, stage2, meta, {**info, **hashes}, head, structures)
+            onnx = load_onnx_parts(model_dir, notify, threads, biometry)
+            head, structures, info = onnx.head_model, onnx.structure_model, onnx.info
+            if biometry and head is None:  # an export without biometry files: torch measures
+                head, structures, hashes = load_biometry_models(None)
+                info = {**info, **hashes}
+            return cls(onnx.detector, onnx.stage2, onnx.meta, info, head, structures)
+        head, structures, hashes = load_biometry_models(model_dir) if biometry else (None, None, {})
         parts = load_torch_parts(Path(model_dir) if model_dir else default_model_dir())
         return cls(
             parts.detector,
@@ -308,7 +312,7 @@ def ga_warnings(meta: dict, ga_weeks: float | None) -> list[str]:
     if ga_weeks is None:
         return [
             "gestational age not given: the model decided without it (it is less sure of sizes "
-            "that depend on age, such as the cerebellum's); give it with --ga-weeks (Python and the API: ga_weeks)"
+            "that depend on age, such as the cerebellum's); give it with --ga-weeks (Python, API: ga_weeks)"
         ]
     span = meta.get("ga_weeks_range")
     if span and not span[0] - 0.5 <= ga_weeks <= span[1] + 0.5:

@@ -23,6 +23,12 @@ T = TypeVar("T")
 RETRY_AFTER_S = 2
 
 
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def warm_up(pipeline: Pipeline) -> None:
     """One prediction on a blank pair, so that the first real case does not pay for the
     libraries' lazy set-up (a second on torch)."""
@@ -49,16 +55,20 @@ class Engine:
         self.timeout_s = timeout_s
         self._pending = 0
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(len(pipelines), thread_name_prefix="neurosono-worker")
+        # torch's intra-op thread count is per thread, and a new thread starts from
+        # OMP_NUM_THREADS (which ultralytics sets to cores - 1): each worker sets its own share.
+        threads = max(1, cpu_cores() // len(pipelines))
+        self._pool = ThreadPoolExecutor(
+            len(pipelines),
+            thread_name_prefix="neurosono-worker",
+            initializer=_set_torch_threads,
+            initargs=(threads,),
+        )
 
     @classmethod
     def load(cls, settings: ServeSettings) -> Engine:
         """Load ``settings.workers`` pipelines, sharing the cores between them."""
         threads = max(1, cpu_cores() // settings.workers)
-        if settings.runtime == "torch":
-            import torch
-
-            torch.set_num_threads(threads)
         pipelines = [
             Pipeline.load(settings.model, runtime=settings.runtime, threads=threads, notify=lambda m: None)
             for _ in range(settings.workers)

@@ -15,7 +15,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     model: Path | None = None  # a model folder (torch) or an export folder (onnx); None: shipped
-    runtime: str = "torch"
+    runtime: str = "onnx"  # the shipped models' export is written to the cache on first use
     workers: int = 1  # pipelines working at once, each a full copy of the models
     max_upload_mb: float = 50.0  # a whole request body
     token: str | None = None  # the API's bearer token (required off loopback)
