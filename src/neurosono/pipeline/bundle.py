@@ -65,3 +65,25 @@ def load_torch_parts(folder: Path) -> TorchParts:
         "notice": notice_for(trained_on),
     }
     return TorchParts(detector, hexanet, info)
+
+
+def load_biometry_models(model_dir: str | Path | None) -> tuple:
+    """(head model, structure model, their files' hashes): each model the one beside the
+    models (``head/head.pt``, ``structures/structures.pt``), else the shipped one; None where
+    neither exists. The hashes are keyed ``head_sha256`` and ``structures_sha256``."""
+    from neurosono.core.checkpoints import file_sha256
+    from neurosono.measure.headnet import load_head_model
+    from neurosono.measure.structures import load_structure_model
+    from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
+
+    found, hashes = [], {}
+    for name, shipped, load in (
+        ("head", REAL_HEAD_MODEL, load_head_model),
+        ("structures", PHANTOM_STRUCTURE_MODEL, load_structure_model),
+    ):
+        folders = ([Path(model_dir) / name] if model_dir else []) + [shipped]
+        folder = next((f for f in folders if (f / f"{name}.pt").is_file()), None)
+        found.append(load(folder)[0] if folder else None)
+        if folder:
+            hashes[f"{name}_sha256"] = file_sha256(folder / f"{name}.pt")
+    return (*found, hashes)

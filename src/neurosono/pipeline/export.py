@@ -162,7 +162,7 @@ def export_biometry_files(model_dir: Path, folder: Path) -> dict:
     own, else the shipped ones): per file, its hash, its source's hash and its difference
     from torch. Empty when there is no head model."""
     from neurosono.measure.onnx import HEAD_ONNX, STRUCTURES_ONNX, export_biometry
-    from neurosono.pipeline.predict import load_biometry_models
+    from neurosono.pipeline.bundle import load_biometry_models
 
     head, structures, hashes = load_biometry_models(model_dir)
     if head is None:

@@ -23,7 +23,7 @@ from neurosono.classify.regions import head_box_sizes, head_sizes, region_inputs
 from neurosono.core.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
 from neurosono.detect.predict import Detection, detect_planes
 from neurosono.measure.case import biometry_for
-from neurosono.pipeline.bundle import default_model_dir, load_torch_parts
+from neurosono.pipeline.bundle import default_model_dir, load_biometry_models, load_torch_parts
 from neurosono.pipeline.stage2 import drop_one_model, probabilities
 
 RUNTIMES = ("torch", "onnx")
@@ -243,28 +243,6 @@ class Pipeline:
             reason=reason,
             biometry=biometry,
         )
-
-
-def load_biometry_models(model_dir: str | Path | None) -> tuple:
-    """(head model, structure model, their files' hashes): each model the one beside the
-    models (``head/head.pt``, ``structures/structures.pt``), else the shipped one; None where
-    neither exists. The hashes are keyed ``head_sha256`` and ``structures_sha256``."""
-    from neurosono.core.checkpoints import file_sha256
-    from neurosono.measure.headnet import load_head_model
-    from neurosono.measure.structures import load_structure_model
-    from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
-
-    found, hashes = [], {}
-    for name, shipped, load in (
-        ("head", REAL_HEAD_MODEL, load_head_model),
-        ("structures", PHANTOM_STRUCTURE_MODEL, load_structure_model),
-    ):
-        folders = ([Path(model_dir) / name] if model_dir else []) + [shipped]
-        folder = next((f for f in folders if (f / f"{name}.pt").is_file()), None)
-        found.append(load(folder)[0] if folder else None)
-        if folder:
-            hashes[f"{name}_sha256"] = file_sha256(folder / f"{name}.pt")
-    return (*found, hashes)
 
 
 def region_results(
