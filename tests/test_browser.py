@@ -137,8 +137,12 @@ def test_one_case_in_the_browser(server, cases, browser, tmp_path) -> None:
     assert browser.find_elements(By.CSS_SELECTOR, "#measurements tbody tr")
     assert "not for clinical use" in browser.find_element(By.TAG_NAME, "body").text
     assert browser.find_element(By.LINK_TEXT, "Download JSON").get_attribute("href").startswith("data:")
+    overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    assert browser.execute_script(overflow) <= 0  # readable at 1280x800 without scrolling sideways
     browser.set_window_size(1280, 1600)
     _screenshot(browser, tmp_path, "serve-case.png")
+    browser.set_window_size(820, 1180)  # a tablet, portrait
+    assert browser.execute_script(overflow) <= 0
     browser.set_window_size(1280, 800)
     urls = _requested_urls(browser)
     assert any(u.endswith("/ui/case") for u in urls)

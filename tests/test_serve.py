@@ -128,15 +128,18 @@ def test_models_health_and_readiness(client, engine) -> None:
     assert ready["status"] == "ready" and ready["capacity"] == engine.capacity
 
 
-def test_readyz_is_503_until_the_models_are_loaded() -> None:
-    app = create_app(ServeSettings())
-    with TestClient(app) as loading:  # the lifespan starts loading in the background
-        app.state.engine = None
-        app.state.load_error = None
-        _problem(loading.get("/api/v1/readyz"), 503, "loading")
-        assert loading.get("/api/v1/healthz").status_code == 200
-        app.state.load_error = "ModelFileError: detector.pt: not a neurosono model"
-        _problem(loading.post("/api/v1/predict", files={"tv": ("a.png", b"x")}), 503, "could not be loaded")
+def test_readyz_is_503_until_the_models_are_loaded(tmp_path) -> None:
+    loading = TestClient(create_app(ServeSettings()))  # outside `with`: no lifespan, nothing loads
+    _problem(loading.get("/api/v1/readyz"), 503, "still loading")
+    assert loading.get("/api/v1/healthz").status_code == 200
+    broken = create_app(ServeSettings(model=tmp_path / "no-models", runtime="torch"))
+    with TestClient(broken) as failing:  # the lifespan loads, and fails
+        deadline = time.monotonic() + 30
+        while broken.state.load_error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _problem(failing.get("/api/v1/readyz"), 503, "could not be loaded")
+        _problem(failing.post("/api/v1/predict", files={"tv": ("a.png", b"x")}), 503, "could not be loaded")
+        assert "Traceback" not in broken.state.load_error
 
 
 def test_the_committed_openapi_schema_is_current(client) -> None:

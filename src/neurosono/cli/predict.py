@@ -223,7 +223,8 @@ def export(
     out.print(
         f"wrote {out_dir}: {det['file']} (input {size}), "
         f"{hexa['file']} ({hexa['n_regions']} regions x {hexa['n_scalars']} scalars, batch dynamic), "
-        f"onnx.json; opset {manifest['opset']}, {time.perf_counter() - start:.1f} s"
+        + "".join(f"{entry['file']}, " for entry in manifest.get("biometry", {}).values())
+        + f"onnx.json; opset {manifest['opset']}, {time.perf_counter() - start:.1f} s"
     )
     out.print(
         f"largest difference from torch: detector outputs {det['max_abs_diff_vs_torch']:.2g}, "
