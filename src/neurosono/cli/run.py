@@ -34,6 +34,13 @@ def run(
     init_old: Annotated[str | None, typer.Option("--detector-init", hidden=True)] = None,
     detector_epochs: Annotated[int | None, typer.Option(help="stage-1 epochs [default: 3]")] = None,
     hexanet_epochs: Annotated[int | None, typer.Option(help="stage-2 maximum epochs [default: 30]")] = None,
+    hexanet_init: Annotated[
+        str,
+        typer.Option(
+            help="HexaNet to fine-tune: shipped (where every case has its age and spacings), "
+            "scratch, or a HexaNet run folder"
+        ),
+    ] = "shipped",
 ) -> None:
     """The main job: train both stages, evaluate on the test split, write a self-contained report.html.
 
@@ -47,6 +54,7 @@ def run(
         QUICK if quick else RunConfig(),
         seed=seed,
         detector_init=init_old or init,
+        hexanet_init=hexanet_init,
         **{k: v for k, v in overrides.items() if v is not None},
     )
     started = time.perf_counter()

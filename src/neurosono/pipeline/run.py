@@ -48,6 +48,10 @@ class RunConfig:
     detector_batch: int = 16
     hexanet_epochs: int = 30
     hexanet_patience: int = 10
+    # "shipped": fine-tune the bundled HexaNet where the cases allow its configuration (the
+    # age and spacings of every case, as phantom cohorts give); "scratch" or a run folder.
+    hexanet_init: str = "shipped"
+    hexanet_lr: float = 1e-4  # fine-tuning rate (chosen on the demo's validation split)
     n_boot: int = 1000
     gallery: int = 12  # most misclassified cases shown in the report
 
@@ -295,6 +299,7 @@ def _hexanet_stage(
         case.ga_weeks and all(case.spacing_mm(p) for p in ("tv", "tc"))
         for case in Dataset.load(dataset_dir).cases
     )
+    init = hexanet_start(config.hexanet_init, dated)
     classify_config = ClassifyTrainConfig(
         seed=config.seed,
         epochs=config.hexanet_epochs,
@@ -302,16 +307,42 @@ def _hexanet_stage(
         gestational_age=dated,
         crop_scale="age" if dated else "box",
         head_size="box",
+        **({"lr": config.hexanet_lr} if init else {}),
     )
 
     def train_stage2(folder: Path) -> None:
         from neurosono.classify.train import train_classifier
 
         train_classifier(
-            dataset_dir, folder, "hexanet", classify_config, detector=detector_file, progress=progress
+            dataset_dir,
+            folder,
+            "hexanet",
+            classify_config,
+            detector=detector_file,
+            progress=progress,
+            init=init,
         )
 
-    return asdict(classify_config), train_stage2
+    key = {**asdict(classify_config), "init_from": _hexanet_hash(init) if init else None}
+    return key, train_stage2
+
+
+def hexanet_start(value: str, dated: bool) -> str | None:
+    """Where stage 2's training starts: None (from scratch) for ``scratch``, and for ``shipped``
+    when the cases lack the ages or spacings the shipped model reads; else ``value``."""
+    if value in ("", "scratch") or (value == "shipped" and not dated):
+        return None
+    if value != "shipped" and not Path(value).exists():
+        raise ValueError(f"{value}: HexaNet to start from does not exist (use scratch, shipped or a path)")
+    return value
+
+
+def _hexanet_hash(init: str) -> str:
+    from neurosono.core.checkpoints import file_sha256
+    from neurosono.models import DEFAULT_HEXANET
+
+    target = DEFAULT_HEXANET if init == "shipped" else Path(init)
+    return file_sha256(target / "classifier.pt" if target.is_dir() else target)
 
 
 def _file_hash(path: str) -> str:
