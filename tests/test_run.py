@@ -30,6 +30,13 @@ def test_quick_run_trains_both_stages_and_writes_a_self_contained_report(quick_r
     ] == ["done"] * 5
     detector = json.loads((out / "detector" / "detector.json").read_text())
     assert detector["init_from_sha256"]  # fine-tuned from the shipped detector
+    from neurosono.core.checkpoints import file_sha256
+    from neurosono.models import DEFAULT_HEXANET
+
+    hexanet = json.loads((out / "hexanet" / "classifier.json").read_text())
+    shipped = file_sha256(DEFAULT_HEXANET / "classifier.pt")
+    assert hexanet["initialised_from"]["sha256"] == shipped  # and HexaNet from the shipped one
+    assert hexanet["config"]["lr"] == pytest.approx(1e-4)
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     for key in ("auc", "sensitivity", "specificity", "f1"):
         entry = metrics["hexanet"][key]
