@@ -124,6 +124,8 @@ def test_one_case_in_the_browser(server, cases, browser, tmp_path) -> None:
     ga.send_keys(Keys.TAB)
     assert browser.switch_to.active_element.get_attribute("id") == "spacing_mm"
     browser.switch_to.active_element.send_keys(case["tv_pixel_spacing_mm"], Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("id") == "frame"  # left empty: a PNG
+    browser.switch_to.active_element.send_keys(Keys.TAB)
     assert browser.switch_to.active_element.get_attribute("id") == "submit"
     browser.switch_to.active_element.send_keys(Keys.ENTER)
     WebDriverWait(browser, 60).until(ready.presence_of_element_located((By.ID, "decision")))

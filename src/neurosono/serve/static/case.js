@@ -34,7 +34,7 @@
       const file = data.get(name);
       if (file && file.size === 0 && !file.name) data.delete(name);
     }
-    for (const name of ["ga_weeks", "spacing_mm"]) {
+    for (const name of ["ga_weeks", "spacing_mm", "frame"]) {
       if (!String(data.get(name) || "").trim()) data.delete(name);
     }
     if (!data.has("tv") && !data.has("tc")) {
