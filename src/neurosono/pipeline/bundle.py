@@ -67,23 +67,28 @@ def load_torch_parts(folder: Path) -> TorchParts:
     return TorchParts(detector, hexanet, info)
 
 
-def load_biometry_models(model_dir: str | Path | None) -> tuple:
-    """(head model, structure model, their files' hashes): each model the one beside the
-    models (``head/head.pt``, ``structures/structures.pt``), else the shipped one; None where
-    neither exists. The hashes are keyed ``head_sha256`` and ``structures_sha256``."""
-    from neurosono.core.checkpoints import file_sha256
-    from neurosono.measure.headnet import load_head_model
-    from neurosono.measure.structures import load_structure_model
+def biometry_model_files(model_dir: str | Path | None) -> dict[str, Path]:
+    """The biometry models a pipeline uses, by name (``head``, ``structures``): each the one
+    beside the models (``head/head.pt``, ``structures/structures.pt``), else the shipped one;
+    left out where neither exists."""
     from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 
-    found, hashes = [], {}
-    for name, shipped, load in (
-        ("head", REAL_HEAD_MODEL, load_head_model),
-        ("structures", PHANTOM_STRUCTURE_MODEL, load_structure_model),
-    ):
+    found = {}
+    for name, shipped in (("head", REAL_HEAD_MODEL), ("structures", PHANTOM_STRUCTURE_MODEL)):
         folders = ([Path(model_dir) / name] if model_dir else []) + [shipped]
-        folder = next((f for f in folders if (f / f"{name}.pt").is_file()), None)
-        found.append(load(folder)[0] if folder else None)
-        if folder:
-            hashes[f"{name}_sha256"] = file_sha256(folder / f"{name}.pt")
-    return (*found, hashes)
+        file = next((f / f"{name}.pt" for f in folders if (f / f"{name}.pt").is_file()), None)
+        if file is not None:
+            found[name] = file
+    return found
+
+
+def load_biometry_models(model_dir: str | Path | None) -> tuple:
+    """(head model, structure model, their files' hashes) of ``biometry_model_files``; None
+    for a model that does not exist. The hashes are keyed ``head_sha256`` and ``structures_sha256``."""
+    from neurosono.measure.headnet import load_head_model
+    from neurosono.measure.structures import load_structure_model
+
+    files = biometry_model_files(model_dir)
+    head = load_head_model(files["head"].parent)[0] if "head" in files else None
+    structures = load_structure_model(files["structures"].parent)[0] if "structures" in files else None
+    return head, structures, {f"{name}_sha256": file_sha256(file) for name, file in files.items()}

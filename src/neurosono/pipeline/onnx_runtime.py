@@ -25,7 +25,7 @@ from neurosono.core.checkpoints import file_sha256
 from neurosono.detect.env import config_dir, configure_ultralytics
 from neurosono.detect.model import Detector
 from neurosono.detect.predict import MAX_DET, NMS_IOU, OPERATING_CONF
-from neurosono.pipeline.bundle import default_model_dir, model_files
+from neurosono.pipeline.bundle import biometry_model_files, default_model_dir, model_files
 from neurosono.pipeline.export import export_onnx
 from neurosono.pipeline.onnx_files import MANIFEST, OnnxModelError, onnx_runner, read_manifest
 
@@ -124,7 +124,7 @@ def cached_default_export(notify: Callable[[str], None] | None = None) -> Path:
         current = (
             sources == (det_sha, cls_sha)
             and manifest["detector"].get("fixed_size") is False
-            and biometry == shipped_biometry_hashes()
+            and biometry == {name: file_sha256(f) for name, f in biometry_model_files(None).items()}
         )
         if current:
             return folder
@@ -137,14 +137,6 @@ def cached_default_export(notify: Callable[[str], None] | None = None) -> Path:
         # Another process may have written it meanwhile; use it if it is complete.
         read_manifest(folder)
     return folder
-
-
-def shipped_biometry_hashes() -> dict[str, str]:
-    """The shipped biometry models' file hashes, by name (head, structures)."""
-    from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
-
-    files = {"head": REAL_HEAD_MODEL / "head.pt", "structures": PHANTOM_STRUCTURE_MODEL / "structures.pt"}
-    return {name: file_sha256(path) for name, path in files.items() if path.is_file()}
 
 
 def load_onnx_biometry(folder: Path, manifest: dict, threads: int | None = None) -> tuple:
