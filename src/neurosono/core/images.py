@@ -36,6 +36,10 @@ class ImageReadError(ValueError):
     """An input image cannot be used; the message names the file and the problem."""
 
 
+class NotAnImageError(ImageReadError):
+    """The file is no image of a kind read here (its content, whatever its name)."""
+
+
 @dataclass
 class LoadedImage:
     path: Path
@@ -167,7 +171,9 @@ def _read_raster(path: Path | io.BytesIO, max_pixels: int, where: str | None = N
                         colour = np.asarray(image.convert("RGB"))
                 kind = (image.format or Path(where).suffix.lstrip(".")).lower()
     except UnidentifiedImageError:
-        raise ImageReadError(f"{where}: not an image file (PNG, JPEG, BMP, TIFF or DICOM expected)") from None
+        raise NotAnImageError(
+            f"{where}: not an image file (PNG, JPEG, BMP, TIFF or DICOM expected)"
+        ) from None
     except ImageReadError:
         raise
     except Exception as exc:  # decoders raise a wide variety on corrupt data
@@ -202,7 +208,7 @@ def _read_dicom(
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
-        raise ImageReadError(f"{where}: not a valid DICOM file") from None
+        raise NotAnImageError(f"{where}: not a valid DICOM file") from None
     except Exception as exc:
         raise ImageReadError(f"{where}: unreadable DICOM ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds:

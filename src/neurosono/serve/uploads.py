@@ -12,12 +12,11 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from neurosono.classify.gestation import parse_ga
-from neurosono.core.images import ImageReadError, LoadedImage, read_image_bytes
+from neurosono.core.images import ImageReadError, LoadedImage, NotAnImageError, read_image_bytes
 from neurosono.serve.problems import ProblemError
 
 IMAGE_FIELDS = ("tv", "tc")
 TEXT_FIELDS = ("ga_weeks", "spacing_mm", "frame")
-NOT_AN_IMAGE = ("not an image file", "not a valid DICOM")
 
 
 class InMemoryParser(MultiPartParser):
@@ -82,8 +81,7 @@ async def _case_from(form, max_pixels: int) -> CaseUpload:
         try:
             images[plane] = read_image_bytes(data, plane, frame=frame, max_pixels=max_pixels)
         except ImageReadError as exc:
-            status = 415 if any(text in str(exc) for text in NOT_AN_IMAGE) else 422
-            raise ProblemError(status, str(exc)) from None
+            raise ProblemError(415 if isinstance(exc, NotAnImageError) else 422, str(exc)) from None
         raw[plane] = data
     if not images:
         raise ProblemError(422, "tv, tc: give at least one image (fields tv and/or tc)")
