@@ -41,8 +41,8 @@ PHANTOM_NOTICE = (
 )
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(data: bytes, media: str = "image/png") -> str:
+    return f"data:{media};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _png(image: Image.Image) -> bytes:

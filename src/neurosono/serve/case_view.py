@@ -5,7 +5,6 @@ whatever a prediction carries appears without new code paths in the page."""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from functools import cache
@@ -13,6 +12,7 @@ from functools import cache
 import jinja2
 import pydicom
 
+from neurosono.evaluate.report import data_uri
 from neurosono.measure.structures import STRUCTURE_LABELS
 from neurosono.pipeline.overlay import overlay_jpeg
 from neurosono.pipeline.predict import Prediction
@@ -56,10 +56,6 @@ def templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-
-
-def _data_uri(media: str, data: bytes) -> str:
-    return f"data:{media};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def attribution_rows(result: Prediction) -> list[dict]:
@@ -131,7 +127,7 @@ def deidentified_sr(result: Prediction, upload: CaseUpload) -> tuple[bytes | Non
 
 def case_context(result: Prediction, upload: CaseUpload) -> dict:
     overlays = {
-        plane: _data_uri("image/jpeg", overlay_jpeg(image.bgr(), result, plane))
+        plane: data_uri(overlay_jpeg(image.bgr(), result, plane), "image/jpeg")
         for plane, image in upload.images.items()
     }
     biometry = result.biometry
@@ -152,9 +148,9 @@ def render_case(result: Prediction, upload: CaseUpload) -> str:
     report = templates().get_template("report.html.j2").render(**context, css=page_css())
     sr, sr_reason = deidentified_sr(result, upload)
     downloads = {
-        "json": _data_uri("application/json", json.dumps(result.to_dict(), indent=2).encode()),
-        "report": _data_uri("text/html", report.encode()),
-        "sr": _data_uri("application/dicom", sr) if sr else None,
+        "json": data_uri(json.dumps(result.to_dict(), indent=2).encode(), "application/json"),
+        "report": data_uri(report.encode(), "text/html"),
+        "sr": data_uri(sr, "application/dicom") if sr else None,
         "sr_reason": sr_reason,
     }
     return templates().get_template("case.html.j2").render(**context, downloads=downloads)
