@@ -338,15 +338,14 @@ def hexanet_start(value: str, dated: bool) -> str | None:
 
 
 def _hexanet_hash(init: str) -> str:
-    from neurosono.core.checkpoints import file_sha256
     from neurosono.models import DEFAULT_HEXANET
 
-    target = DEFAULT_HEXANET if init == "shipped" else Path(init)
-    return file_sha256(target / "classifier.pt" if target.is_dir() else target)
+    return _file_hash(str(DEFAULT_HEXANET) if init == "shipped" else init, "classifier.pt")
 
 
-def _file_hash(path: str) -> str:
+def _file_hash(path: str, name: str = "detector.pt") -> str:
+    """The hash of a model file, given as the file or the run folder that holds ``name``."""
     from neurosono.core.checkpoints import file_sha256
 
     target = Path(path)
-    return file_sha256(target / "detector.pt" if target.is_dir() else target)
+    return file_sha256(target / name if target.is_dir() else target)
