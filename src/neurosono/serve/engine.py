@@ -23,6 +23,11 @@ T = TypeVar("T")
 RETRY_AFTER_S = 2
 
 
+def threads_per_worker(workers: int) -> int:
+    """Each worker's share of the cores (onnxruntime's intra-op threads, torch's threads)."""
+    return max(1, cpu_cores() // workers)
+
+
 def _set_torch_threads(threads: int) -> None:
     import torch
 
@@ -57,7 +62,7 @@ class Engine:
         self._lock = threading.Lock()
         # torch's intra-op thread count is per thread, and a new thread starts from
         # OMP_NUM_THREADS (which ultralytics sets to cores - 1): each worker sets its own share.
-        threads = max(1, cpu_cores() // len(pipelines))
+        threads = threads_per_worker(len(pipelines))
         self._pool = ThreadPoolExecutor(
             len(pipelines),
             thread_name_prefix="neurosono-worker",
@@ -68,7 +73,7 @@ class Engine:
     @classmethod
     def load(cls, settings: ServeSettings) -> Engine:
         """Load ``settings.workers`` pipelines, sharing the cores between them."""
-        threads = max(1, cpu_cores() // settings.workers)
+        threads = threads_per_worker(settings.workers)
         pipelines = [
             Pipeline.load(settings.model, runtime=settings.runtime, threads=threads, notify=lambda m: None)
             for _ in range(settings.workers)
