@@ -6,15 +6,25 @@ image decoding, stage 1 (detector on both images) and stage 2 (crops, HexaNet an
 drop-one attributions, the Prediction); median and p90 over the measured cases; then
 the batch throughput through ``pipeline.batch.run_batch`` over the same cases.
 
+Runtimes, side by side in one run (``--runtimes``, default all five):
+
+* ``torch``: the shipped torch models;
+* ``onnx``: their fp32 ONNX export on onnxruntime;
+* ``int8``: the int8 export (``neurosono export --int8``: each file in int8 only where it
+  keeps fp32's accuracy; ``--int8 DIR``, else written into a temporary folder first) on
+  onnxruntime;
+* ``openvino`` and ``openvino-int8``: the same fp32 and int8 files compiled by OpenVINO.
+
 Targets: <= 100 ms per case on onnxruntime; stage 2 adds <= 15% over detection alone
-(median stage 2 / median stage 1). The machine's load average is recorded with every
-run: figures measured while other jobs share the CPU are upper bounds.
+(median stage 2 / median stage 1); <= 40 ms per case on int8 or OpenVINO. The machine's
+load average is recorded with every run: figures measured while other jobs share the CPU are upper bounds.
 
 The decision alone is timed (``Pipeline.load(..., biometry=False)``): what biometry adds
 is ``benchmarks/bench_biometry.py``'s figure; ``--biometry`` times both together.
 
 Run: .venv/bin/python benchmarks/bench_latency.py [--cases 64] [--warmup 8] [--json out.json]
-     [--model DIR] [--onnx DIR]   (default: the shipped models and their cached ONNX export)
+     [--model DIR] [--onnx DIR] [--int8 DIR] [--runtimes torch,onnx,int8,openvino,openvino-int8]
+     (default: the shipped models and their cached ONNX export)
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ from neurosono.pipeline.predict import Pipeline
 
 SEED = 606  # not used by any other cohort in this project
 LATENCY_TARGET_MS = 100.0  # per case on onnxruntime
+FAST_TARGET_MS = 40.0  # per case on int8 or OpenVINO
+RUNTIMES = ("torch", "onnx", "int8", "openvino", "openvino-int8")
 STAGE2_TARGET = 0.15  # stage 2 time over stage 1 time
 
 
@@ -116,7 +128,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--model", type=Path, default=None, help="torch model folder (default: shipped)")
     parser.add_argument("--onnx", type=Path, default=None, help="ONNX export (default: the cached one)")
-    parser.add_argument("--runtimes", default="torch,onnx")
+    parser.add_argument("--int8", type=Path, default=None, help="int8 export (default: written first)")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--biometry", action="store_true", help="measure the biometry too")
     parser.add_argument(
@@ -136,7 +149,11 @@ def main() -> None:
             "python": platform.python_version(),
         },
         "cohort": {"seed": args.seed, "cases": args.cases, "warmup": args.warmup, "size": 512},
-        "targets": {"onnx_median_ms": LATENCY_TARGET_MS, "stage2_over_stage1": STAGE2_TARGET},
+        "targets": {
+            "onnx_median_ms": LATENCY_TARGET_MS,
+            "stage2_over_stage1": STAGE2_TARGET,
+            "int8_or_openvino_median_ms": FAST_TARGET_MS,
+        },
         "runtimes": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,12 +162,35 @@ def main() -> None:
         generate_cohort(cohort, CohortConfig(cases=args.cases, seed=args.seed))
         print(f"cohort: {args.cases} cases (seed {args.seed}) in {time.perf_counter() - start:.1f} s")
         cases = Dataset.load(cohort).cases
-        for runtime in args.runtimes.split(","):
-            model = args.onnx if runtime == "onnx" else args.model
-            if runtime == "onnx" and model is None and args.model is not None:
-                parser.error("--model with the onnx runtime needs --onnx (an export of that model)")
+        runtimes = args.runtimes.split(",")
+        unknown = sorted(set(runtimes) - set(RUNTIMES))
+        if unknown:
+            parser.error(f"unknown runtimes {unknown}; choose from {', '.join(RUNTIMES)}")
+        if args.model is not None and args.onnx is None and set(runtimes) - {"torch"}:
+            parser.error("--model with an ONNX runtime needs --onnx (an export of that model)")
+        int8_dir = args.int8
+        if int8_dir is None and {"int8", "openvino-int8"} & set(runtimes):
+            from neurosono.pipeline.quantize import export_int8
+
             start = time.perf_counter()
-            pipeline = Pipeline.load(model, runtime=runtime, threads=args.threads, biometry=args.biometry)
+            int8_dir, record = export_int8(
+                args.model, Path(tmp) / "int8", notify=lambda m: print(f"int8: {m}")
+            )
+            report["int8_export"] = {
+                "seconds": round(time.perf_counter() - start, 1),
+                **_int8_summary(record),
+            }
+        elif int8_dir is not None:
+            from neurosono.pipeline.onnx_files import read_manifest
+
+            report["int8_export"] = _int8_summary(read_manifest(int8_dir)["int8"])
+        for runtime in runtimes:
+            model = {"torch": args.model, "int8": int8_dir, "openvino-int8": int8_dir}.get(runtime, args.onnx)
+            engine = (
+                "openvino" if runtime.startswith("openvino") else ("torch" if runtime == "torch" else "onnx")
+            )
+            start = time.perf_counter()
+            pipeline = Pipeline.load(model, runtime=engine, threads=args.threads, biometry=args.biometry)
             load_seconds = time.perf_counter() - start
             batch_dir = Path(tmp) / f"batch-{runtime}"
             result = measure(pipeline, cohort, cases, args.warmup, batch_dir, args.threads or threads)
@@ -161,6 +201,15 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
+
+
+def _int8_summary(record: dict) -> dict:
+    return {
+        "int8_files": record["int8_files"],
+        "fp32_files": record["fp32_files"],
+        "why_fp32": {f: e["failed"] for f, e in record["files"].items() if not e["int8"]},
+        "check": record["check"],
+    }
 
 
 def print_table(report: dict) -> None:
@@ -186,9 +235,17 @@ def print_table(report: dict) -> None:
         ("cases measured", lambda r: str(r["n_cases"])),
     ]
     width = 46
-    print(f"{'':{width}s}" + "".join(f"{n:>18s}" for n in names))
+    print(f"{'':{width}s}" + "".join(f"{n:>15s}" for n in names))
     for label, cell in rows:
-        print(f"{label:{width}s}" + "".join(f"{cell(runtimes[n]):>18s}" for n in names))
+        print(f"{label:{width}s}" + "".join(f"{cell(runtimes[n]):>15s}" for n in names))
+    if "int8_export" in report:
+        summary = report["int8_export"]
+        print(
+            f"int8 files: {', '.join(summary['int8_files'])}; "
+            f"fp32: {', '.join(summary['fp32_files']) or 'none'}"
+        )
+        for file, why in summary["why_fp32"].items():
+            print(f"  {file} stays fp32: {'; '.join(why)}")
     targets = report["targets"]
     if "onnx" in runtimes:
         onnx = runtimes["onnx"]
@@ -196,6 +253,14 @@ def print_table(report: dict) -> None:
         print(
             f"target <= {targets['onnx_median_ms']:.0f} ms/case on onnxruntime: "
             f"{'met' if met else 'NOT met'} ({onnx['total']['median_ms']:.1f} ms median)"
+        )
+    fast = {n: r for n, r in runtimes.items() if n in ("int8", "openvino", "openvino-int8")}
+    if fast:
+        name, best = min(fast.items(), key=lambda item: item[1]["total"]["median_ms"])
+        met = best["total"]["median_ms"] <= targets["int8_or_openvino_median_ms"]
+        print(
+            f"target <= {targets['int8_or_openvino_median_ms']:.0f} ms/case on int8 or OpenVINO: "
+            f"{'met' if met else 'NOT met'} (fastest: {name}, {best['total']['median_ms']:.1f} ms median)"
         )
     for name, r in runtimes.items():
         met = r["stage2_over_stage1"] <= targets["stage2_over_stage1"]

@@ -28,6 +28,7 @@ SLOW_FIXTURES = {
     "pipelines",
     "head_run",
     "structure_run",
+    "int8_export",
 }
 
 

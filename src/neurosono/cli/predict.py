@@ -17,6 +17,7 @@ from neurosono.cli.common import (
     Runtime,
     err,
     fail,
+    load_dataset,
     out,
     write_json,
 )
@@ -204,15 +205,37 @@ def export(
             "non-square images then differ a little)"
         ),
     ] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="quantise to int8 (calibrated on phantoms); each file stays int8 only if it keeps "
+            "fp32's accuracy on a check cohort",
+        ),
+    ] = False,
+    calibration: Annotated[
+        Path | None, typer.Option(help="with --int8: dataset to calibrate on (default: a phantom cohort)")
+    ] = None,
+    check: Annotated[
+        Path | None,
+        typer.Option(help="with --int8: dataset to check accuracy on (default: another phantom cohort)"),
+    ] = None,
 ) -> None:
     """Export both stages for deployment: detector.onnx, hexanet.onnx and onnx.json."""
     from neurosono.core.atomic import OutputExistsError
     from neurosono.pipeline.export import export_onnx
     from neurosono.pipeline.onnx_files import read_manifest
 
+    if not int8 and (calibration or check):
+        raise fail("--calibration and --check go with --int8", EXIT_BAD_INPUT)
+    if int8 and fixed_size:
+        raise fail("--int8 quantises the dynamic-size export; leave out --fixed-size", EXIT_BAD_INPUT)
     start = time.perf_counter()
     try:
-        export_onnx(model, out_dir, overwrite=overwrite, fixed_size=fixed_size)
+        if int8:
+            export_int8_files(model, out_dir, overwrite, calibration, check)
+        else:
+            export_onnx(model, out_dir, overwrite=overwrite, fixed_size=fixed_size)
     except (OutputExistsError, PermissionError) as exc:
         raise fail(str(exc), EXIT_OUTPUT) from None
     except ValueError as exc:
@@ -230,4 +253,44 @@ def export(
         f"largest difference from torch: detector outputs {det['max_abs_diff_vs_torch']:.2g}, "
         f"HexaNet logits {hexa['max_abs_diff_vs_torch']:.2g}"
     )
+    if int8:
+        print_int8_record(manifest["int8"])
     out.print(f"use it: neurosono predict --runtime onnx --model {out_dir} ...")
+
+
+def export_int8_files(model, out_dir: Path, overwrite: bool, calibration, check) -> None:
+    from neurosono.core.progress import console
+    from neurosono.pipeline.quantize import QuantizationRefusedError, export_int8
+
+    for path in (calibration, check):
+        if path is not None:
+            load_dataset(path)  # a clear message for a folder that is no dataset
+    try:
+        export_int8(
+            model,
+            out_dir,
+            overwrite,
+            calibration,
+            check,
+            notify=lambda m: console.print(f"int8: {m}", highlight=False),
+        )
+    except QuantizationRefusedError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+
+
+def print_int8_record(record: dict) -> None:
+    check = record["check"]
+    out.print(f"int8: {', '.join(record['int8_files'])}; fp32: {', '.join(record['fp32_files']) or 'none'}")
+    for file, entry in record["files"].items():
+        if not entry["int8"]:
+            out.print(f"  {file} stays fp32: {'; '.join(entry['failed'])}")
+    biometry = (
+        f", measurements within {check['biometry_max_diff_mm']:.2f} mm"
+        if check["biometry_max_diff_mm"] is not None
+        else ""
+    )
+    out.print(
+        f"checked on {record['check_dataset']['dataset']} ({check['n_cases']} cases): mAP@0.5 "
+        f"{check['map50_fp32']:.4f} -> {check['map50_int8']:.4f}, P(abnormal) within "
+        f"{check['p_abnormal_max_diff']:.4f}, same decision on {check['same_decision_share']:.1%}{biometry}"
+    )

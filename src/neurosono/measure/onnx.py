@@ -26,11 +26,11 @@ STRUCTURES_ONNX = "structures.onnx"
 class OnnxNet:
     """An ONNX file on onnxruntime, called like the torch module it was exported from."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        from neurosono.core.runtime import onnx_runner
+    def __init__(self, path: str | Path, threads: int | None = None, engine: str = "onnxruntime") -> None:
+        from neurosono.core.runtime import model_runner
 
         self.path = Path(path)
-        self.runner = onnx_runner(self.path, threads)
+        self.runner = model_runner(self.path, threads, engine)
         self.input = self.runner.get_inputs()[0].name
 
     def eval(self) -> OnnxNet:

@@ -22,12 +22,13 @@ from neurosono import __version__
 from neurosono.classify.gestation import N_GA_SCALARS
 from neurosono.core.atomic import OutputExistsError
 from neurosono.core.checkpoints import file_sha256
+from neurosono.core.runtime import model_runner
 from neurosono.detect.env import config_dir, configure_ultralytics
 from neurosono.detect.model import Detector
 from neurosono.detect.predict import MAX_DET, NMS_IOU, OPERATING_CONF
 from neurosono.pipeline.bundle import biometry_model_files, default_model_dir, model_files
 from neurosono.pipeline.export import export_onnx
-from neurosono.pipeline.onnx_files import MANIFEST, OnnxModelError, onnx_runner, read_manifest
+from neurosono.pipeline.onnx_files import MANIFEST, OnnxModelError, read_manifest
 
 
 def _notify_stderr(message: str) -> None:
@@ -41,9 +42,9 @@ class OnnxHexaNet:
     ([B, 0]) are ignored.
     """
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, engine: str = "onnxruntime") -> None:
         self.path = path
-        self.runner = onnx_runner(path, threads)
+        self.runner = model_runner(path, threads, engine)
         shapes = {i.name: i.shape for i in self.runner.get_inputs()}
         self.n_regions = int(shapes["crops"][1])
         self.n_scalars = int(shapes["scalars"][2])
@@ -62,7 +63,9 @@ class OnnxHexaNet:
         return logit, drop
 
 
-def load_onnx_detector(folder: Path, manifest: dict, threads: int | None = None) -> Detector:
+def load_onnx_detector(
+    folder: Path, manifest: dict, threads: int | None = None, engine: str = "onnxruntime"
+) -> Detector:
     """detector.onnx inside ultralytics' predictor (same pre- and post-processing as torch)."""
     configure_ultralytics()
     from ultralytics import YOLO
@@ -81,7 +84,7 @@ def load_onnx_detector(folder: Path, manifest: dict, threads: int | None = None)
     backend = getattr(yolo.predictor.model, "backend", None)
     if backend is None or not hasattr(backend, "session"):
         raise RuntimeError("ultralytics did not load detector.onnx with onnxruntime")
-    backend.session = onnx_runner(path, threads)
+    backend.session = model_runner(path, threads, engine)
     names = yolo.predictor.model.names
     # Exports written before the detector's own region list was recorded: stage 2's regions.
     detector_regions = list(manifest["detector"].get("regions", manifest["regions"]))
@@ -139,13 +142,15 @@ def cached_default_export(notify: Callable[[str], None] | None = None) -> Path:
     return folder
 
 
-def load_onnx_biometry(folder: Path, manifest: dict, threads: int | None = None) -> tuple:
+def load_onnx_biometry(
+    folder: Path, manifest: dict, threads: int | None = None, engine: str = "onnxruntime"
+) -> tuple:
     """(head model, structure model, their source hashes) of an export on onnxruntime;
     (None, None, {}) for an export without biometry files."""
     from neurosono.measure.onnx import OnnxNet
 
     entries = manifest.get("biometry", {})
-    nets = {name: OnnxNet(folder / entry["file"], threads) for name, entry in entries.items()}
+    nets = {name: OnnxNet(folder / entry["file"], threads, engine) for name, entry in entries.items()}
     hashes = {f"{name}_sha256": entry["source_sha256"] for name, entry in entries.items()}
     return nets.get("head"), nets.get("structures"), hashes
 
@@ -155,6 +160,7 @@ def load_onnx_parts(
     notify: Callable[[str], None] | None = None,
     threads: int | None = None,
     biometry: bool = True,
+    engine: str = "onnxruntime",
 ) -> OnnxParts:
     """Detector, stage 2, HexaNet's record, model info and (with ``biometry``, where the export
     holds them) the biometry networks of an ONNX export, as the pipeline runs them.
@@ -162,7 +168,8 @@ def load_onnx_parts(
     ``model_dir``: an ONNX export folder; None (or the shipped model folder) uses the
     shipped models' export in the cache, writing it on first use. ``threads``:
     onnxruntime's intra-op threads, every core by default (on a machine other jobs
-    keep busy, one thread can be faster: see docs/deployment.md).
+    keep busy, one thread can be faster: see docs/deployment.md). ``engine``:
+    ``"onnxruntime"`` or ``"openvino"`` (the same files compiled by OpenVINO).
     """
     if model_dir is None or _same(Path(model_dir), default_model_dir()):
         folder = cached_default_export(notify)
@@ -170,11 +177,11 @@ def load_onnx_parts(
         folder = Path(model_dir)
     manifest = read_manifest(folder)
     if biometry:
-        head, structures, hashes = load_onnx_biometry(folder, manifest, threads)
+        head, structures, hashes = load_onnx_biometry(folder, manifest, threads, engine)
     else:
         head, structures, hashes = None, None, {}
-    detector = load_onnx_detector(folder, manifest, threads)
-    classifier = OnnxHexaNet(folder / manifest["hexanet"]["file"], threads)
+    detector = load_onnx_detector(folder, manifest, threads, engine)
+    classifier = OnnxHexaNet(folder / manifest["hexanet"]["file"], threads, engine)
     if classifier.n_regions != len(manifest["regions"]):
         raise OnnxModelError(
             f"{classifier.path}: {classifier.n_regions} regions, {MANIFEST} names {len(manifest['regions'])}"
@@ -205,7 +212,8 @@ def load_onnx_parts(
         "trained_on": manifest["trained_on"],
         "notice": manifest["notice"],
         **hashes,
-        "runtime": "onnx",
+        "runtime": "openvino" if engine == "openvino" else "onnx",
+        "precision": "int8" if "int8" in manifest else "fp32",
     }
     return OnnxParts(detector, classifier, meta, info, head, structures)
 

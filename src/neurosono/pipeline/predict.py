@@ -26,7 +26,7 @@ from neurosono.measure.case import biometry_for
 from neurosono.pipeline.bundle import default_model_dir, load_biometry_models, load_torch_parts
 from neurosono.pipeline.stage2 import drop_one_model, probabilities
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "openvino")
 # Stage 2 at inference: (crops [B, R, 1, H, W], scalars [B, R, S], case scalars [B, C])
 # -> (logits [B], drop-one logits [B, R]). C is 0 for a model without case-level inputs.
 Stage2 = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -125,10 +125,11 @@ class Pipeline:
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-        if runtime == "onnx":
+        if runtime in ("onnx", "openvino"):
             from neurosono.pipeline.onnx_runtime import load_onnx_parts
 
-            onnx = load_onnx_parts(model_dir, notify, threads, biometry)
+            engine = "openvino" if runtime == "openvino" else "onnxruntime"
+            onnx = load_onnx_parts(model_dir, notify, threads, biometry, engine)
             head, structures, info = onnx.head_model, onnx.structure_model, onnx.info
             if biometry and head is None:  # an export without biometry files: torch measures
                 head, structures, hashes = load_biometry_models(None)
