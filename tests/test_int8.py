@@ -178,3 +178,13 @@ def test_openvino_runs_the_same_files_as_onnxruntime(cohorts: tuple[Path, Path])
         if a.found:
             assert max(abs(x - y) for x, y in zip(a.box, b.box, strict=True)) < 0.5
     assert got.biometry["values"].keys() == onnx.biometry["values"].keys()
+
+
+def test_int8_runtime_needs_an_int8_export(int8_export: Path) -> None:
+    from neurosono.pipeline.onnx_files import OnnxModelError
+    from neurosono.pipeline.onnx_runtime import cached_default_export
+
+    pipeline = Pipeline.load(int8_export, runtime="int8", biometry=False)
+    assert pipeline.model_info["precision"] == "int8"
+    with pytest.raises(OnnxModelError, match="not an int8 export"):
+        Pipeline.load(cached_default_export(), runtime="int8")

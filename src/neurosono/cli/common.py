@@ -83,6 +83,7 @@ LOOKS = {Look.plain: 1, Look.realistic: 2}  # the generator's look codes (phanto
 class Runtime(StrEnum):
     torch = "torch"
     onnx = "onnx"
+    int8 = "int8"
 
 
 class Arch(StrEnum):

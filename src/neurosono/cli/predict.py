@@ -32,7 +32,11 @@ def predict(
     tc: Annotated[Path | None, typer.Option(help="transcerebellar image")] = None,
     model: ModelOpt = None,
     runtime: Annotated[
-        Runtime, typer.Option(help="onnx: onnxruntime, --model then a 'neurosono export' folder")
+        Runtime,
+        typer.Option(
+            help="onnx: onnxruntime, --model then a 'neurosono export' folder; int8: an "
+            "'export --int8' folder (without --model the shipped models', written once)"
+        ),
     ] = Runtime.torch,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the prediction as JSON")] = None,
     overlay: Annotated[

@@ -19,7 +19,10 @@ def serve(
         Path | None, typer.Option(help="model folder (onnx: a 'neurosono export' folder) [default: shipped]")
     ] = None,
     runtime: Annotated[
-        Runtime, typer.Option(help="onnx (onnxruntime: about twice torch's throughput here) or torch")
+        Runtime,
+        typer.Option(
+            help="onnx (onnxruntime: about twice torch's throughput here), int8 (an int8 export) or torch"
+        ),
     ] = Runtime.onnx,
     workers: Annotated[int, typer.Option(help="cases worked on at once (each loads its own models)")] = 1,
     max_upload_mb: Annotated[float, typer.Option(help="largest request body; 413 above it")] = 50.0,

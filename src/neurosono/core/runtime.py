@@ -56,7 +56,10 @@ class OpenVinoSession:
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import threading
 
-        import openvino as ov
+        try:
+            import openvino as ov
+        except ImportError:
+            raise RuntimeError("the openvino engine needs OpenVINO: pip install openvino") from None
 
         core = ov.Core()
         config = {

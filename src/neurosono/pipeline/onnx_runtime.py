@@ -115,11 +115,14 @@ def default_export_dir(detector_sha256: str, classifier_sha256: str) -> Path:
     return config_dir().parent / "onnx" / f"{detector_sha256[:16]}-{classifier_sha256[:16]}"
 
 
-def cached_default_export(notify: Callable[[str], None] | None = None) -> Path:
-    """The shipped models' ONNX export in the cache folder, written on first use."""
+def cached_default_export(notify: Callable[[str], None] | None = None, int8: bool = False) -> Path:
+    """The shipped models' ONNX export in the cache folder, written on first use (``int8``:
+    their int8 export, ``neurosono export --int8``, which takes a few minutes)."""
     detector_file, classifier_file = model_files(default_model_dir())
     det_sha, cls_sha = file_sha256(detector_file), file_sha256(classifier_file)
     folder = default_export_dir(det_sha, cls_sha)
+    if int8:
+        folder = folder.with_name(folder.name + "-int8")
     with contextlib.suppress(OnnxModelError):
         manifest = read_manifest(folder)
         sources = (manifest["detector"]["source_sha256"], manifest["hexanet"]["source_sha256"])
@@ -128,14 +131,21 @@ def cached_default_export(notify: Callable[[str], None] | None = None) -> Path:
             sources == (det_sha, cls_sha)
             and manifest["detector"].get("fixed_size") is False
             and biometry == {name: file_sha256(f) for name, f in biometry_model_files(None).items()}
+            and ("int8" in manifest) == int8
         )
         if current:
             return folder
-    (notify or _notify_stderr)(f"exporting the shipped models to ONNX once, into {folder}")
+    notify = notify or _notify_stderr
+    notify(f"exporting the shipped models to ONNX{' int8' if int8 else ''} once, into {folder}")
     if folder.exists():  # stale or broken: replace it
         shutil.rmtree(folder)
     try:
-        export_onnx(default_model_dir(), folder)
+        if int8:
+            from neurosono.pipeline.quantize import export_int8
+
+            export_int8(default_model_dir(), folder, notify=notify)
+        else:
+            export_onnx(default_model_dir(), folder)
     except (OutputExistsError, OSError):
         # Another process may have written it meanwhile; use it if it is complete.
         read_manifest(folder)
@@ -161,6 +171,7 @@ def load_onnx_parts(
     threads: int | None = None,
     biometry: bool = True,
     engine: str = "onnxruntime",
+    int8: bool = False,
 ) -> OnnxParts:
     """Detector, stage 2, HexaNet's record, model info and (with ``biometry``, where the export
     holds them) the biometry networks of an ONNX export, as the pipeline runs them.
@@ -169,13 +180,18 @@ def load_onnx_parts(
     shipped models' export in the cache, writing it on first use. ``threads``:
     onnxruntime's intra-op threads, every core by default (on a machine other jobs
     keep busy, one thread can be faster: see docs/deployment.md). ``engine``:
-    ``"onnxruntime"`` or ``"openvino"`` (the same files compiled by OpenVINO).
+    ``"onnxruntime"`` or ``"openvino"`` (the same files compiled by OpenVINO). ``int8``: the
+    folder must be an int8 export (for the shipped models, their int8 export in the cache).
     """
     if model_dir is None or _same(Path(model_dir), default_model_dir()):
-        folder = cached_default_export(notify)
+        folder = cached_default_export(notify, int8)
     else:
         folder = Path(model_dir)
     manifest = read_manifest(folder)
+    if int8 and "int8" not in manifest:
+        raise OnnxModelError(
+            f"{folder}: not an int8 export; write one with 'neurosono export --format onnx --int8 --out DIR'"
+        )
     if biometry:
         head, structures, hashes = load_onnx_biometry(folder, manifest, threads, engine)
     else:

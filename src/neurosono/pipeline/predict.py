@@ -26,7 +26,7 @@ from neurosono.measure.case import biometry_for
 from neurosono.pipeline.bundle import default_model_dir, load_biometry_models, load_torch_parts
 from neurosono.pipeline.stage2 import drop_one_model, probabilities
 
-RUNTIMES = ("torch", "onnx", "openvino")
+RUNTIMES = ("torch", "onnx", "int8", "openvino")
 # Stage 2 at inference: (crops [B, R, 1, H, W], scalars [B, R, S], case scalars [B, C])
 # -> (logits [B], drop-one logits [B, R]). C is 0 for a model without case-level inputs.
 Stage2 = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -91,7 +91,9 @@ class Pipeline:
     """Detector plus HexaNet, loaded from a model folder (default: the shipped phantom models).
 
     ``runtime="onnx"`` runs both stages on onnxruntime (``pipeline/onnx_runtime.py``), with the
-    same pre- and post-processing as torch.
+    same pre- and post-processing as torch; ``"int8"`` runs an int8 export
+    (``pipeline/quantize.py``) on onnxruntime; ``"openvino"`` runs an export's files
+    compiled by OpenVINO (installed with the dev extras).
     """
 
     def __init__(
@@ -125,11 +127,11 @@ class Pipeline:
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-        if runtime in ("onnx", "openvino"):
+        if runtime != "torch":
             from neurosono.pipeline.onnx_runtime import load_onnx_parts
 
             engine = "openvino" if runtime == "openvino" else "onnxruntime"
-            onnx = load_onnx_parts(model_dir, notify, threads, biometry, engine)
+            onnx = load_onnx_parts(model_dir, notify, threads, biometry, engine, int8=runtime == "int8")
             head, structures, info = onnx.head_model, onnx.structure_model, onnx.info
             if biometry and head is None:  # an export without biometry files: torch measures
                 head, structures, hashes = load_biometry_models(None)
