@@ -259,7 +259,8 @@ def export(
     )
     if int8:
         print_int8_record(manifest["int8"])
-    out.print(f"use it: neurosono predict --runtime onnx --model {out_dir} ...")
+    runtime = "int8" if int8 else "onnx"
+    out.print(f"use it: neurosono predict --runtime {runtime} --model {out_dir} ...")
 
 
 def export_int8_files(model, out_dir: Path, overwrite: bool, calibration, check) -> None:
