@@ -33,10 +33,7 @@ def predict(
     model: ModelOpt = None,
     runtime: Annotated[
         Runtime,
-        typer.Option(
-            help="onnx: onnxruntime, --model then a 'neurosono export' folder; int8: an "
-            "'export --int8' folder (without --model the shipped models', written once)"
-        ),
+        typer.Option(help="onnx: onnxruntime, --model a 'neurosono export' folder; int8: its int8 form"),
     ] = Runtime.torch,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the prediction as JSON")] = None,
     overlay: Annotated[
@@ -258,13 +255,17 @@ def export(
         f"HexaNet logits {hexa['max_abs_diff_vs_torch']:.2g}"
     )
     if int8:
-        print_int8_record(manifest["int8"])
+        from neurosono.pipeline.quantize import record_lines
+
+        for line in record_lines(manifest["int8"]):
+            out.print(line)
     runtime = "int8" if int8 else "onnx"
     out.print(f"use it: neurosono predict --runtime {runtime} --model {out_dir} ...")
 
 
 def export_int8_files(model, out_dir: Path, overwrite: bool, calibration, check) -> None:
     from neurosono.core.progress import console
+    from neurosono.pipeline.predict import Pipeline
     from neurosono.pipeline.quantize import QuantizationRefusedError, export_int8
 
     for path in (calibration, check):
@@ -278,24 +279,7 @@ def export_int8_files(model, out_dir: Path, overwrite: bool, calibration, check)
             calibration,
             check,
             notify=lambda m: console.print(f"int8: {m}", highlight=False),
+            load=lambda folder: Pipeline.load(folder, runtime="onnx", notify=lambda m: None),
         )
     except QuantizationRefusedError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
-
-
-def print_int8_record(record: dict) -> None:
-    check = record["check"]
-    out.print(f"int8: {', '.join(record['int8_files'])}; fp32: {', '.join(record['fp32_files']) or 'none'}")
-    for file, entry in record["files"].items():
-        if not entry["int8"]:
-            out.print(f"  {file} stays fp32: {'; '.join(entry['failed'])}")
-    biometry = (
-        f", measurements within {check['biometry_max_diff_mm']:.2f} mm"
-        if check["biometry_max_diff_mm"] is not None
-        else ""
-    )
-    out.print(
-        f"checked on {record['check_dataset']['dataset']} ({check['n_cases']} cases): mAP@0.5 "
-        f"{check['map50_fp32']:.4f} -> {check['map50_int8']:.4f}, P(abnormal) within "
-        f"{check['p_abnormal_max_diff']:.4f}, same decision on {check['same_decision_share']:.1%}{biometry}"
-    )

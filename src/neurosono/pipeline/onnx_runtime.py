@@ -115,9 +115,13 @@ def default_export_dir(detector_sha256: str, classifier_sha256: str) -> Path:
     return config_dir().parent / "onnx" / f"{detector_sha256[:16]}-{classifier_sha256[:16]}"
 
 
-def cached_default_export(notify: Callable[[str], None] | None = None, int8: bool = False) -> Path:
+def cached_default_export(
+    notify: Callable[[str], None] | None = None,
+    int8: bool = False,
+    build_int8: Callable[[Path, Path], object] | None = None,
+) -> Path:
     """The shipped models' ONNX export in the cache folder, written on first use (``int8``:
-    their int8 export, ``neurosono export --int8``, which takes a few minutes)."""
+    their int8 export, written by ``build_int8(model_dir, folder)``, which takes minutes)."""
     detector_file, classifier_file = model_files(default_model_dir())
     det_sha, cls_sha = file_sha256(detector_file), file_sha256(classifier_file)
     folder = default_export_dir(det_sha, cls_sha)
@@ -141,9 +145,9 @@ def cached_default_export(notify: Callable[[str], None] | None = None, int8: boo
         shutil.rmtree(folder)
     try:
         if int8:
-            from neurosono.pipeline.quantize import export_int8
-
-            export_int8(default_model_dir(), folder, notify=notify)
+            if build_int8 is None:
+                raise OnnxModelError(f"{folder}: no int8 export of the shipped models yet")
+            build_int8(default_model_dir(), folder)
         else:
             export_onnx(default_model_dir(), folder)
     except (OutputExistsError, OSError):
@@ -172,6 +176,7 @@ def load_onnx_parts(
     biometry: bool = True,
     engine: str = "onnxruntime",
     int8: bool = False,
+    build_int8: Callable[[Path, Path], object] | None = None,
 ) -> OnnxParts:
     """Detector, stage 2, HexaNet's record, model info and (with ``biometry``, where the export
     holds them) the biometry networks of an ONNX export, as the pipeline runs them.
@@ -184,7 +189,7 @@ def load_onnx_parts(
     folder must be an int8 export (for the shipped models, their int8 export in the cache).
     """
     if model_dir is None or _same(Path(model_dir), default_model_dir()):
-        folder = cached_default_export(notify, int8)
+        folder = cached_default_export(notify, int8, build_int8)
     else:
         folder = Path(model_dir)
     manifest = read_manifest(folder)

@@ -131,7 +131,17 @@ class Pipeline:
             from neurosono.pipeline.onnx_runtime import load_onnx_parts
 
             engine = "openvino" if runtime == "openvino" else "onnxruntime"
-            onnx = load_onnx_parts(model_dir, notify, threads, biometry, engine, int8=runtime == "int8")
+
+            def build_int8(source: Path, folder: Path) -> None:
+                from neurosono.pipeline.quantize import export_int8
+
+                export_int8(
+                    source, folder, load=lambda d: cls.load(d, runtime="onnx", notify=notify), notify=notify
+                )
+
+            onnx = load_onnx_parts(
+                model_dir, notify, threads, biometry, engine, int8=runtime == "int8", build_int8=build_int8
+            )
             head, structures, info = onnx.head_model, onnx.structure_model, onnx.info
             if biometry and head is None:  # an export without biometry files: torch measures
                 head, structures, hashes = load_biometry_models(None)

@@ -3,8 +3,9 @@ onnxruntime's static quantisation, calibrated on phantom images, and accepted on
 they keep the fp32 export's accuracy on a cohort they were not calibrated on.
 
 from neurosono.pipeline.quantize import export_int8
-export_int8(out="deploy/phantom-int8")   # the shipped models
-pipeline = Pipeline.load("deploy/phantom-int8", runtime="onnx")
+load = lambda folder: Pipeline.load(folder, runtime="onnx")   # how to run an export folder
+export_int8(out="deploy/phantom-int8", load=load)   # the shipped models
+pipeline = Pipeline.load("deploy/phantom-int8", runtime="int8")
 
 How it is made:
 
@@ -283,6 +284,7 @@ def export_int8(
     progress: Callable[[int, int], None] | None = None,
     calibration_cases: int = CALIBRATION_CASES,
     check_cases: int = CHECK_CASES,
+    load: Callable[[Path], object] | None = None,
 ) -> tuple[Path, dict]:
     """Quantise a model folder's export (default: the shipped models) into ``out``.
 
@@ -292,20 +294,16 @@ def export_int8(
     (:class:`QuantizationRefusedError`, nothing written) when no file keeps the limits.
     ``calibration`` and ``check``: datasets (default: phantom cohorts of their own seeds, of
     ``calibration_cases`` and ``check_cases`` cases). Returns ``out`` and the record written
-    into its ``onnx.json`` as ``int8``.
+    into its ``onnx.json`` as ``int8``. ``load``: an export folder to a pipeline on
+    onnxruntime, ``lambda folder: Pipeline.load(folder, runtime="onnx")`` (passed in: this
+    module sits below the Pipeline, which builds int8 exports with it).
     """
-    from neurosono.pipeline.predict import Pipeline
-
+    if load is None:
+        raise ValueError("export_int8 needs load: how to run an export folder (Pipeline.load)")
     notify = notify or (lambda message: None)
     folder = Path(model_dir) if model_dir else default_model_dir()
     out = Path(out)
-    replace = out.exists() and (not out.is_dir() or any(out.iterdir()))
-    if replace and not overwrite:
-        raise OutputExistsError(f"{out}: already exists; choose a new --out or pass --overwrite")
-    if replace and not (out / MANIFEST).is_file():
-        raise OutputExistsError(f"{out}: exists and is not a neurosono ONNX export; refusing to replace it")
-    if calibration is not None and check is not None and Path(calibration).resolve() == Path(check).resolve():
-        raise ValueError(f"{check}: the check dataset must not be the calibration dataset")
+    replace = _check_target(out, overwrite, calibration, check)
     with tempfile.TemporaryDirectory(prefix="neurosono-int8-") as tmp:
         work = Path(tmp)
         fp32_dir, int8_dir = work / "fp32", work / "int8"
@@ -315,34 +313,19 @@ def export_int8(
         write_export(folder, fp32_dir)
         calibration_set = _cohort(calibration, CALIBRATION_SEED, calibration_cases, work, notify)
         check_set = _cohort(check, CHECK_SEED, check_cases, work, notify)
-        fp32 = Pipeline.load(fp32_dir, runtime="onnx", notify=notify)
+        fp32 = load(fp32_dir)
         notify(f"recording the calibration inputs on {len(calibration_set.cases)} cases")
-        feeds = record_inputs(fp32, _pairs(calibration_set))
-        files: dict[str, dict] = {}
-        for file, recorded in feeds.items():
-            notify(f"quantising {file} ({len(recorded)} calibration inputs)")
-            exclude = decode_nodes(fp32_dir / file) if file == DETECTOR_ONNX else []
-            quantize_file(fp32_dir / file, int8_dir / file, recorded, exclude)
-            files[file] = {"calibration_inputs": len(recorded), "nodes_kept_fp32": len(exclude)}
+        files = _quantise_all(record_inputs(fp32, _pairs(calibration_set)), fp32_dir, int8_dir, notify)
         notify(f"running fp32 on the {len(check_set.cases)} check cases")
         ref = reference(fp32, check_set)
         for file in files:
             notify(f"checking {file} in int8 against fp32")
-            trial = Pipeline.load(
-                _variant(fp32_dir, int8_dir, [file], work / f"trial-{file}", {"trial": file}),
-                runtime="onnx",
-                notify=notify,
-            )
+            trial = load(_variant(fp32_dir, int8_dir, [file], work / f"trial-{file}", {"trial": file}))
             figures = check_int8(trial, check_set, ref, file == DETECTOR_ONNX, progress)
             failed = failed_limits(figures)
             files[file].update({"int8": not failed, "check": figures, "failed": failed})
             notify(f"{file}: " + ("int8 kept" if not failed else "stays fp32: " + "; ".join(failed)))
-        kept = [file for file, entry in files.items() if entry["int8"]]
-        if not kept:
-            raise QuantizationRefusedError(
-                "int8 export refused: "
-                + " | ".join(f"{file}: {'; '.join(entry['failed'])}" for file, entry in files.items())
-            )
+        kept = _kept(files)
         record = {
             "method": "onnxruntime quantize_static: QDQ, int8 weights per output channel, uint8 "
             "activations, min-max calibration; the detector's box and class decoding kept fp32",
@@ -357,13 +340,7 @@ def export_int8(
         }
         final = _variant(fp32_dir, int8_dir, kept, work / "final", record)
         notify(f"checking the int8 files together ({', '.join(kept)})")
-        together = check_int8(
-            Pipeline.load(final, runtime="onnx", notify=notify),
-            check_set,
-            ref,
-            DETECTOR_ONNX in kept,
-            progress,
-        )
+        together = check_int8(load(final), check_set, ref, DETECTOR_ONNX in kept, progress)
         failed = failed_limits(together)
         if failed:
             raise QuantizationRefusedError("int8 export refused: together, " + "; ".join(failed))
@@ -375,6 +352,59 @@ def export_int8(
         read_manifest(final)
         _install(final, out, replace)
     return out, record
+
+
+def _check_target(out: Path, overwrite: bool, calibration, check) -> bool:
+    """Whether ``out`` is an earlier export to replace; refuses what must not be written over."""
+    replace = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if replace and not overwrite:
+        raise OutputExistsError(f"{out}: already exists; choose a new --out or pass --overwrite")
+    if replace and not (out / MANIFEST).is_file():
+        raise OutputExistsError(f"{out}: exists and is not a neurosono ONNX export; refusing to replace it")
+    if calibration is not None and check is not None and Path(calibration).resolve() == Path(check).resolve():
+        raise ValueError(f"{check}: the check dataset must not be the calibration dataset")
+    return replace
+
+
+def _kept(files: dict[str, dict]) -> list[str]:
+    """The files whose int8 version keeps the limits; refused when there is none."""
+    kept = [file for file, entry in files.items() if entry["int8"]]
+    if not kept:
+        raise QuantizationRefusedError(
+            "int8 export refused: "
+            + " | ".join(f"{file}: {'; '.join(entry['failed'])}" for file, entry in files.items())
+        )
+    return kept
+
+
+def _quantise_all(feeds: dict[str, list[dict]], fp32_dir: Path, int8_dir: Path, notify) -> dict[str, dict]:
+    """Every recorded file quantised into ``int8_dir``; per file, what went into it."""
+    files: dict[str, dict] = {}
+    for file, recorded in feeds.items():
+        notify(f"quantising {file} ({len(recorded)} calibration inputs)")
+        exclude = decode_nodes(fp32_dir / file) if file == DETECTOR_ONNX else []
+        quantize_file(fp32_dir / file, int8_dir / file, recorded, exclude)
+        files[file] = {"calibration_inputs": len(recorded), "nodes_kept_fp32": len(exclude)}
+    return files
+
+
+def record_lines(record: dict) -> list[str]:
+    """An int8 record (``onnx.json``'s ``int8``) in a few lines for people."""
+    check = record["check"]
+    lines = [f"int8: {', '.join(record['int8_files'])}; fp32: {', '.join(record['fp32_files']) or 'none'}"]
+    lines += [
+        f"  {file} stays fp32: {'; '.join(entry['failed'])}"
+        for file, entry in record["files"].items()
+        if not entry["int8"]
+    ]
+    worst = check["biometry_max_diff_mm"]
+    lines.append(
+        f"checked on {record['check_dataset']['dataset']} ({check['n_cases']} cases): mAP@0.5 "
+        f"{check['map50_fp32']:.4f} -> {check['map50_int8']:.4f}, P(abnormal) within "
+        f"{check['p_abnormal_max_diff']:.4f}, same decision on {check['same_decision_share']:.1%}"
+        + (f", measurements within {worst:.2f} mm" if worst is not None else "")
+    )
+    return lines
 
 
 def _describe(dataset: Dataset, generated: bool, seed: int) -> dict:
