@@ -153,7 +153,7 @@ class Pipeline:
             parts.detector,
             TorchStage2(parts.hexanet.model),
             parts.hexanet.meta,
-            {**parts.info, **hashes, "runtime": "torch"},
+            {**parts.info, **hashes, "runtime": "torch", "precision": "fp32"},
             head,
             structures,
         )
