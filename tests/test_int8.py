@@ -85,9 +85,7 @@ def test_detector_decoding_stays_fp32(int8_export: Path) -> None:
     manifest = read_manifest(int8_export)
     assert names, "the Detect head's decoding nodes were not found"
     assert not any("/cv2" in n or "/cv3" in n for n in names)  # its convolutions are quantised
-    assert manifest["int8"]["files"][DETECTOR_ONNX]["nodes_kept_fp32"] == len(names) or (
-        DETECTOR_ONNX in manifest["int8"]["fp32_files"]
-    )
+    assert manifest["int8"]["files"][DETECTOR_ONNX]["nodes_kept_fp32"] == len(names)
     graph = onnx.load(str(int8_export / DETECTOR_ONNX)).graph
     assert {n.op_type for n in graph.node} >= {"Conv"}
 

@@ -34,8 +34,10 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +59,8 @@ from neurosono.pipeline.onnx_files import (
 )
 from neurosono.pipeline.stage2 import drop_one_model, example_inputs
 
+T = TypeVar("T")
+
 # Largest difference from torch accepted when exporting (a broken export is far off):
 # raw detector outputs (pixels and scores, values up to imgsz) and HexaNet logits.
 DETECTOR_ATOL = 0.05
@@ -71,12 +75,22 @@ def export_onnx(
 ) -> Path:
     """Export a model folder (default: the shipped phantom models) to ``out``; returns ``out``.
 
-    ``out`` is built under a temporary name and renamed into place when complete. An
-    existing ``out`` is refused unless ``overwrite``, and even then only when it is an
-    earlier ONNX export (holds ``onnx.json``) or empty. ``fixed_size``: see the module
-    docstring.
+    ``out`` is written as :func:`export_folder` writes every export (an existing one only
+    replaced with ``overwrite``). ``fixed_size``: see the module docstring.
     """
     folder = Path(model_dir) if model_dir else default_model_dir()
+    export_folder(out, overwrite, lambda staging: write_export(folder, staging, fixed_size))
+    return Path(out)
+
+
+def export_folder(out: str | Path, overwrite: bool, write: Callable[[Path], T]) -> T:
+    """Build an export folder with ``write(staging)`` and put it at ``out``; returns what
+    ``write`` returns.
+
+    ``out`` is built under a temporary name and renamed into place when complete. An
+    existing ``out`` is refused unless ``overwrite``, and even then only when it is an
+    earlier ONNX export (holds ``onnx.json``) or empty.
+    """
     out = Path(out)
     replace = out.exists() and (not out.is_dir() or any(out.iterdir()))
     if replace and not overwrite:
@@ -85,13 +99,13 @@ def export_onnx(
         raise OutputExistsError(f"{out}: exists and is not a neurosono ONNX export; refusing to replace it")
     target = out.parent / f".{out.name}.{os.getpid()}.new" if replace else out
     with staged_directory(target) as staging:
-        write_export(folder, staging, fixed_size)
+        result = write(staging)
     if replace:
         old = out.parent / f".{out.name}.{os.getpid()}.old"
         os.replace(out, old)
         os.replace(target, out)
         shutil.rmtree(old, ignore_errors=True)
-    return out
+    return result
 
 
 def write_export(model_dir: Path, folder: Path, fixed_size: bool = False) -> dict:

@@ -41,12 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
-from neurosono.core.atomic import OutputExistsError, atomic_write_text, staged_directory
+from neurosono.core.atomic import atomic_write_text
 from neurosono.core.checkpoints import file_sha256
 from neurosono.core.provenance import package_versions
 from neurosono.data.format import Case, Dataset
 from neurosono.pipeline.bundle import default_model_dir
-from neurosono.pipeline.export import write_export
+from neurosono.pipeline.export import export_folder, write_export
 from neurosono.pipeline.onnx_files import DETECTOR_ONNX, HEXANET_ONNX, MANIFEST, read_manifest
 
 CALIBRATION_SEED = 707  # phantom cohorts of these seeds are used nowhere else in the project
@@ -199,23 +199,19 @@ def reference(fp32, dataset: Dataset) -> Reference:
     return Reference(map50, [_predict(fp32, root, case) for root, case in _pairs(dataset)], n_images)
 
 
-def check_int8(
-    int8, dataset: Dataset, ref: Reference, detector_changed: bool = True, progress: Callable | None = None
-) -> dict:
+def check_int8(int8, dataset: Dataset, ref: Reference, detector_changed: bool = True) -> dict:
     """An int8 pipeline against the fp32 reference on every case of ``dataset``: the figures
     :data:`LIMITS` bound. ``detector_changed`` False: stage 1 is the fp32 file, its mAP is the reference's."""
     map50 = _map50(int8, dataset)[0] if detector_changed else ref.map50
     pairs = _pairs(dataset)
     p_diff, same, mm_diff, one_only = [], 0, [], 0
-    for i, ((root, case), a) in enumerate(zip(pairs, ref.predictions, strict=True)):
+    for (root, case), a in zip(pairs, ref.predictions, strict=True):
         b = _predict(int8, root, case)
         p_diff.append(abs(a.p_abnormal - b.p_abnormal))
         same += a.decision == b.decision
         ma, mb = _measurements(a), _measurements(b)
         mm_diff += [abs(ma[k] - mb[k]) for k in ma.keys() & mb.keys()]
         one_only += len(ma.keys() ^ mb.keys())  # given by one and not the other
-        if progress:
-            progress(i + 1, len(pairs))
     p = np.asarray(p_diff)
     n = len(pairs)
     return {
@@ -263,15 +259,20 @@ def failed_limits(check: dict) -> list[str]:
 
 
 def _variant(fp32_dir: Path, int8_dir: Path, files: list[str], folder: Path, note: dict) -> Path:
-    """An export folder: the fp32 files, with ``files`` replaced by their int8 versions."""
-    shutil.copytree(fp32_dir, folder)
+    """An export folder (new, or empty): the fp32 files, with ``files`` replaced by their int8 versions."""
+    shutil.copytree(fp32_dir, folder, dirs_exist_ok=True)
     for file in files:
         shutil.copy2(int8_dir / file, folder / file)
-    manifest = json.loads((fp32_dir / MANIFEST).read_text())
+    _write_manifest(folder, note)
+    return folder
+
+
+def _write_manifest(folder: Path, note: dict) -> None:
+    """The folder's ``onnx.json`` with its files' hashes renewed and ``note`` as ``int8``."""
+    manifest = json.loads((folder / MANIFEST).read_text())
     _rehash(manifest, folder)
     manifest["int8"] = note
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return folder
 
 
 def export_int8(
@@ -281,7 +282,6 @@ def export_int8(
     calibration: str | Path | None = None,
     check: str | Path | None = None,
     notify: Callable[[str], None] | None = None,
-    progress: Callable[[int, int], None] | None = None,
     calibration_cases: int = CALIBRATION_CASES,
     check_cases: int = CHECK_CASES,
     load: Callable[[Path], object] | None = None,
@@ -293,17 +293,28 @@ def export_int8(
     and the record says why. The files kept in int8 are checked together once more. Refused
     (:class:`QuantizationRefusedError`, nothing written) when no file keeps the limits.
     ``calibration`` and ``check``: datasets (default: phantom cohorts of their own seeds, of
-    ``calibration_cases`` and ``check_cases`` cases). Returns ``out`` and the record written
+    ``calibration_cases`` and ``check_cases`` cases). ``out`` is written as
+    ``export.export_folder`` writes every export. Returns ``out`` and the record written
     into its ``onnx.json`` as ``int8``. ``load``: an export folder to a pipeline on
     onnxruntime, ``lambda folder: Pipeline.load(folder, runtime="onnx")`` (passed in: this
     module sits below the Pipeline, which builds int8 exports with it).
     """
     if load is None:
         raise ValueError("export_int8 needs load: how to run an export folder (Pipeline.load)")
+    if calibration is not None and check is not None and Path(calibration).resolve() == Path(check).resolve():
+        raise ValueError(f"{check}: the check dataset must not be the calibration dataset")
     notify = notify or (lambda message: None)
     folder = Path(model_dir) if model_dir else default_model_dir()
-    out = Path(out)
-    replace = _check_target(out, overwrite, calibration, check)
+    cohorts = (calibration, calibration_cases, check, check_cases)
+    record = export_folder(
+        out, overwrite, lambda staging: _write_int8(folder, staging, cohorts, load, notify)
+    )
+    return Path(out), record
+
+
+def _write_int8(folder: Path, staging: Path, cohorts: tuple, load, notify) -> dict:
+    """The int8 export of ``folder`` written into ``staging``; its record."""
+    calibration, calibration_cases, check, check_cases = cohorts
     with tempfile.TemporaryDirectory(prefix="neurosono-int8-") as tmp:
         work = Path(tmp)
         fp32_dir, int8_dir = work / "fp32", work / "int8"
@@ -321,7 +332,7 @@ def export_int8(
         for file in files:
             notify(f"checking {file} in int8 against fp32")
             trial = load(_variant(fp32_dir, int8_dir, [file], work / f"trial-{file}", {"trial": file}))
-            figures = check_int8(trial, check_set, ref, file == DETECTOR_ONNX, progress)
+            figures = check_int8(trial, check_set, ref, file == DETECTOR_ONNX)
             failed = failed_limits(figures)
             files[file].update({"int8": not failed, "check": figures, "failed": failed})
             notify(f"{file}: " + ("int8 kept" if not failed else "stays fp32: " + "; ".join(failed)))
@@ -338,32 +349,16 @@ def export_int8(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": package_versions(),
         }
-        final = _variant(fp32_dir, int8_dir, kept, work / "final", record)
+        _variant(fp32_dir, int8_dir, kept, staging, record)
         notify(f"checking the int8 files together ({', '.join(kept)})")
-        together = check_int8(load(final), check_set, ref, DETECTOR_ONNX in kept, progress)
+        together = check_int8(load(staging), check_set, ref, DETECTOR_ONNX in kept)
         failed = failed_limits(together)
         if failed:
             raise QuantizationRefusedError("int8 export refused: together, " + "; ".join(failed))
         record["check"] = together
-        atomic_write_text(
-            final / MANIFEST,
-            json.dumps({**json.loads((final / MANIFEST).read_text()), "int8": record}, indent=2) + "\n",
-        )
-        read_manifest(final)
-        _install(final, out, replace)
-    return out, record
-
-
-def _check_target(out: Path, overwrite: bool, calibration, check) -> bool:
-    """Whether ``out`` is an earlier export to replace; refuses what must not be written over."""
-    replace = out.exists() and (not out.is_dir() or any(out.iterdir()))
-    if replace and not overwrite:
-        raise OutputExistsError(f"{out}: already exists; choose a new --out or pass --overwrite")
-    if replace and not (out / MANIFEST).is_file():
-        raise OutputExistsError(f"{out}: exists and is not a neurosono ONNX export; refusing to replace it")
-    if calibration is not None and check is not None and Path(calibration).resolve() == Path(check).resolve():
-        raise ValueError(f"{check}: the check dataset must not be the calibration dataset")
-    return replace
+        _write_manifest(staging, record)
+        read_manifest(staging)
+    return record
 
 
 def _kept(files: dict[str, dict]) -> list[str]:
@@ -420,19 +415,3 @@ def _rehash(manifest: dict, folder: Path) -> None:
         manifest[part]["sha256"] = file_sha256(folder / manifest[part]["file"])
     for entry in manifest.get("biometry", {}).values():
         entry["sha256"] = file_sha256(folder / entry["file"])
-
-
-def _install(staging: Path, out: Path, replace: bool) -> None:
-    if not replace:
-        with staged_directory(out) as final:
-            for item in staging.iterdir():
-                shutil.move(str(item), final / item.name)
-        return
-    import os
-
-    new = out.parent / f".{out.name}.{os.getpid()}.new"
-    old = out.parent / f".{out.name}.{os.getpid()}.old"
-    shutil.copytree(staging, new)
-    os.replace(out, old)
-    os.replace(new, out)
-    shutil.rmtree(old, ignore_errors=True)
