@@ -9,9 +9,18 @@ DEMO_OUT ?= runs/demo
 
 .PHONY: install browser demo test test-fast lint docs bench clean
 
-$(STAMP): pyproject.toml
+# The CPU install takes the pinned set of requirements/cpu.txt without resolving torch's CUDA
+# libraries (4 GB a CPU never loads); GPU=1 resolves pyproject.toml and installs the CUDA build.
+# --no-cache-dir: no second copy of every wheel in pip's cache.
+GPU ?=
+$(STAMP): pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+ifeq ($(GPU),)
+	$(BIN)/python -m pip install --quiet --no-cache-dir --no-deps -r requirements/cpu.txt
+	$(BIN)/python -m pip install --quiet --no-cache-dir --no-deps -e .
+else
+	$(BIN)/python -m pip install --quiet --no-cache-dir -e '.[dev]'
+endif
 	touch $(STAMP)
 
 install: $(STAMP)
