@@ -9,9 +9,9 @@ DEMO_OUT ?= runs/demo
 
 .PHONY: install browser demo test test-fast lint docs bench clean
 
-# The CPU install takes the pinned set of requirements/cpu.txt without resolving torch's CUDA
-# libraries (4 GB a CPU never loads); GPU=1 resolves pyproject.toml and installs the CUDA build.
-# --no-cache-dir: no second copy of every wheel in pip's cache.
+# The CPU install takes the pinned set of requirements/cpu.txt with --no-deps: it leaves out triton,
+# torch's 900 MB GPU compiler. GPU=1 resolves pyproject.toml instead. --no-cache-dir: no second copy
+# of every wheel (4 GB with torch's CUDA runtime) in pip's cache.
 GPU ?=
 $(STAMP): pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
