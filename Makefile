@@ -19,7 +19,7 @@ ifeq ($(GPU),)
 	$(BIN)/python -m pip install --quiet --no-cache-dir --no-deps -r requirements/cpu.txt
 	$(BIN)/python -m pip install --quiet --no-cache-dir --no-deps -e .
 else
-	$(BIN)/python -m pip install --quiet --no-cache-dir -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-cache-dir -e '.[dev,scale]'
 endif
 	touch $(STAMP)
 

@@ -1,4 +1,4 @@
-"""requirements/cpu.txt, the pinned CPU install, against pyproject.toml and the installed environment.
+"""requirements/cpu.txt, the pinned CPU install, against pyproject.toml (with every extra) and the installed environment.
 
 `make install` installs that file with --no-deps, so pip checks nothing: these tests do.
 """
@@ -31,7 +31,8 @@ def _pins() -> dict[str, str]:
 
 def _project_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    extras = [r for group in project["optional-dependencies"].values() for r in group]
+    return [Requirement(r) for r in project["dependencies"] + extras]
 
 
 def _applies(requirement: Requirement, extras: set[str]) -> bool:

@@ -14,6 +14,7 @@ from neurosono.cli import (
     data,
     detect,
     evaluate,
+    export,
     measure,
     phantom,
     predict,
@@ -47,7 +48,7 @@ app.add_typer(classify.app, name="classify")
 app.command("eval")(evaluate.evaluate)
 app.command("evaluate", hidden=True)(evaluate.evaluate)  # older spelling of 'eval'
 app.command()(predict.predict)
-app.command("export")(predict.export)
+app.command("export")(export.export)
 app.add_typer(measure.app, name="measure")
 app.command()(realism.realism)
 app.command()(run.run)

@@ -86,6 +86,11 @@ class Runtime(StrEnum):
     int8 = "int8"
 
 
+class Engine(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
 class Arch(StrEnum):
     yolov5n = "yolov5n"
     yolov5s = "yolov5s"

@@ -1,8 +1,7 @@
-"""``neurosono predict`` and ``neurosono export``: the pipeline on new cases, and for deployment."""
+"""``neurosono predict``: the pipeline on new cases, one pair or a batch (local or on Ray)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -13,11 +12,10 @@ from neurosono.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_OUTPUT,
     EXIT_PARTIAL,
-    ExportFormat,
+    Engine,
     Runtime,
     err,
     fail,
-    load_dataset,
     out,
     write_json,
 )
@@ -53,10 +51,21 @@ def predict(
             help="a cases.csv (its ga_weeks and spacings are used) or a folder of NAME_tv.* / NAME_tc.*"
         ),
     ] = None,
-    csv_out: Annotated[
-        Path | None, typer.Option("--csv", help="batch results CSV (resumed if it exists)")
+    results_out: Annotated[
+        Path | None,
+        typer.Option("--out", help="batch results: a .csv or .parquet file (resumed if it exists)"),
     ] = None,
-    csv_old: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="batch results CSV (as --out)")] = None,
+    engine: Annotated[
+        Engine, typer.Option(help="batch engine: local (this process) or ray (Ray Data actors)")
+    ] = Engine.local,
+    address: Annotated[
+        str | None, typer.Option(help="with --engine ray: a running cluster (auto, HOST:PORT, ray://...)")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="with --engine ray: actors [default: one per CPU of the cluster]"),
+    ] = None,
     sr: Annotated[
         Path | None,
         typer.Option("--sr", help="write the biometry as a DICOM SR (the TV image must be DICOM)"),
@@ -71,9 +80,11 @@ def predict(
         ga = parse_ga(ga_weeks)
     except ValueError as exc:
         raise fail(f"--ga-weeks: {exc}", EXIT_BAD_INPUT) from None
-    results = csv_out or csv_old
+    results = results_out or csv_out
     if batch is not None and results is None:
-        raise fail("--batch needs --csv results.csv", EXIT_BAD_INPUT)
+        raise fail("--batch needs --out results.csv (or .parquet)", EXIT_BAD_INPUT)
+    if batch is None and (engine is not Engine.local or address or workers):
+        raise fail("--engine, --address and --workers go with --batch", EXIT_BAD_INPUT)
     if batch is not None and ga is not None:
         raise fail("--ga-weeks is for one case; with --batch, fill cases.csv's ga_weeks", EXIT_BAD_INPUT)
     if batch is None and tv is None and tc is None:
@@ -88,7 +99,8 @@ def predict(
     except ValueError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     if batch is not None:
-        _predict_batch(pipeline, batch, results, frame)
+        ray = {"address": address, "workers": workers} if engine is Engine.ray else None
+        _predict_batch(pipeline, (model, runtime.value), batch, results, frame, ray)
         return
     try:
         spacing = {"tv": spacing_mm, "tc": spacing_mm} if spacing_mm else None
@@ -106,16 +118,31 @@ def predict(
             out.print(f"overlay: {path}")
 
 
-def _predict_batch(pipeline, batch: Path, results: Path, frame: int | None) -> None:
+def _predict_batch(pipeline, loaded_from, batch: Path, results: Path, frame, ray: dict | None) -> None:
+    """The local engine predicts with ``pipeline``; Ray's actors each load ``loaded_from``
+    (model folder, runtime), which ``pipeline`` has just shown to load."""
     from neurosono.pipeline.batch import predict_batch
 
     try:
-        summary = predict_batch(pipeline, batch, results, frame, progress=True)
+        if ray is None:
+            summary = predict_batch(pipeline, batch, results, frame, progress=True)
+        else:
+            from neurosono.pipeline.ray_batch import predict_batch_ray
+
+            model, runtime = loaded_from
+            summary = predict_batch_ray(
+                model, runtime, batch, results, frame, **ray, progress=True, notify=err.print
+            )
     except ValueError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     except OSError as exc:
         raise fail(f"{results}: cannot write ({exc.strerror or exc})", EXIT_OUTPUT) from None
-    out.print(f"{summary.n_cases} cases, results in {results}; {len(summary.failures)} failed")
+    earlier = summary.n_cases - summary.n_predicted
+    resumed = f" ({earlier} already in it)" if earlier else ""
+    out.print(
+        f"{summary.n_cases} cases, results in {results}{resumed}; "
+        f"{len(summary.failures)} failed of {summary.n_predicted} predicted now"
+    )
     for line in summary.failures:
         err.print(f"  {line}")
     out.print(f"[bold]{escape(pipeline.model_info['notice'])}[/]", markup=True)
@@ -192,94 +219,3 @@ def _print_biometry(biometry: dict) -> None:
     out.print("  structures: " + "; ".join(structures))
     found = [h["finding"] for h in biometry["hints"] if h["present"]]
     out.print("  hints (beside P(abnormal), not instead): " + (", ".join(found) if found else "none"))
-
-
-def export(
-    out_dir: Annotated[Path, typer.Option("--out", help="new folder for the exported files")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="export format")] = ExportFormat.onnx,
-    model: ModelOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="replace an earlier export in OUT")] = False,
-    fixed_size: Annotated[
-        bool,
-        typer.Option(
-            help="detector input fixed at 1x3xIMGSZxIMGSZ (static shapes; "
-            "non-square images then differ a little)"
-        ),
-    ] = False,
-    int8: Annotated[
-        bool,
-        typer.Option(
-            "--int8",
-            help="quantise to int8 (calibrated on phantoms); each file stays int8 only if it keeps "
-            "fp32's accuracy on a check cohort",
-        ),
-    ] = False,
-    calibration: Annotated[
-        Path | None, typer.Option(help="with --int8: dataset to calibrate on (default: a phantom cohort)")
-    ] = None,
-    check: Annotated[
-        Path | None,
-        typer.Option(help="with --int8: dataset to check accuracy on (default: another phantom cohort)"),
-    ] = None,
-) -> None:
-    """Export both stages for deployment: detector.onnx, hexanet.onnx and onnx.json."""
-    from neurosono.core.atomic import OutputExistsError
-    from neurosono.pipeline.export import export_onnx
-    from neurosono.pipeline.onnx_files import read_manifest
-
-    if not int8 and (calibration or check):
-        raise fail("--calibration and --check go with --int8", EXIT_BAD_INPUT)
-    if int8 and fixed_size:
-        raise fail("--int8 quantises the dynamic-size export; leave out --fixed-size", EXIT_BAD_INPUT)
-    start = time.perf_counter()
-    try:
-        if int8:
-            export_int8_files(model, out_dir, overwrite, calibration, check)
-        else:
-            export_onnx(model, out_dir, overwrite=overwrite, fixed_size=fixed_size)
-    except (OutputExistsError, PermissionError) as exc:
-        raise fail(str(exc), EXIT_OUTPUT) from None
-    except ValueError as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from None
-    manifest = read_manifest(out_dir)
-    det, hexa = manifest["detector"], manifest["hexanet"]
-    size = "x".join(map(str, det["input"]["images"])) if det["fixed_size"] else f"{det['imgsz']} px, dynamic"
-    out.print(
-        f"wrote {out_dir}: {det['file']} (input {size}), "
-        f"{hexa['file']} ({hexa['n_regions']} regions x {hexa['n_scalars']} scalars, batch dynamic), "
-        + "".join(f"{entry['file']}, " for entry in manifest.get("biometry", {}).values())
-        + f"onnx.json; opset {manifest['opset']}, {time.perf_counter() - start:.1f} s"
-    )
-    out.print(
-        f"largest difference from torch: detector outputs {det['max_abs_diff_vs_torch']:.2g}, "
-        f"HexaNet logits {hexa['max_abs_diff_vs_torch']:.2g}"
-    )
-    if int8:
-        from neurosono.pipeline.quantize import record_lines
-
-        for line in record_lines(manifest["int8"]):
-            out.print(line)
-    runtime = "int8" if int8 else "onnx"
-    out.print(f"use it: neurosono predict --runtime {runtime} --model {out_dir} ...")
-
-
-def export_int8_files(model, out_dir: Path, overwrite: bool, calibration, check) -> None:
-    from neurosono.core.progress import console
-    from neurosono.pipeline.predict import Pipeline
-    from neurosono.pipeline.quantize import QuantizationRefusedError, export_int8
-
-    for path in (calibration, check):
-        if path is not None:
-            load_dataset(path)  # a clear message for a folder that is no dataset
-    try:
-        export_int8(
-            model,
-            out_dir,
-            overwrite,
-            calibration,
-            check,
-            notify=lambda m: console.print(f"int8: {m}", highlight=False),
-            load=lambda folder: Pipeline.load(folder, runtime="onnx", notify=lambda m: None),
-        )
-    except QuantizationRefusedError as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from None

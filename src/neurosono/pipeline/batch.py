@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ RESULT_COLUMNS = (
     "hints",
     "warnings",
     "error",
+)
+
+# Written as numbers in a Parquet results file (a CSV holds text anyway).
+NUMERIC_COLUMNS = frozenset(
+    ("ga_weeks", "p_abnormal", "threshold", "support", "hc_mm", "bpd_mm", "ofd_mm", "cephalic_index")
 )
 
 
@@ -64,61 +70,152 @@ def cases_from(source: Path) -> list[BatchCase]:
     return [BatchCase(name, p.get("tv"), p.get("tc")) for name, p in sorted(pairs.items())]
 
 
+class ResultsFile:
+    """A batch's results: a CSV appended row by row, or a Parquet file.
+
+    Parquet cannot be appended, so its rows go to a journal beside it (``.NAME.partial.csv``)
+    as they come, and ``close`` writes the Parquet file (atomically) from the rows it already
+    held and the journal's. A run that stops midway resumes from both.
+    """
+
+    def __init__(self, path: Path) -> None:
+        if path.suffix.lower() not in (".csv", ".parquet"):
+            raise ValueError(f"{path}: results must be a .csv or a .parquet file")
+        self.path = path
+        self.parquet = path.suffix.lower() == ".parquet"
+        self.journal = path.with_name(f".{path.name}.partial.csv") if self.parquet else path
+        self._handle = None
+        self._writer = None
+
+    def rows(self) -> list[dict[str, str]]:
+        """Every row already written (a retried case keeps its newest row last)."""
+        rows = _parquet_rows(self.path) if self.parquet and self.path.exists() else []
+        return rows + _csv_rows(self.journal)
+
+    def done_case_ids(self) -> set[str]:
+        """Cases already predicted, without an error."""
+        latest = {row["case_id"]: row for row in self.rows()}
+        return {case_id for case_id, row in latest.items() if not row.get("error")}
+
+    def write(self, row: dict[str, str]) -> None:
+        if self._writer is None:
+            new_file = not self.journal.exists()
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.journal.open("a", newline="")
+            self._writer = csv.DictWriter(self._handle, RESULT_COLUMNS, lineterminator="\n")
+            if new_file:
+                self._writer.writeheader()
+        self._writer.writerow(row)
+        self._handle.flush()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = self._writer = None
+        if self.parquet and self.journal.exists():
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            latest = {row["case_id"]: row for row in self.rows()}
+            table = pa.Table.from_pylist(
+                [_typed(row) for row in latest.values()],
+                schema=pa.schema(
+                    [(c, pa.float64() if c in NUMERIC_COLUMNS else pa.string()) for c in RESULT_COLUMNS]
+                ),
+            )
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            pq.write_table(table, tmp)
+            os.replace(tmp, self.path)
+            self.journal.unlink()
+
+    def __enter__(self) -> ResultsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _typed(row: dict[str, str]) -> dict:
+    """A results row for Parquet: numbers as floats (null where absent), text as text."""
+    return {
+        c: (float(row[c]) if row.get(c) else None) if c in NUMERIC_COLUMNS else (row.get(c) or "")
+        for c in RESULT_COLUMNS
+    }
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        _check_columns(path, reader.fieldnames)
+        return list(reader)
+
+
+def _parquet_rows(path: Path) -> list[dict[str, str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises its own error types for a file that is not Parquet
+        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
+    _check_columns(path, table.column_names)
+    return [
+        {c: "" if v is None else str(v) for c, v in row.items()}  # the CSV rows' form
+        for row in table.to_pylist()
+    ]
+
+
+def _check_columns(path: Path, columns) -> None:
+    if columns is not None and tuple(columns) != RESULT_COLUMNS:
+        raise ValueError(
+            f"{path}: its columns ({', '.join(columns)}) are not those of this "
+            "version's results; give a new results file"
+        )
+
+
 def done_case_ids(results: Path) -> set[str]:
     """Cases already predicted in a results file being resumed (it must have our columns)."""
-    if not results.exists():
-        return set()
-    with results.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != RESULT_COLUMNS:
-            raise ValueError(
-                f"{results}: its columns ({', '.join(reader.fieldnames)}) are not those of this "
-                "version's results; give a new --csv file"
-            )
-        return {row["case_id"] for row in reader if not row.get("error")}
+    return ResultsFile(results).done_case_ids()
+
+
+def predict_row(pipeline: Pipeline, case: BatchCase, frame: int | None = None) -> dict[str, str]:
+    """One case's results row; a file that cannot be read or predicted fills ``error``."""
+    row = {
+        "case_id": case.case_id,
+        "tv_image": str(case.tv or ""),
+        "tc_image": str(case.tc or ""),
+        "ga_weeks": "" if case.ga_weeks is None else f"{case.ga_weeks:g}",
+    }
+    try:
+        # cases.csv often has the age: only a model that uses it gets it (no warning per row).
+        ga = case.ga_weeks if pipeline.uses_ga else None
+        result = pipeline.predict(case.tv, case.tc, frame=frame, spacing_mm=case.spacing_mm, ga_weeks=ga)
+        row.update(
+            p_abnormal=f"{result.p_abnormal:.4f}",
+            decision=result.decision,
+            threshold=f"{result.threshold:.4f}",
+            support="" if result.support is None else f"{result.support:.4f}",
+            warnings="; ".join(result.warnings),
+            **biometry_columns(result.biometry),
+        )
+    except (ValueError, OSError) as exc:
+        row["error"] = str(exc)
+    return row
 
 
 def run_batch(
     pipeline: Pipeline, cases: list[BatchCase], results: Path, frame: int | None = None
 ) -> Iterator[tuple[BatchCase, str | None]]:
-    """Predict each case not already done, appending one row per case (flushed as it goes)."""
-    done = done_case_ids(results)
-    new_file = not results.exists()
-    results.parent.mkdir(parents=True, exist_ok=True)
-    with results.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, RESULT_COLUMNS, lineterminator="\n")
-        if new_file:
-            writer.writeheader()
+    """Predict each case not already done, writing one row per case as it goes."""
+    with ResultsFile(results) as out:
+        done = out.done_case_ids()
         for case in cases:
             if case.case_id in done:
                 continue
-            row = {
-                "case_id": case.case_id,
-                "tv_image": str(case.tv or ""),
-                "tc_image": str(case.tc or ""),
-                "ga_weeks": "" if case.ga_weeks is None else f"{case.ga_weeks:g}",
-            }
-            error = None
-            try:
-                # cases.csv often has the age: only a model that uses it gets it (no warning per row).
-                ga = case.ga_weeks if pipeline.uses_ga else None
-                result = pipeline.predict(
-                    case.tv, case.tc, frame=frame, spacing_mm=case.spacing_mm, ga_weeks=ga
-                )
-                row.update(
-                    p_abnormal=f"{result.p_abnormal:.4f}",
-                    decision=result.decision,
-                    threshold=f"{result.threshold:.4f}",
-                    support="" if result.support is None else f"{result.support:.4f}",
-                    warnings="; ".join(result.warnings),
-                    **biometry_columns(result.biometry),
-                )
-            except (ValueError, OSError) as exc:
-                error = str(exc)
-                row["error"] = error
-            writer.writerow(row)
-            handle.flush()
-            yield case, error
+            row = predict_row(pipeline, case, frame)
+            out.write(row)
+            yield case, row.get("error")
 
 
 def biometry_columns(biometry: dict | None) -> dict[str, str]:
@@ -138,6 +235,7 @@ def biometry_columns(biometry: dict | None) -> dict[str, str]:
 class BatchSummary:
     n_cases: int
     failures: list[str]  # "case_id: problem", for the cases that could not be predicted
+    n_predicted: int = 0  # by this run (the others were already in the results file)
 
 
 def predict_batch(
@@ -150,14 +248,10 @@ def predict_batch(
     if not source.exists():
         raise ValueError(f"{source}: does not exist")
     cases = cases_from(source)
-    failures = [
-        f"{case.case_id}: {error}"
-        for case, error in track(
-            run_batch(pipeline, cases, results, frame), "predicting cases", len(cases), progress
-        )
-        if error
-    ]
-    return BatchSummary(len(cases), failures)
+    todo = len(cases) - len(done_case_ids(results) & {case.case_id for case in cases})
+    outcomes = list(track(run_batch(pipeline, cases, results, frame), "predicting cases", todo, progress))
+    failures = [f"{case.case_id}: {error}" for case, error in outcomes if error]
+    return BatchSummary(len(cases), failures, len(outcomes))
 
 
 def write_overlays(result: Prediction, folder: Path) -> list[Path]:
