@@ -1,4 +1,5 @@
-"""requirements/cpu.txt, the pinned CPU install, against pyproject.toml (with every extra) and the installed environment.
+"""requirements/cpu.txt, the pinned CPU install, against pyproject.toml (with every extra) and
+the installed environment.
 
 `make install` installs that file with --no-deps, so pip checks nothing: these tests do.
 """

@@ -43,7 +43,7 @@ def test_parquet_results_resume_from_their_journal_and_keep_numbers_typed(tmp_pa
 
 
 def test_results_must_be_csv_or_parquet_with_our_columns(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="results.json: results must be a .csv or a .parquet file"):
+    with pytest.raises(ValueError, match=r"results\.json: results must be a \.csv or a \.parquet file"):
         ResultsFile(tmp_path / "results.json")
     other = tmp_path / "other.csv"
     other.write_text("id,score\n1,2\n")
@@ -51,7 +51,7 @@ def test_results_must_be_csv_or_parquet_with_our_columns(tmp_path: Path) -> None
         ResultsFile(other).done_case_ids()
     not_parquet = tmp_path / "broken.parquet"
     not_parquet.write_text("not parquet")
-    with pytest.raises(ValueError, match="broken.parquet: not a readable Parquet file"):
+    with pytest.raises(ValueError, match=r"broken\.parquet: not a readable Parquet file"):
         ResultsFile(not_parquet).done_case_ids()
 
 
@@ -110,6 +110,23 @@ def test_ray_batch_equals_the_local_engine_resumes_and_reports_bad_files(
     }
 
 
+@pytest.mark.slow
+def test_synth_on_ray_writes_the_cohort_the_local_engine_writes(ray_cluster, tmp_path: Path) -> None:
+    base = ["synth", "--cases", "6", "--seed", "41", "--size", "128", "--centers", "2"]
+    assert runner.invoke(app, [*base, "--out", str(tmp_path / "local"), "--workers", "1"]).exit_code == 0
+    ray = runner.invoke(app, [*base, "--out", str(tmp_path / "ray"), "--engine", "ray"])
+    assert ray.exit_code == 0, ray.output
+    local_files = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*"))
+    ray_files = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*"))
+    assert local_files == ray_files and len(local_files) > 20
+    for rel in local_files:
+        if (tmp_path / "local" / rel).is_file():
+            assert (tmp_path / "local" / rel).read_bytes() == (tmp_path / "ray" / rel).read_bytes(), rel
+
+
 def test_engine_options_need_a_batch(tmp_path: Path) -> None:
     result = runner.invoke(app, ["predict", "--tv", str(tmp_path / "a.png"), "--engine", "ray"])
     assert result.exit_code == 2 and "go with --batch" in result.output
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path / "c"), "--address", "auto"])
+    assert result.exit_code == 2 and "--address goes with --engine ray" in result.output
+    assert not (tmp_path / "c").exists()

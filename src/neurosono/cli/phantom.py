@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from neurosono.cli.common import DEFAULT, EXIT_BAD_INPUT, EXIT_OUTPUT, LOOKS, Look, Seed, fail, out
+from neurosono.cli.common import DEFAULT, EXIT_BAD_INPUT, EXIT_OUTPUT, LOOKS, Engine, Look, Seed, fail, out
 
 
 def synth(
@@ -29,16 +29,28 @@ def synth(
         bool, typer.Option(help="add a transthalamic image to every case (realistic look)")
     ] = False,
     preview: Annotated[Path | None, typer.Option(help="also write a contact sheet PNG here")] = None,
-    workers: Annotated[int, typer.Option(help="worker processes (0: one per CPU core)")] = 0,
+    workers: Annotated[
+        int, typer.Option(help="worker processes, or a local Ray cluster's CPUs (0: one per CPU core)")
+    ] = 0,
+    engine: Annotated[
+        Engine,
+        typer.Option(help="local: processes on this machine; ray: Ray tasks (a cluster with --address)"),
+    ] = Engine.local,
+    address: Annotated[
+        str | None, typer.Option(help="with --engine ray: a running cluster (auto, HOST:PORT, ray://...)")
+    ] = None,
 ) -> None:
     """Generate a phantom cohort (same seed, same cohort, whatever the number of workers)."""
     from neurosono.core.atomic import OutputExistsError
+    from neurosono.core.cluster import RayMissingError
     from neurosono.core.progress import track
     from neurosono.phantom.cohort import CohortConfig, generate_cohort
 
     target = out_dir or out_arg
     if target is None:
         raise fail("give the new cohort folder with --out", EXIT_BAD_INPUT)
+    if address and engine is not Engine.ray:
+        raise fail("--address goes with --engine ray", EXIT_BAD_INPUT)
     config = CohortConfig(cases, seed, abnormal_fraction, centers, size, LOOKS[look], tt)
     try:
         config.validate()
@@ -48,10 +60,17 @@ def synth(
     try:
         progress = iter(track(range(cases), "rendering cases", total=cases))
         dataset = generate_cohort(
-            target, config, workers=workers or None, on_case=lambda _: next(progress, None)
+            target,
+            config,
+            workers=workers or None,
+            on_case=lambda _: next(progress, None),
+            engine=engine.value,
+            address=address,
         )
     except (OutputExistsError, PermissionError) as exc:
         raise fail(str(exc), EXIT_OUTPUT) from None
+    except RayMissingError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
     elapsed = time.perf_counter() - start
     n_abnormal = sum(c.label == "abnormal" for c in dataset.cases)
     out.print(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -169,19 +170,54 @@ def image_shape(job: _CaseJob) -> tuple[int, int]:
     return job.size, job.size
 
 
-def _write_case(job: _CaseJob) -> Case:
+def _render_files(job: _CaseJob) -> tuple[Case, dict[str, bytes]]:
+    """A case's row and its files (PNG images, YOLO label texts) by path in the cohort."""
     case, boxes, images = render_case(job)
-    root = Path(job.folder)
+    files = {}
     for plane in images:
         rel = f"images/{case.case_id}_{plane}.png"
         image = images[plane]
         if image.ndim == 3:
             image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        if not cv2.imwrite(str(root / rel), image, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-            raise OSError(f"{root / rel}: could not write image")
-        (root / f"labels/{case.case_id}_{plane}.txt").write_text(labels_text(boxes[plane]))
+        ok, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise OSError(f"{rel}: could not encode image")
+        files[rel] = png.tobytes()
+        files[f"labels/{case.case_id}_{plane}.txt"] = labels_text(boxes[plane]).encode()
         setattr(case, f"{plane}_image", rel)
+    return case, files
+
+
+def _write_files(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        (root / rel).write_bytes(data)
+
+
+def _write_case(job: _CaseJob) -> Case:
+    case, files = _render_files(job)
+    _write_files(Path(job.folder), files)
     return case
+
+
+def _render_pickled(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data task: rendered cases, pickled (rows of Python objects cross Ray as bytes)."""
+    rendered = [pickle.dumps(_render_files(pickle.loads(job))) for job in batch["job"]]
+    return {"rendered": np.array(rendered, dtype=object)}
+
+
+def _ray_cases(jobs: list[_CaseJob], root: Path, address: str | None, workers: int | None):
+    """Cases rendered by Ray tasks (here or on a cluster), written here by this process as
+    they arrive, in order: the cluster's nodes need no shared file system."""
+    from neurosono.core.cluster import start_ray
+
+    ray = start_ray(address, None if address else workers)
+    dataset = ray.data.from_items(
+        [{"job": pickle.dumps(job)} for job in jobs], override_num_blocks=max(1, min(len(jobs) // 8, 4096))
+    ).map_batches(_render_pickled, batch_size=8, batch_format="numpy", num_cpus=1)
+    for row in dataset.iter_rows():
+        case, files = pickle.loads(row["rendered"])
+        _write_files(root, files)
+        yield case
 
 
 def default_workers() -> int:
@@ -196,16 +232,29 @@ def generate_cohort(
     config: CohortConfig,
     workers: int | None = None,
     on_case: Callable[[Case], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> Dataset:
-    """Write a complete, split, checked-format dataset to ``out`` (which must not exist)."""
+    """Write a complete, split, checked-format dataset to ``out`` (which must not exist).
+
+    ``engine="ray"`` renders on Ray (``address``: a running cluster, else a local one of
+    ``workers`` CPUs); case k comes from the stream (seed, k) either way, so the cohort is
+    the same.
+    """
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be local or ray, not {engine!r}")
     jobs = plan_cohort(config)
-    workers = workers or default_workers()
     with staged_directory(out) as staging:
         (staging / "images").mkdir()
         (staging / "labels").mkdir()
         jobs = [_CaseJob(**{**j.__dict__, "folder": str(staging)}) for j in jobs]
         cases: list[Case] = []
-        if workers == 1:
+        if engine == "ray":
+            for case in _ray_cases(jobs, staging, address, workers):
+                cases.append(case)
+                if on_case:
+                    on_case(case)
+        elif (workers or default_workers()) == 1:
             results = map(_write_case, jobs)
             for case in results:
                 cases.append(case)
@@ -213,7 +262,7 @@ def generate_cohort(
                     on_case(case)
         else:
             # Workers render and write images; the parent only gathers rows.
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers or default_workers()) as pool:
                 for case in pool.map(_write_case, jobs, chunksize=4):
                     cases.append(case)
                     if on_case:
