@@ -2,7 +2,8 @@
 
 A classifier kind supplies ``batches(items, train, rng) -> (model inputs, labels)``; the loop
 does the rest alike for all: class-weighted BCE, AdamW with cosine decay, early stopping on
-validation AUC (keeping the best epoch's weights), and the threshold chosen on validation.
+validation AUC (keeping the best epoch's weights), and the threshold chosen on validation;
+in one process or, under torchrun, in several (DistributedDataParallel).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+from torch.utils.data import DistributedSampler
 
 from neurosono.classify.config import ClassifyTrainConfig
+from neurosono.core.distributed import broadcast_buffers, broadcast_float, distributed
 from neurosono.core.metrics import choose_threshold
 from neurosono.core.progress import note, track
 
@@ -43,37 +46,62 @@ def fit_binary(
     progress: bool = False,
     description: str = "training",
 ) -> FitResult:
-    """Train ``model`` in place; it is left holding its best validation epoch's weights."""
+    """Train ``model`` in place; it is left holding its best validation epoch's weights.
+
+    Launched by torchrun (``core/distributed.py``), each process trains on its share of every
+    epoch's cases (a DistributedSampler) with ``config.batch / world size`` cases per step,
+    so a step still averages the gradient over ``config.batch`` cases (DDP); every process
+    then sees the same validation AUC (process 0's) and stops at the same epoch.
+    """
+    place = distributed()
     rng = np.random.default_rng(config.seed)
     train_labels, val_labels = labels_of(train_items), labels_of(val_items)
     for name, labels in (("training", train_labels), ("validation", val_labels)):
         if len(set(labels.tolist())) < 2:
             raise ValueError(f"the {name} cases need both normal and abnormal ones")
+    model.to(place.device)
+    trained, order_of, per_step = model, None, config.batch
+    if place.world_size > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[place.local_rank] if place.device.type == "cuda" else None
+        )
+        sampler = DistributedSampler(
+            range(len(train_items)), place.world_size, place.rank, shuffle=True, seed=config.seed
+        )
+        rng = np.random.default_rng([config.seed, place.rank])  # each process its own augmentations
+        per_step = max(2, config.batch // place.world_size)
+
+        def order_of(epoch: int) -> list[int]:
+            sampler.set_epoch(epoch)
+            return list(sampler)
+
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
     # About 2:1 normal:abnormal: weight the positives by the ratio so both count equally.
     pos_weight = torch.tensor(
         (train_labels == 0).sum() / max(1, (train_labels == 1).sum()), dtype=torch.float32
     )
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(place.device))
     best: dict = {"auc": -1.0, "epoch": -1, "state": None}
     history = []
     for epoch in track(range(config.epochs), description, total=config.epochs, enabled=progress):
         model.train()
-        order = rng.permutation(len(train_items))
+        order = rng.permutation(len(train_items)) if order_of is None else order_of(epoch)
         losses = []
-        for start in range(0, len(order), config.batch):
-            chunk = [train_items[i] for i in order[start : start + config.batch]]
+        for start in range(0, len(order), per_step):
+            chunk = [train_items[i] for i in order[start : start + per_step]]
             if len(chunk) < 2:
-                continue  # batch norm needs two samples
+                continue  # batch norm needs two samples (the sampler gives every process as many)
             inputs, labels = batches(chunk, True, rng)
-            loss = loss_fn(model(*inputs), labels)
+            loss = loss_fn(trained(*_on(inputs, place.device)), labels.to(place.device))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             losses.append(loss.item())
         scheduler.step()
+        broadcast_buffers(model)
         auc = float(roc_auc_score(val_labels, predict_scores(model, val_items, batches)))
+        auc = broadcast_float(auc)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_auc": auc})
         note(
             f"{description}: epoch {epoch + 1}/{config.epochs} loss {np.mean(losses):.4f} "
@@ -84,14 +112,19 @@ def fit_binary(
             best = {
                 "auc": auc,
                 "epoch": epoch + 1,
-                "state": {k: v.clone() for k, v in model.state_dict().items()},
+                "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
             }
         elif epoch + 1 - best["epoch"] >= config.patience:
             break
+    model.to("cpu")
     model.load_state_dict(best["state"])
     val_scores = predict_scores(model, val_items, batches)
     threshold = choose_threshold(val_labels, val_scores, config.target_sensitivity)
     return FitResult(threshold, best["epoch"], best["auc"], history, val_scores)
+
+
+def _on(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tensors if device.type == "cpu" else tuple(t.to(device) for t in tensors)
 
 
 @torch.no_grad()
@@ -99,8 +132,9 @@ def predict_scores(model: torch.nn.Module, items: list, batches: Batches, size: 
     """P(abnormal) per item, in evaluation mode (no augmentation)."""
     model.eval()
     rng = np.random.default_rng(0)
+    device = next(model.parameters()).device
     out = [
-        torch.sigmoid(model(*batches(items[s : s + size], False, rng)[0])).numpy()
+        torch.sigmoid(model(*_on(batches(items[s : s + size], False, rng)[0], device))).cpu().numpy()
         for s in range(0, len(items), size)
     ]
     return np.concatenate(out) if out else np.zeros(0)

@@ -30,6 +30,7 @@ from neurosono.classify.networks import count_parameters
 from neurosono.classify.regions import brain_planes, brain_regions
 from neurosono.core.atomic import atomic_write_text, staged_directory
 from neurosono.core.checkpoints import file_sha256
+from neurosono.core.distributed import distributed
 from neurosono.core.metrics import classification_metrics
 from neurosono.core.provenance import package_versions
 from neurosono.data.check import check_dataset
@@ -122,6 +123,8 @@ def train_classifier(
     mean what they meant, and a run's ``baseline/`` starts the baseline."""
     cls = kind_class(kind)
     config = config or ClassifyTrainConfig()
+    place = distributed()  # under torchrun: every process trains, process 0 reports and writes
+    progress = progress and place.main
     start, config = fine_tuning(init, cls, config)
     dataset = checked_dataset(dataset_path)
     regions_detector, heads = load_detectors([cls], detector, head_detector)
@@ -139,6 +142,19 @@ def train_classifier(
     started = time.perf_counter()
     result = classifier.fit(train_items, val_items, progress)
     seconds = time.perf_counter() - started
+    # Same cases, epochs, seed, age input and threshold rule: the study's anatomy-aware
+    # against whole-image claim, like for like.
+    with_baseline = baseline and cls.kind == "hexanet"
+    baseline_start = _baseline_start(start) if with_baseline else None
+    if not place.main:
+        if with_baseline:  # its training steps are collective too
+            train_baseline(None, dataset, train_items, val_items, classifier.config, False, baseline_start)
+        return Path(out)
+    if place.world_size > 1:
+        classifier.meta["distributed"] = {
+            **place.record(),
+            "batch_per_process": max(2, config.batch // place.world_size),
+        }
     if cls.kind == "hexanet" and regions_detector is not None:
         classifier.meta["indeterminate"] = domain_rule(case_supports(val_items, classifier.regions, planes))
     with staged_directory(out) as run:
@@ -165,20 +181,21 @@ def train_classifier(
             extra,
             trained_with,
         )
-        if baseline and cls.kind == "hexanet":
-            # Same cases, epochs, seed, age input and threshold rule: the study's
-            # anatomy-aware against whole-image claim, like for like.
-            baseline_start = start.file.parent / "baseline" if start is not None else None
-            if baseline_start is not None and not baseline_start.is_dir():
-                baseline_start = None  # a classifier file alone: the baseline starts afresh
+        if with_baseline:
             train_baseline(
                 run / "baseline", dataset, train_items, val_items, classifier.config, progress, baseline_start
             )
     return Path(out)
 
 
+def _baseline_start(start: Classifier | None) -> Path | None:
+    """The baseline beside the run fine-tuned from; a classifier file alone: none (afresh)."""
+    folder = start.file.parent / "baseline" if start is not None else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
 def train_baseline(
-    out: Path,
+    out: Path | None,
     dataset: Dataset,
     train_items: list[CaseInputs],
     val_items: list[CaseInputs],
@@ -191,6 +208,8 @@ def train_baseline(
         start_from(baseline, starting_classifier(init, kind_class("whole-image"), config))
     started = time.perf_counter()
     result = baseline.fit(train_items, val_items, progress)
+    if out is None:  # a torchrun process other than the first: it trains, the first writes
+        return
     with staged_directory(out) as folder:
         write_run(
             folder,

@@ -87,8 +87,10 @@ def train(
     from neurosono.classify.config import ClassifyTrainConfig
     from neurosono.classify.train import train_classifier
     from neurosono.core.atomic import OutputExistsError
+    from neurosono.core.distributed import distributed, finish
     from neurosono.detect.model import DetectorFileError
 
+    place = distributed()
     try:
         config = ClassifyTrainConfig(
             **_budget(seed, epochs, patience),
@@ -107,6 +109,10 @@ def train(
         raise fail(str(exc), EXIT_OUTPUT) from None
     except (DetectorFileError, ValueError) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
+    finally:
+        finish()
+    if not place.main:
+        return  # under torchrun, the first process reports
     record = json.loads((run_dir / "classifier.json").read_text())
     auc = record["val_metrics"]["auc"]
     out.print(

@@ -85,13 +85,14 @@ def predict_batch_ray(
     threads_per_worker: int = 1,
     progress: bool = False,
     notify: Callable[[str], None] | None = None,
+    on_row: Callable[[dict[str, str]], None] | None = None,
 ) -> BatchSummary:
     """Predict every case of ``source`` not already in ``results`` on ``workers`` Ray actors.
 
     ``address``: a running cluster (see ``docs/scale.md``); without it a local cluster of
     ``workers`` x ``threads_per_worker`` CPUs starts here. ``workers`` defaults to the
     cluster's CPUs / ``threads_per_worker``. ``model`` and the images must be readable at
-    the same path on every node.
+    the same path on every node. ``on_row``: called with each row as it is written.
     """
     from neurosono.core.cluster import cluster_cpus, start_ray
     from neurosono.core.progress import track
@@ -128,6 +129,8 @@ def predict_batch_ray(
             # the paths as the cases file gives them, as the local engine writes them
             row["tv_image"], row["tc_image"] = shown[row["case_id"]]
             out.write(row)
+            if on_row:
+                on_row(row)
             if row["error"]:
                 failures.append(f"{row['case_id']}: {row['error']}")
     return BatchSummary(len(cases), failures, len(todo))

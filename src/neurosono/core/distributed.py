@@ -1,0 +1,80 @@
+"""Training in several processes: this process's place in a ``torchrun`` launch.
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK (and the rendezvous address) in each process it
+starts; a plain run has none of them and is rank 0 of 1. The process group is gloo on CPUs
+and NCCL where CUDA is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str | None  # None: a single process
+
+    @property
+    def main(self) -> bool:
+        """The process that reports progress and writes the run."""
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+
+    def record(self) -> dict:
+        return {"world_size": self.world_size, "backend": self.backend}
+
+
+def distributed() -> Distributed:
+    """This process's place; the first call in a torchrun process starts its process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(0, 1, 0, None)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if dist.get_backend() == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_backend()
+    )
+
+
+def broadcast_float(value: float, source: int = 0) -> float:
+    """``value`` as process ``source`` has it, in every process (identity in a single process)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    place = distributed()
+    tensor = torch.tensor([value], dtype=torch.float64, device=place.device)
+    dist.broadcast(tensor, source)
+    return float(tensor.item())
+
+
+def broadcast_buffers(model: torch.nn.Module, source: int = 0) -> None:
+    """Batch-norm statistics as process ``source`` has them, in every process: DDP averages
+    gradients, so the weights agree, but each process updates its running statistics with
+    its own batches."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, source)
+
+
+def finish() -> None:
+    """Leave the process group (where one was started), as torch asks before exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
