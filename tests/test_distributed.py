@@ -64,3 +64,21 @@ def test_classify_train_under_torchrun_writes_one_complete_run(tmp_path: Path) -
     from neurosono.classify.kinds import load_classifier
 
     assert load_classifier(tmp_path / "run").kind == "hexanet"
+
+
+def test_detect_train_names_a_missing_gpu(tiny_cohort: Path, tmp_path: Path) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from neurosono.cli import app
+
+    base = ["detect", "train", str(tiny_cohort), "--out", str(tmp_path / "run"), "--epochs", "1"]
+    wrong = CliRunner().invoke(app, [*base, "--device", "gpu"])
+    assert wrong.exit_code == 2 and "--device must be cpu or CUDA indices" in wrong.output
+    have = torch.cuda.device_count()
+    missing = CliRunner().invoke(app, [*base, "--device", f"0,{have}"])
+    assert (
+        missing.exit_code == 2
+        and f"this machine has {have} CUDA device(s); no device {have}" in missing.output
+    )
+    assert not (tmp_path / "run").exists()

@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DistributedSampler
 
 from neurosono.classify.config import ClassifyTrainConfig
-from neurosono.core.distributed import broadcast_buffers, broadcast_float, distributed
+from neurosono.core.distributed import Distributed, broadcast_buffers, broadcast_float, distributed
 from neurosono.core.metrics import choose_threshold
 from neurosono.core.progress import note, track
 
@@ -62,19 +62,8 @@ def fit_binary(
     model.to(place.device)
     trained, order_of, per_step = model, None, config.batch
     if place.world_size > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[place.local_rank] if place.device.type == "cuda" else None
-        )
-        sampler = DistributedSampler(
-            range(len(train_items)), place.world_size, place.rank, shuffle=True, seed=config.seed
-        )
+        trained, order_of, per_step = _data_parallel(model, len(train_items), config, place)
         rng = np.random.default_rng([config.seed, place.rank])  # each process its own augmentations
-        per_step = max(2, config.batch // place.world_size)
-
-        def order_of(epoch: int) -> list[int]:
-            sampler.set_epoch(epoch)
-            return list(sampler)
-
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
     # About 2:1 normal:abnormal: weight the positives by the ratio so both count equally.
@@ -121,6 +110,20 @@ def fit_binary(
     val_scores = predict_scores(model, val_items, batches)
     threshold = choose_threshold(val_labels, val_scores, config.target_sensitivity)
     return FitResult(threshold, best["epoch"], best["auc"], history, val_scores)
+
+
+def _data_parallel(model: torch.nn.Module, n_train: int, config: ClassifyTrainConfig, place: Distributed):
+    """The DDP-wrapped model, this process's case order per epoch, and its cases per step."""
+    trained = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[place.local_rank] if place.device.type == "cuda" else None
+    )
+    sampler = DistributedSampler(range(n_train), place.world_size, place.rank, shuffle=True, seed=config.seed)
+
+    def order_of(epoch: int) -> list[int]:
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    return trained, order_of, place.share(config.batch)
 
 
 def _on(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:

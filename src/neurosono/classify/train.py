@@ -151,10 +151,7 @@ def train_classifier(
             train_baseline(None, dataset, train_items, val_items, classifier.config, False, baseline_start)
         return Path(out)
     if place.world_size > 1:
-        classifier.meta["distributed"] = {
-            **place.record(),
-            "batch_per_process": max(2, config.batch // place.world_size),
-        }
+        classifier.meta["distributed"] = {**place.record(), "batch_per_process": place.share(config.batch)}
     if cls.kind == "hexanet" and regions_detector is not None:
         classifier.meta["indeterminate"] = domain_rule(case_supports(val_items, classifier.regions, planes))
     with staged_directory(out) as run:

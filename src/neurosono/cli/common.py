@@ -91,6 +91,12 @@ class Engine(StrEnum):
     ray = "ray"
 
 
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(help="with --engine ray: a running Ray cluster (auto, HOST:PORT, ray://HOST:10001)"),
+]
+
+
 class Arch(StrEnum):
     yolov5n = "yolov5n"
     yolov5s = "yolov5s"

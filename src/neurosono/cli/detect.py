@@ -50,6 +50,9 @@ def train(
         str, typer.Option(help="scratch, shipped (fine-tune the shipped detector) or a detector to fine-tune")
     ] = "scratch",
     init_old: Annotated[Path | None, typer.Option("--init-from", hidden=True)] = None,
+    device: Annotated[
+        str, typer.Option(help="cpu, or CUDA devices: 0 (one GPU), 0,1,2,3 (ultralytics' DDP over them)")
+    ] = "cpu",
 ) -> None:
     """Train the YOLOv5 detector (from scratch, or fine-tuned with --init), fully offline."""
     from neurosono.core.atomic import OutputExistsError
@@ -66,6 +69,7 @@ def train(
             seed=seed,
             time_hours=time_hours,
             init_from=resolve_init(str(init_old) if init_old else init),
+            device=device,
         )
         config.validate()
         run_dir = train_detector(dataset, out_dir, config)

@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from neurosono.cli.common import DEFAULT, EXIT_BAD_INPUT, EXIT_OUTPUT, LOOKS, Engine, Look, Seed, fail, out
+from neurosono.cli.common import (
+    DEFAULT,
+    EXIT_BAD_INPUT,
+    EXIT_OUTPUT,
+    LOOKS,
+    AddressOpt,
+    Engine,
+    Look,
+    Seed,
+    fail,
+    out,
+)
 
 
 def synth(
@@ -36,9 +47,7 @@ def synth(
         Engine,
         typer.Option(help="local: processes on this machine; ray: Ray tasks (a cluster with --address)"),
     ] = Engine.local,
-    address: Annotated[
-        str | None, typer.Option(help="with --engine ray: a running cluster (auto, HOST:PORT, ray://...)")
-    ] = None,
+    address: AddressOpt = None,
 ) -> None:
     """Generate a phantom cohort (same seed, same cohort, whatever the number of workers)."""
     from neurosono.core.atomic import OutputExistsError

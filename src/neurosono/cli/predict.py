@@ -12,6 +12,7 @@ from neurosono.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_OUTPUT,
     EXIT_PARTIAL,
+    AddressOpt,
     Engine,
     Runtime,
     err,
@@ -59,9 +60,7 @@ def predict(
     engine: Annotated[
         Engine, typer.Option(help="batch engine: local (this process) or ray (Ray Data actors)")
     ] = Engine.local,
-    address: Annotated[
-        str | None, typer.Option(help="with --engine ray: a running cluster (auto, HOST:PORT, ray://...)")
-    ] = None,
+    address: AddressOpt = None,
     workers: Annotated[
         int | None,
         typer.Option(min=1, help="with --engine ray: actors [default: one per CPU of the cluster]"),
@@ -81,14 +80,7 @@ def predict(
     except ValueError as exc:
         raise fail(f"--ga-weeks: {exc}", EXIT_BAD_INPUT) from None
     results = results_out or csv_out
-    if batch is not None and results is None:
-        raise fail("--batch needs --out results.csv (or .parquet)", EXIT_BAD_INPUT)
-    if batch is None and (engine is not Engine.local or address or workers):
-        raise fail("--engine, --address and --workers go with --batch", EXIT_BAD_INPUT)
-    if batch is not None and ga is not None:
-        raise fail("--ga-weeks is for one case; with --batch, fill cases.csv's ga_weeks", EXIT_BAD_INPUT)
-    if batch is None and tv is None and tc is None:
-        raise fail("give --tv and/or --tc (or --batch)", EXIT_BAD_INPUT)
+    _check_inputs(tv, tc, batch, results, ga, engine is not Engine.local or bool(address or workers))
     try:
         if overlay is not None:
             writable_folder(overlay, "overlay")
@@ -108,6 +100,10 @@ def predict(
     except ValueError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     _print_prediction(result, ga if pipeline.uses_ga else None)
+    _write_outputs(result, json_out, sr, overlay, tv, tc)
+
+
+def _write_outputs(result, json_out: Path | None, sr: Path | None, overlay: Path | None, tv, tc) -> None:
     write_json(json_out, result.to_dict())
     if sr is not None:
         _write_sr(result, tv, sr, tc)
@@ -116,6 +112,17 @@ def predict(
 
         for path in write_overlays(result, overlay):
             out.print(f"overlay: {path}")
+
+
+def _check_inputs(tv, tc, batch: Path | None, results: Path | None, ga, engine_options: bool) -> None:
+    if batch is not None and results is None:
+        raise fail("--batch needs --out results.csv (or .parquet)", EXIT_BAD_INPUT)
+    if batch is None and engine_options:
+        raise fail("--engine, --address and --workers go with --batch", EXIT_BAD_INPUT)
+    if batch is not None and ga is not None:
+        raise fail("--ga-weeks is for one case; with --batch, fill cases.csv's ga_weeks", EXIT_BAD_INPUT)
+    if batch is None and tv is None and tc is None:
+        raise fail("give --tv and/or --tc (or --batch)", EXIT_BAD_INPUT)
 
 
 def _predict_batch(pipeline, loaded_from, batch: Path, results: Path, frame, ray: dict | None) -> None:

@@ -29,6 +29,10 @@ class Distributed:
     def device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
+    def share(self, batch: int) -> int:
+        """Cases per step in each process, so that a step still averages over ``batch``."""
+        return max(2, batch // self.world_size)
+
     def record(self) -> dict:
         return {"world_size": self.world_size, "backend": self.backend}
 

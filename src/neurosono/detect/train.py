@@ -72,6 +72,8 @@ class DetectTrainConfig:
     # None: ultralytics' choice (AdamW, lr 0.001 for short runs), right from scratch but enough to
     # undo a converged detector in one epoch; fine-tuning sets a small fixed rate.
     lr0: float | None = None
+    # "cpu", or CUDA device indices: "0" one GPU, "0,1,2,3" ultralytics' own DDP over them.
+    device: str = "cpu"
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -80,6 +82,24 @@ class DetectTrainConfig:
             raise ValueError("--imgsz must be a multiple of 32 (the YOLOv5 stride)")
         if self.epochs < 1:
             raise ValueError("--epochs must be at least 1")
+        check_device(self.device)
+
+
+def check_device(device: str) -> None:
+    """``cpu`` or CUDA indices this machine has (``0,1``: one process per GPU, DDP)."""
+    if device == "cpu":
+        return
+    import torch
+
+    indices = device.split(",")
+    if not all(i.strip().isdigit() for i in indices):
+        raise ValueError(f"--device must be cpu or CUDA indices such as 0 or 0,1, not {device!r}")
+    have = torch.cuda.device_count()
+    missing = [i for i in indices if int(i) >= have]
+    if missing:
+        raise ValueError(
+            f"--device {device}: this machine has {have} CUDA device(s); no device {', '.join(missing)}"
+        )
 
 
 def resolve_init(value: str | None) -> str | None:
@@ -274,13 +294,13 @@ def _fit(dataset: Dataset, run: Path, config: DetectTrainConfig, progress: bool)
             batch=config.batch,
             seed=config.seed,
             deterministic=True,
-            device="cpu",
+            device=config.device,
             workers=config.workers,
             project=str((run / "ultralytics").absolute()),
             name="train",
             exist_ok=True,
             pretrained=bool(config.init_from),
-            amp=False,
+            amp=config.device != "cpu",  # mixed precision on GPUs only
             plots=False,
             verbose=False,
             patience=config.patience,

@@ -109,7 +109,8 @@ def predict_batch_ray(
         ray = start_ray(address, None if address else (workers or 0) * threads_per_worker or None)
         workers = workers or max(1, cluster_cpus(ray) // threads_per_worker)
         if notify:
-            notify(f"Ray: {workers} workers x {threads_per_worker} threads, {len(todo)} cases to predict")
+            threads = f"{threads_per_worker} thread" + ("s" if threads_per_worker > 1 else "")
+            notify(f"Ray: {workers} workers x {threads}, {len(todo)} cases to predict")
         shown = {case.case_id: (str(case.tv or ""), str(case.tc or "")) for case in todo}
         dataset = ray.data.from_items(
             [{"case": _encode(case)} for case in todo],
