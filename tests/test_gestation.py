@@ -262,7 +262,7 @@ def test_batch_takes_the_ga_from_cases_csv(tiny_run, ga_model: Path, tmp_path: P
     refused = runner.invoke(
         app, ["predict", "--model", str(ga_model), "--batch", str(table), "--csv", str(old)]
     )
-    assert refused.exit_code == 2 and "give a new --csv" in " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "give a new results file" in " ".join(refused.output.split())
 
 
 def test_onnx_export_of_a_ga_model_matches_torch(tiny_run, ga_model: Path, tmp_path: Path) -> None:
