@@ -176,6 +176,11 @@ def test_openvino_runs_the_same_files_as_onnxruntime(cohorts: tuple[Path, Path])
         if a.found:
             assert max(abs(x - y) for x, y in zip(a.box, b.box, strict=True)) < 0.5
     assert got.biometry["values"].keys() == onnx.biometry["values"].keys()
+    # the same from the command line
+    args = ["predict", "--runtime", "openvino", "--tv", str(images[0]), "--tc", str(images[1])]
+    said = runner.invoke(app, [*args, "--ga-weeks", f"{case.ga_weeks}"])
+    assert said.exit_code == 0, said.output
+    assert f"P(abnormal) = {got.p_abnormal:.3f} -> {got.decision}" in said.output
 
 
 def test_int8_runtime_needs_an_int8_export(int8_export: Path) -> None:

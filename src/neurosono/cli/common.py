@@ -84,6 +84,7 @@ class Runtime(StrEnum):
     torch = "torch"
     onnx = "onnx"
     int8 = "int8"
+    openvino = "openvino"
 
 
 class Engine(StrEnum):

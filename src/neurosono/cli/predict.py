@@ -32,7 +32,10 @@ def predict(
     model: ModelOpt = None,
     runtime: Annotated[
         Runtime,
-        typer.Option(help="onnx: onnxruntime, --model a 'neurosono export' folder; int8: its int8 form"),
+        typer.Option(
+            help="onnx: onnxruntime, --model a 'neurosono export' folder; int8: its int8 form; "
+            "openvino: an export's files (fp32 or int8) compiled by OpenVINO"
+        ),
     ] = Runtime.torch,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the prediction as JSON")] = None,
     overlay: Annotated[

@@ -21,7 +21,8 @@ def serve(
     runtime: Annotated[
         Runtime,
         typer.Option(
-            help="onnx (onnxruntime: about twice torch's throughput here), int8 (an int8 export) or torch"
+            help="onnx (onnxruntime: about twice torch's throughput here), int8 (an int8 export), "
+            "openvino (an export compiled by OpenVINO) or torch"
         ),
     ] = Runtime.onnx,
     workers: Annotated[int, typer.Option(help="cases worked on at once (each loads its own models)")] = 1,

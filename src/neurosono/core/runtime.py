@@ -59,7 +59,7 @@ class OpenVinoSession:
         try:
             import openvino as ov
         except ImportError:
-            raise RuntimeError("the openvino engine needs OpenVINO: pip install openvino") from None
+            raise ValueError("--runtime openvino needs OpenVINO: pip install 'neurosono[openvino]'") from None
 
         core = ov.Core()
         config = {
