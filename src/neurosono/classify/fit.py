@@ -54,6 +54,7 @@ def fit_binary(
     then sees the same validation AUC (process 0's) and stops at the same epoch.
     """
     place = distributed()
+    place.share_threads()
     rng = np.random.default_rng(config.seed)
     train_labels, val_labels = labels_of(train_items), labels_of(val_items)
     for name, labels in (("training", train_labels), ("validation", val_labels)):

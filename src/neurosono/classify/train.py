@@ -30,7 +30,7 @@ from neurosono.classify.networks import count_parameters
 from neurosono.classify.regions import brain_planes, brain_regions
 from neurosono.core.atomic import atomic_write_text, staged_directory
 from neurosono.core.checkpoints import file_sha256
-from neurosono.core.distributed import distributed
+from neurosono.core.distributed import distributed, shared_work
 from neurosono.core.metrics import classification_metrics
 from neurosono.core.provenance import package_versions
 from neurosono.data.check import check_dataset
@@ -128,13 +128,20 @@ def train_classifier(
     start, config = fine_tuning(init, cls, config)
     dataset = checked_dataset(dataset_path)
     regions_detector, heads = load_detectors([cls], detector, head_detector)
+    place.share_threads()  # after ultralytics has set torch to every core
     train_cases, val_cases = dataset.split("train"), dataset.split("val")
     if not train_cases or not val_cases:
         raise ValueError(f"{dataset.root}: training needs cases in the train and val splits")
-    train_items = gather_cases(
-        dataset, train_cases, regions_detector, heads, with_truth=True, progress=progress
+    # Under torchrun each process reads (and runs stage 1 on) its share of the cases.
+    train_items = shared_work(
+        train_cases,
+        lambda cases: gather_cases(
+            dataset, cases, regions_detector, heads, with_truth=True, progress=progress
+        ),
     )
-    val_items = gather_cases(dataset, val_cases, regions_detector, heads, progress=progress)
+    val_items = shared_work(
+        val_cases, lambda cases: gather_cases(dataset, cases, regions_detector, heads, progress=progress)
+    )
     planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
     classifier = cls.create(config, brain_regions(dataset.spec.regions), planes)
     if start is not None:

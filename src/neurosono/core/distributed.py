@@ -8,6 +8,7 @@ and NCCL where CUDA is.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,16 @@ class Distributed:
         """Cases per step in each process, so that a step still averages over ``batch``."""
         return max(2, batch // self.world_size)
 
+    def share_threads(self) -> None:
+        """This process's share of the machine's cores for torch. ultralytics sets torch to
+        every core when it loads a detector; several processes on one machine, each on every
+        core, run several times slower than one."""
+        if self.world_size > 1:
+            from neurosono.core.runtime import cpu_cores
+
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(max(1, cpu_cores() // local))
+
     def record(self) -> dict:
         return {"world_size": self.world_size, "backend": self.backend}
 
@@ -51,6 +62,22 @@ def distributed() -> Distributed:
     return Distributed(
         dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_backend()
     )
+
+
+def shared_work(items: list, compute: Callable[[list], list]) -> list:
+    """``compute(items)``, one result per item in order, each process computing its share
+    (every world-size-th item) and every process receiving all of it."""
+    place = distributed()
+    if place.world_size == 1:
+        return compute(items)
+    import torch.distributed as dist
+
+    parts: list = [None] * place.world_size
+    dist.all_gather_object(parts, compute(items[place.rank :: place.world_size]))
+    results: list = [None] * len(items)
+    for rank, part in enumerate(parts):
+        results[rank :: place.world_size] = part
+    return results
 
 
 def broadcast_float(value: float, source: int = 0) -> float:
