@@ -129,19 +129,7 @@ def train_classifier(
     dataset = checked_dataset(dataset_path)
     regions_detector, heads = load_detectors([cls], detector, head_detector)
     place.share_threads()  # after ultralytics has set torch to every core
-    train_cases, val_cases = dataset.split("train"), dataset.split("val")
-    if not train_cases or not val_cases:
-        raise ValueError(f"{dataset.root}: training needs cases in the train and val splits")
-    # Under torchrun each process reads (and runs stage 1 on) its share of the cases.
-    train_items = shared_work(
-        train_cases,
-        lambda cases: gather_cases(
-            dataset, cases, regions_detector, heads, with_truth=True, progress=progress
-        ),
-    )
-    val_items = shared_work(
-        val_cases, lambda cases: gather_cases(dataset, cases, regions_detector, heads, progress=progress)
-    )
+    train_items, val_items = _gather_splits(dataset, regions_detector, heads, progress)
     planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
     classifier = cls.create(config, brain_regions(dataset.spec.regions), planes)
     if start is not None:
@@ -190,6 +178,19 @@ def train_classifier(
                 run / "baseline", dataset, train_items, val_items, classifier.config, progress, baseline_start
             )
     return Path(out)
+
+
+def _gather_splits(dataset: Dataset, regions_detector, heads, progress: bool) -> tuple[list, list]:
+    """The train and val cases' inputs; under torchrun each process reads (and runs stage 1
+    on) its share of the cases, and every process gets all of them."""
+    train_cases, val_cases = dataset.split("train"), dataset.split("val")
+    if not train_cases or not val_cases:
+        raise ValueError(f"{dataset.root}: training needs cases in the train and val splits")
+
+    def gather(cases: list, with_truth: bool = False) -> list[CaseInputs]:
+        return gather_cases(dataset, cases, regions_detector, heads, with_truth=with_truth, progress=progress)
+
+    return shared_work(train_cases, lambda c: gather(c, with_truth=True)), shared_work(val_cases, gather)
 
 
 def _baseline_start(start: Classifier | None) -> Path | None:
