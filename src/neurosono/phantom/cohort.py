@@ -15,10 +15,10 @@ are the same with or without it.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import numpy as np
 from neurosono import __version__
 from neurosono.core import DEFAULT_SEED
 from neurosono.core.atomic import atomic_write_text, staged_directory
+from neurosono.core.runtime import cpu_cores
 from neurosono.data.format import DEFAULT_REGIONS, Box, Case, Dataset, default_spec, labels_text
 from neurosono.data.split import holdout
 from neurosono.models import HEAD_REGION
@@ -221,10 +222,8 @@ def _ray_cases(jobs: list[_CaseJob], root: Path, address: str | None, workers: i
 
 
 def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    """One worker per CPU core this process may use."""
+    return cpu_cores()
 
 
 def generate_cohort(
@@ -249,24 +248,19 @@ def generate_cohort(
         (staging / "labels").mkdir()
         jobs = [_CaseJob(**{**j.__dict__, "folder": str(staging)}) for j in jobs]
         cases: list[Case] = []
-        if engine == "ray":
-            for case in _ray_cases(jobs, staging, address, workers):
+        with ExitStack() as stack:
+            if engine == "ray":
+                rendered = _ray_cases(jobs, staging, address, workers)
+            elif (workers or default_workers()) == 1:
+                rendered = map(_write_case, jobs)
+            else:
+                # Workers render and write images; the parent only gathers rows.
+                pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers or default_workers()))
+                rendered = pool.map(_write_case, jobs, chunksize=4)
+            for case in rendered:
                 cases.append(case)
                 if on_case:
                     on_case(case)
-        elif (workers or default_workers()) == 1:
-            results = map(_write_case, jobs)
-            for case in results:
-                cases.append(case)
-                if on_case:
-                    on_case(case)
-        else:
-            # Workers render and write images; the parent only gathers rows.
-            with ProcessPoolExecutor(max_workers=workers or default_workers()) as pool:
-                for case in pool.map(_write_case, jobs, chunksize=4):
-                    cases.append(case)
-                    if on_case:
-                        on_case(case)
         cases = holdout(cases, seed=config.seed)
         look = "realistic look" if config.look == REALISTIC else "plain look"
         spec = default_spec(

@@ -174,9 +174,17 @@ def _check_columns(path: Path, columns) -> None:
         )
 
 
-def done_case_ids(results: Path) -> set[str]:
-    """Cases already predicted in a results file being resumed (it must have our columns)."""
-    return ResultsFile(results).done_case_ids()
+def source_cases(source: Path) -> list[BatchCase]:
+    """The cases of a batch source (``cases_from``), which must exist."""
+    if not source.exists():
+        raise ValueError(f"{source}: does not exist")
+    return cases_from(source)
+
+
+def pending_cases(out: ResultsFile, cases: list[BatchCase]) -> list[BatchCase]:
+    """The cases not yet predicted in ``out`` (a resumed run skips the others)."""
+    done = out.done_case_ids()
+    return [case for case in cases if case.case_id not in done]
 
 
 def predict_row(pipeline: Pipeline, case: BatchCase, frame: int | None = None) -> dict[str, str]:
@@ -209,13 +217,16 @@ def run_batch(
 ) -> Iterator[tuple[BatchCase, str | None]]:
     """Predict each case not already done, writing one row per case as it goes."""
     with ResultsFile(results) as out:
-        done = out.done_case_ids()
-        for case in cases:
-            if case.case_id in done:
-                continue
-            row = predict_row(pipeline, case, frame)
-            out.write(row)
-            yield case, row.get("error")
+        yield from _predict_into(out, pipeline, pending_cases(out, cases), frame)
+
+
+def _predict_into(
+    out: ResultsFile, pipeline: Pipeline, cases: list[BatchCase], frame: int | None
+) -> Iterator[tuple[BatchCase, str | None]]:
+    for case in cases:
+        row = predict_row(pipeline, case, frame)
+        out.write(row)
+        yield case, row.get("error")
 
 
 def biometry_columns(biometry: dict | None) -> dict[str, str]:
@@ -245,13 +256,12 @@ def predict_batch(
     resuming a results file already there; bad files are listed, never stop the batch."""
     from neurosono.core.progress import track
 
-    if not source.exists():
-        raise ValueError(f"{source}: does not exist")
-    cases = cases_from(source)
-    todo = len(cases) - len(done_case_ids(results) & {case.case_id for case in cases})
-    outcomes = list(track(run_batch(pipeline, cases, results, frame), "predicting cases", todo, progress))
-    failures = [f"{case.case_id}: {error}" for case, error in outcomes if error]
-    return BatchSummary(len(cases), failures, len(outcomes))
+    cases = source_cases(source)
+    with ResultsFile(results) as out:
+        todo = pending_cases(out, cases)
+        outcomes = track(_predict_into(out, pipeline, todo, frame), "predicting cases", len(todo), progress)
+        failures = [f"{case.case_id}: {error}" for case, error in outcomes if error]
+    return BatchSummary(len(cases), failures, len(todo))
 
 
 def write_overlays(result: Prediction, folder: Path) -> list[Path]:

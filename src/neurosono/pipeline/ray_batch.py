@@ -20,7 +20,8 @@ from neurosono.pipeline.batch import (
     BatchCase,
     BatchSummary,
     ResultsFile,
-    cases_from,
+    pending_cases,
+    source_cases,
 )
 
 CASES_PER_BATCH = 4  # per actor call: small, so rows reach the results file steadily
@@ -97,13 +98,10 @@ def predict_batch_ray(
     from neurosono.core.cluster import cluster_cpus, start_ray
     from neurosono.core.progress import track
 
-    if not source.exists():
-        raise ValueError(f"{source}: does not exist")
-    cases = cases_from(source)
+    cases = source_cases(source)
     failures: list[str] = []
     with ResultsFile(results) as out:
-        done = out.done_case_ids()
-        todo = [case for case in cases if case.case_id not in done]
+        todo = pending_cases(out, cases)
         if not todo:
             return BatchSummary(len(cases), failures, 0)
         ray = start_ray(address, None if address else (workers or 0) * threads_per_worker or None)
