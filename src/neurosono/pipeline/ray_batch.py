@@ -104,7 +104,8 @@ def predict_batch_ray(
         todo = pending_cases(out, cases)
         if not todo:
             return BatchSummary(len(cases), failures, 0)
-        ray = start_ray(address, None if address else (workers or 0) * threads_per_worker or None)
+        # a local cluster just large enough for the workers asked for (default: every core)
+        ray = start_ray(address, workers * threads_per_worker if workers and not address else None)
         workers = workers or max(1, cluster_cpus(ray) // threads_per_worker)
         if notify:
             threads = f"{threads_per_worker} thread" + ("s" if threads_per_worker > 1 else "")
