@@ -1,5 +1,6 @@
-"""What biometry adds to a case: the head (two looks of the head model, ellipse fits) and the
-structures (the structure model in stage 1's boxes), on torch and on onnxruntime.
+"""What biometry adds to a case: the head (the head model framed on stage 1's head box, or its
+two looks where that box is missing or disagrees; ellipse fits) and the structures (the
+structure model in stage 1's boxes), on torch and on onnxruntime.
 
 On a fresh phantom cohort (seed 607, used nowhere else): stage 1 runs first (its time is
 not counted: the pipeline runs it anyway), then per case the time of the head measurement
@@ -28,6 +29,7 @@ from neurosono.core.images import read_image
 from neurosono.data.format import Dataset
 from neurosono.detect.model import load_detector
 from neurosono.detect.predict import detect_planes
+from neurosono.measure.case import head_box
 from neurosono.measure.head import measure_image
 from neurosono.measure.headnet import load_head_model
 from neurosono.measure.onnx import HEAD_ONNX, STRUCTURES_ONNX, OnnxNet, export_biometry
@@ -48,7 +50,7 @@ def timed(head, structures, cases, warmup: int) -> dict:
     times: dict[str, list[float]] = {"head": [], "structures": [], "total": []}
     for i, (tv, planes, detections, regions) in enumerate(cases):
         started = time.perf_counter()
-        measure_image(head, tv.pixels, tv.spacing_mm)
+        measure_image(head, tv.pixels, tv.spacing_mm, head_box(detections, regions))
         middle = time.perf_counter()
         measure_structures(structures, planes, detections, regions)
         ended = time.perf_counter()
@@ -84,7 +86,12 @@ def main() -> None:
                 image.spacing_mm = case.spacing_mm(plane)
             planes = {p: (im.pixels, im.spacing_mm) for p, im in images.items()}
             cases.append(
-                (images["tv"], planes, detect_planes(detector, images, MIN_CONFIDENCE), detector.regions)
+                (
+                    images["tv"],
+                    planes,
+                    detect_planes(detector, images, MIN_CONFIDENCE),
+                    list(detector.regions),
+                )
             )
         checks = export_biometry(head, structures, tmp)
         runtimes = {

@@ -236,3 +236,21 @@ def test_coco_eval_and_ultralytics_validator_agree_on_map50() -> None:
     assert coco_value > 0.5
     assert abs(coco_value - ultralytics_value) < 0.01
     assert abs(coco_value - ours) < 0.01  # the bootstrap's AP reproduces COCOeval's
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("imgsz", 300, "multiple of 32"),
+        ("epochs", 0, "at least 1"),
+        ("lr0", 2.0, "--lr0"),
+        ("warmup_epochs", -1.0, "--warmup-epochs"),
+        ("model", "yolov8x", "--model"),
+    ],
+)
+def test_training_settings_out_of_range_are_refused(field, value, message):
+    from neurosono.detect.train import DetectTrainConfig
+
+    with pytest.raises(ValueError, match=message):
+        DetectTrainConfig(**{field: value}).validate()
+    DetectTrainConfig(lr0=5e-4, warmup_epochs=0.0).validate()  # a fine-tuning recipe is accepted

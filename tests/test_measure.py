@@ -364,3 +364,54 @@ def test_head_training_can_start_from_a_trained_model(head_run, tiny_cohort, tmp
         app, ["measure", "train", str(tiny_cohort), "--out", str(tmp_path / "x"), "--init", str(tmp_path)]
     )
     assert bad.exit_code == 2 and "no head model file" in bad.output
+
+
+class _ThresholdNet:
+    """Stands in for the head model: the bright part of what it is shown is the head (both maps)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def eval(self):
+        return self
+
+    def __call__(self, x):
+        self.calls += 1
+        return (20 * x).repeat(1, 2, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("box_shift", "looks"),
+    [(None, 2), (0.0, 1), (60.0, 2)],
+    ids=["no box: two looks", "agreeing box: one look", "box off the head: refined"],
+)
+def test_stage1_head_box_frames_the_head_models_look(box_shift, looks):
+    from neurosono.measure.head import measure_image
+
+    shape, spacing = (540, 800), 0.2
+    ellipse = Ellipse(430.0, 260.0, 420.0, 330.0, 25.0)
+    image = np.where(ellipse.mask(shape), 200, 40).astype(np.uint8)
+    x0, y0, x1, y1 = ellipse.box()
+    box = None if box_shift is None else (x0 + box_shift, y0, x1 + box_shift, y1)
+    net = _ThresholdNet()
+    measured = measure_image(net, image, spacing, box)
+    assert net.calls == looks
+    assert measured.values["hc_mm"] == pytest.approx(ellipse.perimeter * spacing, rel=0.01)
+    assert measured.values["ofd_mm"] == pytest.approx(420 * spacing, rel=0.01)
+
+
+def test_the_head_box_is_stage1s_surest_sure_head_in_the_tv_image():
+    from neurosono.detect.predict import Detection
+    from neurosono.measure.case import head_box
+
+    names = ["csp", "fetal_head"]
+    detections = [
+        Detection("tv", 1, 0.62, (10.0, 10.0, 200.0, 160.0)),
+        Detection("tv", 1, 0.91, (12.0, 11.0, 205.0, 162.0)),
+        Detection("tc", 1, 0.99, (0.0, 0.0, 50.0, 50.0)),
+        Detection("tv", 0, 0.99, (80.0, 60.0, 90.0, 70.0)),
+    ]
+    assert head_box(detections, names) == (12.0, 11.0, 205.0, 162.0)
+    assert head_box([Detection("tv", 1, 0.3, (10.0, 10.0, 200.0, 160.0))], names) is None  # unsure
+    assert head_box(detections, ["csp", "thalami"]) is None  # a detector with no head region
+    assert head_box(None, names) is None  # no stage 1 run

@@ -160,7 +160,8 @@ def test_cohort_is_valid_and_records_truth(tiny_cohort: Path) -> None:
         for column in ("bpd_mm", "hc_mm", "atrium_mm", "tcd_mm", "cisterna_magna_mm", "csp_width_mm"):
             assert float(case.extra[column]) >= 0
         for plane in ("tv", "tc"):
-            assert 0.2 < case.spacing_mm(plane) < 1.5  # 128 px images of a ~60 mm head
+            # 128 px images of a ~60-80 mm head filling a third to all of the width
+            assert 0.2 < case.spacing_mm(plane) < 2.2
             assert f"{plane}_angle_deg" in case.extra
             boxes = read_labels(dataset.label_path(case.image(plane)))
             allowed = dataset.spec.plane_region_ids(plane)
@@ -213,3 +214,21 @@ def test_the_tt_image_leaves_tv_and_tc_as_they_were_and_the_plain_look_is_unchan
     assert plain[0].ga_weeks == realistic[0].ga_weeks  # the same anatomy, drawn two ways
     with pytest.raises(ValueError, match="realistic look"):
         CohortConfig(cases=2, look=1, tt=True).validate()
+
+
+def test_the_realistic_look_frames_the_head_from_a_third_of_the_width_to_nearly_all_of_it() -> None:
+    from neurosono.phantom.anatomy import sample_anatomy
+    from neurosono.phantom.render import REALISTIC
+
+    rng = np.random.default_rng(11)
+    shape = (480, 692)  # a FETAL_PLANES_DB frame
+    widths = []
+    for index in range(300):
+        anatomy = sample_anatomy(rng, "normal")
+        pose = sample_pose(anatomy, sample_center(3, index % 8), shape, rng, REALISTIC)
+        widths.append((anatomy.ofd_mm + 2 * anatomy.skull_mm) / pose.spacing_mm / shape[1])
+        half_height = (anatomy.bpd_mm / 2 + anatomy.skull_mm) / pose.spacing_mm
+        assert 2 * half_height <= shape[0] + 1  # the head fits the frame's height
+    widths = np.array(widths)
+    assert widths.min() < 0.36 and np.percentile(widths, 10) < 0.45
+    assert np.percentile(widths, 90) > 0.8 and widths.max() <= 1.0

@@ -50,6 +50,12 @@ def train(
         str, typer.Option(help="scratch, shipped (fine-tune the shipped detector) or a detector to fine-tune")
     ] = "scratch",
     init_old: Annotated[Path | None, typer.Option("--init-from", hidden=True)] = None,
+    lr0: Annotated[
+        float | None, typer.Option(help="AdamW learning rate [default: ultralytics' choice for the run]")
+    ] = None,
+    warmup_epochs: Annotated[
+        float, typer.Option(help="warm-up epochs (0 when fine-tuning a converged detector)")
+    ] = 3.0,
     device: Annotated[
         str, typer.Option(help="cpu, or CUDA devices: 0 (one GPU), 0,1,2,3 (ultralytics' DDP over them)")
     ] = "cpu",
@@ -69,6 +75,8 @@ def train(
             seed=seed,
             time_hours=time_hours,
             init_from=resolve_init(str(init_old) if init_old else init),
+            lr0=lr0,
+            warmup_epochs=warmup_epochs,
             device=device,
         )
         config.validate()

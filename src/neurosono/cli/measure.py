@@ -211,6 +211,10 @@ def evaluate(
         bool, typer.Option(help="also score the hints against the findings the true measurements give")
     ] = False,
     plot: Annotated[Path | None, typer.Option(help="write Bland-Altman plots (PNG) here")] = None,
+    stage1: Annotated[
+        bool,
+        typer.Option(help="run stage 1 and frame the head on its fetal_head box, as the pipeline does"),
+    ] = False,
 ) -> None:
     """Score measured against true measurements: MAE, bias, limits of agreement, Dice; CIs by
     source group. The structures are scored where the dataset records them (stage 1 runs)."""
@@ -228,7 +232,7 @@ def evaluate(
         if recorded or structures is not None:
             structure_model = load_structure_model(structures or PHANTOM_STRUCTURE_MODEL)[0]
         detector = None
-        if hints or structure_model is not None:
+        if hints or stage1 or structure_model is not None:
             from neurosono.detect.model import load_detector
             from neurosono.models import DEFAULT_DETECTOR
 

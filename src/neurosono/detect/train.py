@@ -82,6 +82,10 @@ class DetectTrainConfig:
             raise ValueError("--imgsz must be a multiple of 32 (the YOLOv5 stride)")
         if self.epochs < 1:
             raise ValueError("--epochs must be at least 1")
+        if self.lr0 is not None and not 0 < self.lr0 < 1:
+            raise ValueError(f"--lr0 must lie between 0 and 1, not {self.lr0}")
+        if self.warmup_epochs < 0:
+            raise ValueError("--warmup-epochs must not be negative")
         check_device(self.device)
 
 

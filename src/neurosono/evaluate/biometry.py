@@ -110,8 +110,9 @@ def evaluate_biometry(
     structure_model=None,
 ) -> dict:
     """Measure every case of the split with the head ``model`` (TV image) and score it (see
-    above). With a ``detector``, stage 1 runs on the TV and TC images: the hints are scored,
-    and with a ``structure_model`` the structures are measured in its boxes and scored too."""
+    above). With a ``detector``, stage 1 runs on the TV and TC images: the head is framed on
+    its head box as the pipeline frames it, the hints are scored, and with a
+    ``structure_model`` the structures are measured in its boxes and scored too."""
     dataset = Dataset.load(dataset_path)
     cases = [c for c in (dataset.split(split) if split else dataset.cases) if c.tv_image]
     if not cases:
@@ -124,10 +125,11 @@ def evaluate_biometry(
     for case in track(cases, "measuring", enabled=progress):
         truth = head_truth(dataset, case)
         image = truth.image if truth else read_grey(dataset.image_path(case.tv_image))
-        measured = measure_image(model, image, case.spacing_mm("tv"))
-        values = measured.values
-        if detector is not None:
-            biometry = _with_stage1(dataset, case, measured, detector, structure_model)
+        if detector is None:
+            measured = measure_image(model, image, case.spacing_mm("tv"))
+            values = measured.values
+        else:
+            measured, biometry = _with_stage1(dataset, case, model, image, detector, structure_model)
             values = biometry.values
             hint_rows.extend(_hint_rows(case, biometry))
         for m in columns:
@@ -194,11 +196,12 @@ def bland_altman_plot(pairs: dict[str, tuple[list, list]], result: dict, out: Pa
     return out
 
 
-def _with_stage1(dataset: Dataset, case, measured, detector, structure_model):
-    """The case's biometry with stage 1 run on its TV and TC images (CSP seen, structures)."""
+def _with_stage1(dataset: Dataset, case, model, image: np.ndarray, detector, structure_model):
+    """The head measured as the pipeline measures it (framed on stage 1's head box) and the
+    case's biometry with stage 1 run on its TV and TC images (CSP seen, structures)."""
     from neurosono.core.images import read_image
     from neurosono.detect.predict import detect_planes
-    from neurosono.measure.case import CSP_MIN_CONFIDENCE, biometry_with
+    from neurosono.measure.case import CSP_MIN_CONFIDENCE, biometry_with, head_box
 
     images = {
         plane: read_image(dataset.image_path(rel)) for plane, rel in case.images() if plane in ("tv", "tc")
@@ -206,7 +209,9 @@ def _with_stage1(dataset: Dataset, case, measured, detector, structure_model):
     for plane, loaded in images.items():
         loaded.spacing_mm = loaded.spacing_mm or case.spacing_mm(plane)
     detections = detect_planes(detector, images, conf=CSP_MIN_CONFIDENCE)
-    return biometry_with(measured, images, case.ga_weeks, detections, list(detector.regions), structure_model)
+    names = list(detector.regions)
+    measured = measure_image(model, image, case.spacing_mm("tv"), head_box(detections, names))
+    return measured, biometry_with(measured, images, case.ga_weeks, detections, names, structure_model)
 
 
 def _hint_rows(case, biometry) -> list[tuple[str, bool, bool, str]]:

@@ -18,6 +18,9 @@ from neurosono.measure.structures import MIN_CONFIDENCE, load_structure_model, m
 from neurosono.models import DEFAULT_DETECTOR, PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 
 CSP_REGION = "csp"
+HEAD_REGION = "fetal_head"
+# Stage 1's head box frames the head model's look from this confidence on.
+HEAD_BOX_CONFIDENCE = 0.5
 # A region counts as seen (CSP hint) at the confidence it is measured in (structures).
 CSP_MIN_CONFIDENCE = MIN_CONFIDENCE
 
@@ -30,6 +33,16 @@ def csp_seen(detections: list[Detection], region_names: list[str]) -> tuple[bool
     return any(d.class_id == csp and d.confidence >= CSP_MIN_CONFIDENCE for d in detections), ""
 
 
+def head_box(detections, region_names, plane: str = "tv") -> tuple[float, float, float, float] | None:
+    """Stage 1's surest fetal-head box in ``plane``'s image (None: none sure enough, or no run)."""
+    if not detections or HEAD_REGION not in region_names:
+        return None
+    head = region_names.index(HEAD_REGION)
+    found = [d for d in detections if d.plane == plane and d.class_id == head]
+    best = max(found, key=lambda d: d.confidence, default=None)
+    return best.box if best is not None and best.confidence >= HEAD_BOX_CONFIDENCE else None
+
+
 def biometry_for(
     head_model,
     images: dict[str, LoadedImage],
@@ -38,11 +51,12 @@ def biometry_for(
     region_names,
     structure_model=None,
 ) -> Biometry:
-    """The case's biometry from the head model on its TV image and, with stage 1's output,
-    the structure model in its boxes."""
+    """The case's biometry from the head model on its TV image (framed on stage 1's head box
+    where it found one) and, with stage 1's output, the structure model in its boxes."""
     head = None
     if "tv" in images:
-        head = measure_image(head_model, images["tv"].pixels, images["tv"].spacing_mm)
+        box = head_box(detections, list(region_names))
+        head = measure_image(head_model, images["tv"].pixels, images["tv"].spacing_mm, box)
     return biometry_with(head, images, ga_weeks, detections, region_names, structure_model)
 
 

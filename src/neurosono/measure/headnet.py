@@ -15,7 +15,6 @@ edge only removes points, and the mask gives the Dice HC18 is scored with.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2
@@ -89,11 +88,7 @@ class Frame:
     @classmethod
     def zoom(cls, ellipse, margin: float, shape: tuple[int, ...]) -> Frame:
         """The head's box (the ellipse's axis-aligned box, ``margin`` times its size) as the frame."""
-        t = math.radians(ellipse.angle_deg)
-        a, b = ellipse.d1 / 2, ellipse.d2 / 2
-        half_w = math.hypot(a * math.cos(t), b * math.sin(t)) * margin
-        half_h = math.hypot(a * math.sin(t), b * math.cos(t)) * margin
-        return cls.around(ellipse.cx - half_w, ellipse.cy - half_h, ellipse.cx + half_w, ellipse.cy + half_h)
+        return cls.around(*ellipse.box(margin))
 
     def matrix(self) -> np.ndarray:
         s = self.scale

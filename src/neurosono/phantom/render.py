@@ -67,6 +67,10 @@ HEAD_BOX = "fetal_head"
 PLAIN, REALISTIC = 1, 2  # the generator's looks
 MIN_REGION_PIXELS = 6  # fewer visible pixels than this: the region is not visible
 BOX_MARGIN_MM = 0.6  # annotators box a structure with a little context
+# The realistic look: the share of acquisitions whose zoom is drawn afresh (the others keep the
+# centre's habit), and that zoom's range as the fraction of the width the head fills.
+REALISTIC_FREE_ZOOM = 0.5
+REALISTIC_ZOOM = (0.32, 1.0)
 
 
 @dataclass(frozen=True)
@@ -841,13 +845,20 @@ def sample_pose(
     as real second-trimester brain planes do)."""
     height, width = frame_shape(size)
     zoom = (style.zoom_realistic if look == REALISTIC else style.zoom) * rng.uniform(0.9, 1.08)
+    fill_height = 0.88
+    if look == REALISTIC:
+        if rng.random() < REALISTIC_FREE_ZOOM:
+            # Real brain planes frame the head from a third of the width to all of it.
+            zoom = math.exp(rng.uniform(math.log(REALISTIC_ZOOM[0]), math.log(REALISTIC_ZOOM[1])))
+        fill_height = float(rng.uniform(0.88, 1.0))
     spacing = (anatomy.ofd_mm + 2 * anatomy.skull_mm) / (zoom * width)
     # A wide image may be too low for the head across: zoom out until it fits its height.
-    spacing = max(spacing, (anatomy.bpd_mm + 2 * anatomy.skull_mm) / (0.88 * height))
+    spacing = max(spacing, (anatomy.bpd_mm + 2 * anatomy.skull_mm) / (fill_height * height))
     half_h = (anatomy.bpd_mm / 2 + anatomy.skull_mm) / spacing
     cx = width * (0.5 + rng.uniform(-0.07, 0.07))
     cy = height * rng.uniform(0.5, 0.6)
-    cy = min(cy, height - half_h - 0.04 * height)  # keep the far skull inside the image
+    margin = 0.04 if fill_height <= 0.9 else 0.0
+    cy = min(cy, height - half_h - margin * height)  # keep the far skull inside the image
     return Pose(
         center_x=float(cx),
         center_y=float(cy),
