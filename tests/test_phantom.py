@@ -216,7 +216,7 @@ def test_the_tt_image_leaves_tv_and_tc_as_they_were_and_the_plain_look_is_unchan
         CohortConfig(cases=2, look=1, tt=True).validate()
 
 
-def test_the_realistic_look_frames_the_head_from_a_third_of_the_width_to_nearly_all_of_it() -> None:
+def test_wide_zoom_frames_the_head_from_a_third_of_the_width_to_nearly_all_of_it() -> None:
     from neurosono.phantom.anatomy import sample_anatomy
     from neurosono.phantom.render import REALISTIC
 
@@ -225,10 +225,27 @@ def test_the_realistic_look_frames_the_head_from_a_third_of_the_width_to_nearly_
     widths = []
     for index in range(300):
         anatomy = sample_anatomy(rng, "normal")
-        pose = sample_pose(anatomy, sample_center(3, index % 8), shape, rng, REALISTIC)
+        pose = sample_pose(anatomy, sample_center(3, index % 8), shape, rng, REALISTIC, wide_zoom=True)
         widths.append((anatomy.ofd_mm + 2 * anatomy.skull_mm) / pose.spacing_mm / shape[1])
         half_height = (anatomy.bpd_mm / 2 + anatomy.skull_mm) / pose.spacing_mm
         assert 2 * half_height <= shape[0] + 1  # the head fits the frame's height
     widths = np.array(widths)
     assert widths.min() < 0.36 and np.percentile(widths, 10) < 0.45
     assert np.percentile(widths, 90) > 0.8 and widths.max() <= 1.0
+
+
+def test_without_wide_zoom_the_realistic_look_keeps_the_centres_zoom() -> None:
+    from neurosono.phantom.anatomy import sample_anatomy
+    from neurosono.phantom.render import REALISTIC
+
+    rng = np.random.default_rng(12)
+    shape = (480, 692)
+    for index in range(60):
+        anatomy = sample_anatomy(rng, "normal")
+        style = sample_center(3, index % 8)
+        pose = sample_pose(anatomy, style, shape, rng, REALISTIC)
+        width = (anatomy.ofd_mm + 2 * anatomy.skull_mm) / pose.spacing_mm / shape[1]
+        assert width <= style.zoom_realistic * 1.08 + 1e-6
+        assert width >= min(style.zoom_realistic * 0.9, 0.5) - 1e-6
+    with pytest.raises(ValueError, match="realistic look"):
+        CohortConfig(cases=2, look=1, wide_zoom=True).validate()

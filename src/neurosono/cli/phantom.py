@@ -39,6 +39,10 @@ def synth(
     tt: Annotated[
         bool, typer.Option(help="add a transthalamic image to every case (realistic look)")
     ] = False,
+    wide_zoom: Annotated[
+        bool,
+        typer.Option(help="frame half the heads from a third of the width to all of it (realistic look)"),
+    ] = False,
     preview: Annotated[Path | None, typer.Option(help="also write a contact sheet PNG here")] = None,
     workers: Annotated[
         int, typer.Option(help="worker processes, or a local Ray cluster's CPUs (0: one per CPU core)")
@@ -60,7 +64,7 @@ def synth(
         raise fail("give the new cohort folder with --out", EXIT_BAD_INPUT)
     if address and engine is not Engine.ray:
         raise fail("--address goes with --engine ray", EXIT_BAD_INPUT)
-    config = CohortConfig(cases, seed, abnormal_fraction, centers, size, LOOKS[look], tt)
+    config = CohortConfig(cases, seed, abnormal_fraction, centers, size, LOOKS[look], tt, wide_zoom)
     try:
         config.validate()
     except ValueError as exc:

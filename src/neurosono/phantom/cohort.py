@@ -48,6 +48,8 @@ class CohortConfig:
     size: int = 512  # image width in pixels (and height, for the plain look's square images)
     look: int = REALISTIC  # PLAIN: small square heads in black, the generator's first look
     tt: bool = False  # add a transthalamic image to every case
+    # The realistic look framing half the heads anywhere from a third of the width to all of it.
+    wide_zoom: bool = False
 
     def validate(self) -> None:
         if self.cases < 1:
@@ -62,6 +64,8 @@ class CohortConfig:
             raise ValueError(f"--look must be {PLAIN} (plain) or {REALISTIC} (realistic), not {self.look}")
         if self.tt and self.look == PLAIN:
             raise ValueError("--tt needs the realistic look")
+        if self.wide_zoom and self.look == PLAIN:
+            raise ValueError("--wide-zoom needs the realistic look")
 
     @property
     def planes(self) -> tuple[str, ...]:
@@ -79,6 +83,7 @@ class _CaseJob:
     folder: str
     look: int = PLAIN  # the realistic look becomes the default with the models trained on it
     tt: bool = False
+    wide_zoom: bool = False
 
 
 def plan_cohort(config: CohortConfig) -> list[_CaseJob]:
@@ -105,6 +110,7 @@ def plan_cohort(config: CohortConfig) -> list[_CaseJob]:
             folder="",
             look=config.look,
             tt=config.tt,
+            wide_zoom=config.wide_zoom,
         )
         for i in range(config.cases)
     ]
@@ -134,7 +140,7 @@ def render_case(job: _CaseJob) -> tuple[Case, dict[str, list[Box]], dict[str, np
         # own: the plain look's draws, and the TV and TC images, stay as they were.
         own = np.random.default_rng([job.seed, 3000 + job.index, number])
         draw = own if plane == "tt" else rng
-        pose = sample_pose(anatomy, job.center, shape, draw, job.look)
+        pose = sample_pose(anatomy, job.center, shape, draw, job.look, job.wide_zoom)
         rendered = render_plane(
             anatomy,
             plane,

@@ -67,7 +67,7 @@ HEAD_BOX = "fetal_head"
 PLAIN, REALISTIC = 1, 2  # the generator's looks
 MIN_REGION_PIXELS = 6  # fewer visible pixels than this: the region is not visible
 BOX_MARGIN_MM = 0.6  # annotators box a structure with a little context
-# The realistic look: the share of acquisitions whose zoom is drawn afresh (the others keep the
+# The realistic look's wide zoom: the share of acquisitions whose zoom is drawn afresh (the others keep the
 # centre's habit), and that zoom's range as the fraction of the width the head fills.
 REALISTIC_FREE_ZOOM = 0.5
 REALISTIC_ZOOM = (0.32, 1.0)
@@ -840,13 +840,15 @@ def sample_pose(
     size: int | tuple[int, int],
     rng: np.random.Generator,
     look: int = PLAIN,
+    wide_zoom: bool = False,
 ) -> Pose:
     """Head position, rotation, flip and zoom for one acquisition (the realistic look zooms in
-    as real second-trimester brain planes do)."""
+    as real second-trimester brain planes do; with ``wide_zoom``, half its acquisitions frame
+    the head anywhere from a third of the width to all of it)."""
     height, width = frame_shape(size)
     zoom = (style.zoom_realistic if look == REALISTIC else style.zoom) * rng.uniform(0.9, 1.08)
     fill_height = 0.88
-    if look == REALISTIC:
+    if look == REALISTIC and wide_zoom:
         if rng.random() < REALISTIC_FREE_ZOOM:
             # Real brain planes frame the head from a third of the width to all of it.
             zoom = math.exp(rng.uniform(math.log(REALISTIC_ZOOM[0]), math.log(REALISTIC_ZOOM[1])))
