@@ -136,7 +136,8 @@ def coco_map(coco: dict, results: list[ImageResult], image_ids: list[int] | None
     }
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` [N, 4] with every box in ``b`` [M, 4] (x0, y0, x1, y1): [N, M]."""
     x0 = np.maximum(a[:, None, 0], b[None, :, 0])
     y0 = np.maximum(a[:, None, 1], b[None, :, 1])
     x1 = np.minimum(a[:, None, 2], b[None, :, 2])
@@ -167,7 +168,7 @@ def match(results: list[ImageResult], n_classes: int) -> Matches:
             det, det_scores = r.det_boxes[sel][order], r.det_scores[sel][order]
             tp = np.zeros((len(det), len(IOU_THRESHOLDS)), dtype=bool)
             if len(det) and len(gt):
-                ious = _iou(det, gt)
+                ious = box_iou(det, gt)
                 for t, threshold in enumerate(IOU_THRESHOLDS):
                     taken = np.zeros(len(gt), dtype=bool)
                     for d in range(len(det)):

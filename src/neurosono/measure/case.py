@@ -15,10 +15,9 @@ from neurosono.measure.biometry import Biometry, assemble
 from neurosono.measure.head import HeadMeasurement, measure_image
 from neurosono.measure.headnet import load_head_model
 from neurosono.measure.structures import MIN_CONFIDENCE, load_structure_model, measure_structures
-from neurosono.models import DEFAULT_DETECTOR, PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
+from neurosono.models import DEFAULT_DETECTOR, HEAD_REGION, PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 
 CSP_REGION = "csp"
-HEAD_REGION = "fetal_head"
 # Stage 1's head box frames the head model's look from this confidence on.
 HEAD_BOX_CONFIDENCE = 0.5
 # A region counts as seen (CSP hint) at the confidence it is measured in (structures).
@@ -55,7 +54,7 @@ def biometry_for(
     where it found one) and, with stage 1's output, the structure model in its boxes."""
     head = None
     if "tv" in images:
-        box = head_box(detections, list(region_names))
+        box = head_box(detections, region_names)
         head = measure_image(head_model, images["tv"].pixels, images["tv"].spacing_mm, box)
     return biometry_with(head, images, ga_weeks, detections, region_names, structure_model)
 

@@ -48,12 +48,12 @@ class Ellipse:
             self.cx * factor_x + dx, self.cy * fy + dy, self.d1 * factor_x, self.d2 * fy, self.angle_deg
         )
 
-    def box(self, margin: float = 1.0) -> tuple[float, float, float, float]:
-        """The axis-aligned box (x0, y0, x1, y1) round the ellipse, ``margin`` times its size."""
+    def box(self) -> tuple[float, float, float, float]:
+        """The axis-aligned box (x0, y0, x1, y1) round the ellipse."""
         t = math.radians(self.angle_deg)
         a, b = self.d1 / 2, self.d2 / 2
-        half_w = math.hypot(a * math.cos(t), b * math.sin(t)) * margin
-        half_h = math.hypot(a * math.sin(t), b * math.cos(t)) * margin
+        half_w = math.hypot(a * math.cos(t), b * math.sin(t))
+        half_h = math.hypot(a * math.sin(t), b * math.cos(t))
         return self.cx - half_w, self.cy - half_h, self.cx + half_w, self.cy + half_h
 
     def axis_ends(self, which: str) -> tuple[tuple[float, float], tuple[float, float]]:

@@ -105,32 +105,18 @@ def measure_image(
 
     With stage 1's ``head_box``, one look in a frame round that box is enough when the ellipse
     it gives agrees with the box; otherwise the frame round that ellipse, or the two looks."""
+    from neurosono.detect.evaluate import box_iou
     from neurosono.measure.headnet import Frame, framed_maps
 
     if head_box is not None:
-        framed = measure_head(framed_maps(model, [image], [_box_frame(head_box)])[0], spacing_mm)
+        frame = Frame.padded(head_box, ZOOM_MARGIN)
+        framed = measure_head(framed_maps(model, [image], [frame])[0], spacing_mm)
         if framed.outer is not None:
-            if box_iou(framed.outer.box(), head_box) >= BOX_AGREEMENT:
+            if box_iou(np.array([framed.outer.box()]), np.array([head_box]))[0, 0] >= BOX_AGREEMENT:
                 return framed
             return refine(model, image, framed)
     first = measure_head(framed_maps(model, [image], [Frame.whole(image.shape)])[0], spacing_mm)
     return refine(model, image, first)
-
-
-def _box_frame(box: Box):
-    from neurosono.measure.headnet import Frame
-
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    half_w, half_h = (box[2] - box[0]) / 2 * ZOOM_MARGIN, (box[3] - box[1]) / 2 * ZOOM_MARGIN
-    return Frame.around(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
-
-
-def box_iou(a: Box, b: Box) -> float:
-    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = inter_w * inter_h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def refine(model, image: np.ndarray, first: HeadMeasurement) -> HeadMeasurement:

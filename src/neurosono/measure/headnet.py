@@ -88,7 +88,14 @@ class Frame:
     @classmethod
     def zoom(cls, ellipse, margin: float, shape: tuple[int, ...]) -> Frame:
         """The head's box (the ellipse's axis-aligned box, ``margin`` times its size) as the frame."""
-        return cls.around(*ellipse.box(margin))
+        return cls.padded(ellipse.box(), margin)
+
+    @classmethod
+    def padded(cls, box: tuple[float, float, float, float], margin: float) -> Frame:
+        """``box`` (x0, y0, x1, y1), ``margin`` times its size about its centre, as the frame."""
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        half_w, half_h = (box[2] - box[0]) / 2 * margin, (box[3] - box[1]) / 2 * margin
+        return cls.around(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
 
     def matrix(self) -> np.ndarray:
         s = self.scale
