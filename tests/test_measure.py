@@ -242,7 +242,7 @@ def test_frames_map_back_to_the_image_pixels(zoomed):
 
     shape = (540, 800)
     ellipse = Ellipse(430.0, 250.0, 420.0, 330.0, 35.0)
-    frame = Frame.zoom(ellipse, 1.3, shape) if zoomed else Frame.whole(shape)
+    frame = Frame.zoom(ellipse, 1.3) if zoomed else Frame.whole(shape)
     seen = frame.put(ellipse.mask(shape).astype(np.float32))
     back = frame.take(seen[None], shape)[0] > 0.5
     fitted = fit_mask_ellipse(back)

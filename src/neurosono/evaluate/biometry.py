@@ -123,13 +123,15 @@ def evaluate_biometry(
     dices, dice_groups = [], []
     hint_rows: list[tuple[str, bool, bool, str]] = []
     for case in track(cases, "measuring", enabled=progress):
-        truth = head_truth(dataset, case)
+        # each image is read once: stage 1's copies serve the head model and the truth too
+        images = _plane_images(dataset, case) if detector is not None else {}
+        truth = head_truth(dataset, case, images["tv"].pixels if images else None)
         image = truth.image if truth else read_grey(dataset.image_path(case.tv_image))
         if detector is None:
             measured = measure_image(model, image, case.spacing_mm("tv"))
             values = measured.values
         else:
-            measured, biometry = _with_stage1(dataset, case, model, image, detector, structure_model)
+            measured, biometry = _with_stage1(case, model, image, images, detector, structure_model)
             values = biometry.values
             hint_rows.extend(_hint_rows(case, biometry))
         for m in columns:
@@ -196,18 +198,24 @@ def bland_altman_plot(pairs: dict[str, tuple[list, list]], result: dict, out: Pa
     return out
 
 
-def _with_stage1(dataset: Dataset, case, model, image: np.ndarray, detector, structure_model):
-    """The head measured as the pipeline measures it (framed on stage 1's head box) and the
-    case's biometry with stage 1 run on its TV and TC images (CSP seen, structures)."""
+def _plane_images(dataset: Dataset, case) -> dict:
+    """The case's TV and TC images as stage 1 reads them, each with its pixel spacing."""
     from neurosono.core.images import read_image
-    from neurosono.detect.predict import detect_planes
-    from neurosono.measure.case import CSP_MIN_CONFIDENCE, biometry_with, head_box
 
     images = {
         plane: read_image(dataset.image_path(rel)) for plane, rel in case.images() if plane in ("tv", "tc")
     }
     for plane, loaded in images.items():
         loaded.spacing_mm = loaded.spacing_mm or case.spacing_mm(plane)
+    return images
+
+
+def _with_stage1(case, model, image: np.ndarray, images: dict, detector, structure_model):
+    """The head measured as the pipeline measures it (framed on stage 1's head box) and the
+    case's biometry with stage 1 run on its TV and TC ``images`` (CSP seen, structures)."""
+    from neurosono.detect.predict import detect_planes
+    from neurosono.measure.case import CSP_MIN_CONFIDENCE, biometry_with, head_box
+
     detections = detect_planes(detector, images, conf=CSP_MIN_CONFIDENCE)
     names = list(detector.regions)
     measured = measure_image(model, image, case.spacing_mm("tv"), head_box(detections, names))

@@ -124,7 +124,7 @@ def refine(model, image: np.ndarray, first: HeadMeasurement) -> HeadMeasurement:
 
     if first.outer is None:
         return first
-    frame = Frame.zoom(first.outer, ZOOM_MARGIN, image.shape)
+    frame = Frame.zoom(first.outer, ZOOM_MARGIN)
     second = measure_head(framed_maps(model, [image], [frame])[0], first.spacing_mm)
     return second if second.outer is not None else first
 

@@ -86,7 +86,7 @@ class Frame:
         return cls.around(0.0, 0.0, float(shape[1]), float(shape[0]))
 
     @classmethod
-    def zoom(cls, ellipse, margin: float, shape: tuple[int, ...]) -> Frame:
+    def zoom(cls, ellipse, margin: float) -> Frame:
         """The head's box (the ellipse's axis-aligned box, ``margin`` times its size) as the frame."""
         return cls.padded(ellipse.box(), margin)
 

@@ -90,7 +90,7 @@ def _sample(truth: HeadTruth, group: str, keep_truth: bool, rng: np.random.Gener
             ellipse.d2,
             ellipse.angle_deg,
         )
-        frames.append(Frame.zoom(shifted, rng.uniform(1.1, 1.6), truth.image.shape))
+        frames.append(Frame.zoom(shifted, rng.uniform(1.1, 1.6)))
     maps = [truth.head, truth.brain if truth.brain is not None else np.zeros_like(truth.head)]
     views = [
         (

@@ -49,8 +49,9 @@ def phantom_ellipses(case: Case) -> tuple[Ellipse, Ellipse] | None:
     return outer, inner
 
 
-def head_truth(dataset: Dataset, case: Case) -> HeadTruth | None:
-    """The case's TV image with its true head (and brain) masks; None where neither is known."""
+def head_truth(dataset: Dataset, case: Case, image: np.ndarray | None = None) -> HeadTruth | None:
+    """The case's TV image (``image`` where already read) with its true head (and brain)
+    masks; None where neither is known."""
     if not case.tv_image:
         return None
     values = {}
@@ -63,7 +64,8 @@ def head_truth(dataset: Dataset, case: Case) -> HeadTruth | None:
     ellipses = None if mask_rel else phantom_ellipses(case)
     if not mask_rel and ellipses is None:
         return None
-    image = read_grey(dataset.image_path(case.tv_image))
+    if image is None:
+        image = read_grey(dataset.image_path(case.tv_image))
     if mask_rel:
         head = read_grey(dataset.root / mask_rel) > 127
         if head.shape != image.shape:
