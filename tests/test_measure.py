@@ -211,6 +211,15 @@ def test_head_model_trains_and_is_scored(head_run, tiny_cohort, tmp_path):
     assert csp["n_positive"] + csp["n_negative"] == 12
 
 
+def test_measure_eval_refuses_a_detector_file_it_did_not_make(head_run, tiny_cohort, tmp_path):
+    stranger = tmp_path / "detector.pt"
+    stranger.write_bytes(b"not a checkpoint")
+    args = ["measure", "eval", str(tiny_cohort), "--model", str(head_run), "--detector", str(stranger)]
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0 and str(stranger) in result.output.replace("\n", "")
+    assert "Traceback" not in result.output
+
+
 def test_measure_cli_writes_csv_json_and_overlays(head_run, tiny_cohort, tmp_path):
     csv_out, json_out, overlay = tmp_path / "m.csv", tmp_path / "m.json", tmp_path / "ov"
     result = runner.invoke(

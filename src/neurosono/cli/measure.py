@@ -19,6 +19,7 @@ from neurosono.cli.common import (
     EXIT_OUTPUT,
     EXIT_PARTIAL,
     BootSeed,
+    DetectorOpt,
     JsonOut,
     NBoot,
     Split,
@@ -215,6 +216,7 @@ def evaluate(
         bool,
         typer.Option(help="run stage 1 and frame the head on its fetal_head box, as the pipeline does"),
     ] = False,
+    detector_file: DetectorOpt = None,
 ) -> None:
     """Score measured against true measurements: MAE, bias, limits of agreement, Dice; CIs by
     source group. The structures are scored where the dataset records them (stage 1 runs)."""
@@ -232,11 +234,11 @@ def evaluate(
         if recorded or structures is not None:
             structure_model = load_structure_model(structures or PHANTOM_STRUCTURE_MODEL)[0]
         detector = None
-        if hints or stage1 or structure_model is not None:
+        if hints or stage1 or structure_model is not None or detector_file is not None:
             from neurosono.detect.model import load_detector
             from neurosono.models import DEFAULT_DETECTOR
 
-            detector = load_detector(DEFAULT_DETECTOR)
+            detector = load_detector(detector_file or DEFAULT_DETECTOR)
         result = evaluate_biometry(
             dataset,
             head,
