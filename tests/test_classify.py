@@ -193,6 +193,22 @@ def test_cross_validation_and_pipeline_evaluate(tiny_run, tiny_hexanet: Path, tm
     assert unknown.exception is None or isinstance(unknown.exception, SystemExit)
 
 
+def test_cross_validation_can_fine_tune_every_fold_from_a_run(tiny_run, tiny_hexanet: Path, tmp_path: Path):
+    cohort, _, _ = tiny_run
+    record = json.loads((tiny_hexanet / "classifier.json").read_text())
+    cv_file = tmp_path / "cv.json"
+    args = ["classify", "cv", str(cohort), "--like", str(tiny_hexanet), "--kind", "hexanet", "--folds", "2"]
+    cv = runner.invoke(app, [*args, "--init", str(tiny_hexanet), "--n-boot", "20", "--json", str(cv_file)])
+    assert cv.exit_code == 0, cv.output
+    result = json.loads(cv_file.read_text())
+    start = result["initialised_from"]["hexanet"]
+    assert start["file"] == "classifier.pt" and len(start["sha256"]) == 64
+    assert result["config"]["epochs"] == record["config"]["epochs"]
+    assert sum(f["n"] for f in result["hexanet"]["per_fold"]) == 24
+    mixed = runner.invoke(app, [*args, "--kind", "whole-image", "--init", str(tiny_hexanet)])
+    assert mixed.exit_code == 2 and "cannot start a whole-image run" in mixed.output
+
+
 def test_support_reads_the_surer_half_of_the_needed_regions() -> None:
     from neurosono.classify.domain import domain_rule, indeterminate_reason, stage1_support
 

@@ -26,6 +26,7 @@ from neurosono.classify.config import ClassifyTrainConfig, head_size_of
 from neurosono.classify.inputs import CaseInputs, gather_cases, is_single_image
 from neurosono.classify.kinds import kind_class
 from neurosono.classify.regions import brain_planes, brain_regions
+from neurosono.core.checkpoints import file_sha256
 from neurosono.core.metrics import classification_metrics, point_metrics
 from neurosono.core.progress import track
 from neurosono.data.format import Case, Dataset
@@ -132,6 +133,7 @@ def _run_fold(
     config: ClassifyTrainConfig,
     regions: list[str],
     planes: dict,
+    starts: dict | None = None,
 ) -> dict[str, tuple[dict, list[dict]]]:
     """Train each kind on the rest (80/20 train/validation) and score the held-out fold:
     per kind, its fold's metrics and its out-of-fold rows."""
@@ -145,6 +147,10 @@ def _run_fold(
     out = {}
     for cls in classes:
         classifier = cls.create(config, regions, planes)
+        if starts and cls.kind in starts:
+            from neurosono.classify.train import start_from
+
+            start_from(classifier, starts[cls.kind])
         try:
             fit = classifier.fit(train, val)
         except ValueError as exc:
@@ -183,8 +189,13 @@ def cross_validate(
     head_detector: Detector | None = None,
     n_boot: int = 1000,
     progress: bool = False,
+    init: str | Path | None = None,
 ) -> dict:
-    """Every kind in ``kinds`` trained and tested on the same folds; see the module docstring."""
+    """Every kind in ``kinds`` trained and tested on the same folds; see the module docstring.
+
+    ``init``: a trained run (or "shipped") every fold fine-tunes from instead of starting
+    afresh, with its crop fractions. It must never have seen the dataset's cases, or the
+    held-out folds are not held out."""
     classes = [kind_class(k) for k in kinds]
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, not {scheme!r}")
@@ -192,8 +203,16 @@ def cross_validate(
         raise ValueError("the hexanet kind needs the six-region detector")
     if any(c.needs_head_detector for c in classes) and head_detector is None:
         raise ValueError("the head-crop kind needs a head detector")
-    # Scaled crops: each fold learns its crop fractions from its own training cases.
-    config = dataclasses.replace(config, crop_fractions=None, age_crop_fractions=None)
+    from neurosono.classify.train import fine_tuning
+
+    starts = {}
+    if init is not None:
+        for cls in classes:
+            start, config = fine_tuning(init, cls, config)
+            starts[cls.kind] = start
+    else:
+        # Scaled crops: each fold learns its crop fractions from its own training cases.
+        config = dataclasses.replace(config, crop_fractions=None, age_crop_fractions=None)
     cases = kfold(dataset.cases, config.seed, folds) if scheme == "kfold" else by_center(dataset.cases)
     table = fold_table(cases)
     regions_detector = detector if any(c.needs_detector for c in classes) else None
@@ -209,6 +228,16 @@ def cross_validate(
         "n_cases": len(cases),
         "n_groups": len({c.group for c in cases}),
         "config": dataclasses.asdict(config),
+        **(
+            {
+                "initialised_from": {
+                    kind: {"file": start.file.name, "sha256": file_sha256(start.file)}
+                    for kind, start in starts.items()
+                }
+            }
+            if starts
+            else {}
+        ),
         **_detection_summaries(items, dataset, regions_detector, heads),
     }
     planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
@@ -216,7 +245,7 @@ def cross_validate(
     per_fold: dict[str, list[dict]] = {c.kind: [] for c in classes}
     for fold in track(list(table), f"{scheme} folds", total=len(table), enabled=progress):
         for kind, (summary, fold_rows) in _run_fold(
-            items, fold, classes, config, brain_regions(dataset.spec.regions), planes
+            items, fold, classes, config, brain_regions(dataset.spec.regions), planes, starts
         ).items():
             per_fold[kind].append(summary)
             rows[kind] += fold_rows
@@ -244,10 +273,11 @@ def cross_validate_like(
     head_detector: str | Path | None = None,
     n_boot: int = 1000,
     progress: bool = True,
+    init: str | Path | None = None,
 ) -> dict:
     """:func:`cross_validate` with the models resolved: ``like`` a trained run whose
     configuration (and detector) the folds repeat; ``budget`` overrides (seed, epochs,
-    patience); detectors default to the shipped ones."""
+    patience); detectors default to the shipped ones; ``init`` as there."""
     from neurosono.classify.train import load_detectors, training_detector
 
     config = ClassifyTrainConfig(batch=batch)
@@ -257,7 +287,7 @@ def cross_validate_like(
         detector = detector or training_detector(like)
     config = dataclasses.replace(config, **(budget or {}))
     regions, heads = load_detectors([kind_class(k) for k in kinds], detector, head_detector)
-    return cross_validate(dataset, kinds, config, scheme, folds, regions, heads, n_boot, progress)
+    return cross_validate(dataset, kinds, config, scheme, folds, regions, heads, n_boot, progress, init)
 
 
 def record_file(run: str | Path) -> Path:

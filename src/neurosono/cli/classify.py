@@ -209,6 +209,14 @@ def cv(
     head_detector: HeadDetectorOpt = None,
     n_boot: NBoot = 1000,
     json_out: JsonOut = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="every fold fine-tunes from this run (or 'shipped'), which must never have seen "
+            "the dataset [default: from scratch]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Cross-validate: every kind retrained per fold, thresholds from an inner validation part."""
     from neurosono.classify.crossval import cross_validate_like
@@ -227,6 +235,7 @@ def cv(
             detector,
             head_detector,
             n_boot,
+            init=init,
         )
     except ValueError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
