@@ -249,3 +249,12 @@ def test_without_wide_zoom_the_realistic_look_keeps_the_centres_zoom() -> None:
         assert width >= min(style.zoom_realistic * 0.9, 0.5) - 1e-6
     with pytest.raises(ValueError, match="realistic look"):
         CohortConfig(cases=2, look=1, wide_zoom=True).validate()
+
+
+def test_the_realistic_look_frames_wide_by_default_and_the_plain_look_never() -> None:
+    assert CohortConfig(cases=2).zooms_wide and not CohortConfig(cases=2, wide_zoom=False).zooms_wide
+    assert not CohortConfig(cases=2, look=1).zooms_wide
+    CohortConfig(cases=2, look=1).validate()  # the default asks nothing of the plain look
+    assert all(job.wide_zoom for job in plan_cohort(CohortConfig(cases=3, seed=8, size=96)))
+    closer = plan_cohort(CohortConfig(cases=3, seed=8, size=96, wide_zoom=False))
+    assert not any(job.wide_zoom for job in closer)

@@ -40,9 +40,14 @@ def synth(
         bool, typer.Option(help="add a transthalamic image to every case (realistic look)")
     ] = False,
     wide_zoom: Annotated[
-        bool,
-        typer.Option(help="frame half the heads from a third of the width to all of it (realistic look)"),
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--wide-zoom/--no-wide-zoom",
+            help="frame half the heads from a third of the width to all of it, as real scans do "
+            "[default: on for the realistic look]",
+            show_default=False,
+        ),
+    ] = None,
     preview: Annotated[Path | None, typer.Option(help="also write a contact sheet PNG here")] = None,
     workers: Annotated[
         int, typer.Option(help="worker processes, or a local Ray cluster's CPUs (0: one per CPU core)")

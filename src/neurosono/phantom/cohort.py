@@ -9,7 +9,9 @@ surroundings, zoomed in, in images as wide as real scans, and boxes the fetal he
 plane (``phantom/scene.py``); the plain one (1) draws the small square phantoms of neurosono
 0.1.0, image for image. ``tt=True`` adds a transthalamic image to every case (realistic look),
 for the detector: its draws come from a stream of their own, so the TV and TC images of a case
-are the same with or without it.
+are the same with or without it. ``wide_zoom`` (on by default for the realistic look) frames
+half the heads anywhere from a third of the width to all of it, as real scans frame them;
+``wide_zoom=False`` renders the closer framing of neurosono 0.8.0 and before, image for image.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ class CohortConfig:
     size: int = 512  # image width in pixels (and height, for the plain look's square images)
     look: int = REALISTIC  # PLAIN: small square heads in black, the generator's first look
     tt: bool = False  # add a transthalamic image to every case
-    # The realistic look framing half the heads anywhere from a third of the width to all of it.
-    wide_zoom: bool = False
+    # Half the heads framed anywhere from a third of the width to all of it, as real scans
+    # frame them; None: on for the realistic look (the plain look has no such framing).
+    wide_zoom: bool | None = None
 
     def validate(self) -> None:
         if self.cases < 1:
@@ -66,6 +69,10 @@ class CohortConfig:
             raise ValueError("--tt needs the realistic look")
         if self.wide_zoom and self.look == PLAIN:
             raise ValueError("--wide-zoom needs the realistic look")
+
+    @property
+    def zooms_wide(self) -> bool:
+        return self.look == REALISTIC if self.wide_zoom is None else self.wide_zoom
 
     @property
     def planes(self) -> tuple[str, ...]:
@@ -110,7 +117,7 @@ def plan_cohort(config: CohortConfig) -> list[_CaseJob]:
             folder="",
             look=config.look,
             tt=config.tt,
-            wide_zoom=config.wide_zoom,
+            wide_zoom=config.zooms_wide,
         )
         for i in range(config.cases)
     ]
@@ -289,7 +296,7 @@ def generate_cohort(
             json.dumps(
                 {
                     "generator": f"neurosono {__version__}",
-                    "config": config.__dict__,
+                    "config": {**config.__dict__, "wide_zoom": config.zooms_wide},
                     "centers": dict(sorted(styles.items())),
                     "split": {"scheme": "holdout", "fractions": [0.65, 0.2, 0.15], "seed": config.seed},
                 },
