@@ -37,8 +37,8 @@ def _quantised(path: Path) -> bool:
 def cohorts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A calibration and a check cohort, full size (the shipped detector reads 512 px images)."""
     root = tmp_path_factory.mktemp("int8")
-    generate_cohort(root / "calibration", CohortConfig(cases=4, seed=71), workers=1)
-    generate_cohort(root / "check", CohortConfig(cases=6, seed=72), workers=1)
+    generate_cohort(root / "calibration", CohortConfig(cases=4, seed=71, wide_zoom=False), workers=1)
+    generate_cohort(root / "check", CohortConfig(cases=6, seed=72, wide_zoom=False), workers=1)
     return root / "calibration", root / "check"
 
 
