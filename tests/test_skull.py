@@ -23,11 +23,12 @@ def test_short_axis_tracks_the_true_bpd(tiny_cohort: Path) -> None:
             detections = [Detection(plane, 0, 0.9, box) for box in boxes]
             size = head_sizes({plane: image}, detections)[plane]
             assert size is not None, f"{rel}: no skull fitted"
-            measured.append(size)
-            truth.append(float(case.extra["bpd_mm"]) / case.spacing_mm(plane))
-    error = np.abs(np.array(measured) - np.array(truth))
-    # 128-px images: the fit follows the BPD within a few pixels (one stray ring allowed).
-    assert np.median(error) < 3.5 and np.sum(error > 5.0) <= 1, error.round(1)
+            measured.append(size * case.spacing_mm(plane))
+            truth.append(float(case.extra["bpd_mm"]))
+    measured, truth = np.array(measured), np.array(truth)
+    # 128-px images (about 0.6 mm a pixel): the fit follows the BPD within a few pixels.
+    assert np.corrcoef(measured, truth)[0, 1] > 0.95
+    assert np.abs(measured - truth).max() < 4.0
 
 
 def test_no_skull_in_noise_or_a_blank_image() -> None:

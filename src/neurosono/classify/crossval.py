@@ -26,6 +26,7 @@ from neurosono.classify.config import ClassifyTrainConfig, head_size_of
 from neurosono.classify.inputs import CaseInputs, gather_cases, is_single_image
 from neurosono.classify.kinds import kind_class
 from neurosono.classify.regions import brain_planes, brain_regions
+from neurosono.classify.train import fine_tuning, load_detectors, start_from, training_detector
 from neurosono.core.checkpoints import file_sha256
 from neurosono.core.metrics import classification_metrics, point_metrics
 from neurosono.core.progress import track
@@ -148,8 +149,6 @@ def _run_fold(
     for cls in classes:
         classifier = cls.create(config, regions, planes)
         if starts and cls.kind in starts:
-            from neurosono.classify.train import start_from
-
             start_from(classifier, starts[cls.kind])
         try:
             fit = classifier.fit(train, val)
@@ -203,8 +202,6 @@ def cross_validate(
         raise ValueError("the hexanet kind needs the six-region detector")
     if any(c.needs_head_detector for c in classes) and head_detector is None:
         raise ValueError("the head-crop kind needs a head detector")
-    from neurosono.classify.train import fine_tuning
-
     starts = {}
     if init is not None:
         for cls in classes:
@@ -228,18 +225,13 @@ def cross_validate(
         "n_cases": len(cases),
         "n_groups": len({c.group for c in cases}),
         "config": dataclasses.asdict(config),
-        **(
-            {
-                "initialised_from": {
-                    kind: {"file": start.file.name, "sha256": file_sha256(start.file)}
-                    for kind, start in starts.items()
-                }
-            }
-            if starts
-            else {}
-        ),
         **_detection_summaries(items, dataset, regions_detector, heads),
     }
+    if starts:
+        result["initialised_from"] = {
+            kind: {"file": start.file.name, "sha256": file_sha256(start.file)}
+            for kind, start in starts.items()
+        }
     planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
     rows: dict[str, list[dict]] = {c.kind: [] for c in classes}
     per_fold: dict[str, list[dict]] = {c.kind: [] for c in classes}
@@ -278,8 +270,6 @@ def cross_validate_like(
     """:func:`cross_validate` with the models resolved: ``like`` a trained run whose
     configuration (and detector) the folds repeat; ``budget`` overrides (seed, epochs,
     patience); detectors default to the shipped ones; ``init`` as there."""
-    from neurosono.classify.train import load_detectors, training_detector
-
     config = ClassifyTrainConfig(batch=batch)
     if like is not None:
         record = json.loads(record_file(like).read_text())

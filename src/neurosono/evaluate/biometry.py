@@ -125,8 +125,9 @@ def evaluate_biometry(
     for case in track(cases, "measuring", enabled=progress):
         # each image is read once: stage 1's copies serve the head model and the truth too
         images = _plane_images(dataset, case) if detector is not None else {}
-        truth = head_truth(dataset, case, images["tv"].pixels if images else None)
-        image = truth.image if truth else read_grey(dataset.image_path(case.tv_image))
+        tv = images["tv"].pixels if images else read_grey(dataset.image_path(case.tv_image))
+        truth = head_truth(dataset, case, tv)
+        image = truth.image if truth else tv
         if detector is None:
             measured = measure_image(model, image, case.spacing_mm("tv"))
             values = measured.values
