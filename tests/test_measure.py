@@ -259,6 +259,31 @@ def test_frames_map_back_to_the_image_pixels(zoomed):
     assert (fitted.cx, fitted.cy) == pytest.approx((ellipse.cx, ellipse.cy), abs=1.5)
 
 
+def test_a_frames_window_measures_as_the_whole_image_does():
+    """The head is measured over the part of the image a frame saw; the same maps spread over
+    the whole image give the same ellipse and fit."""
+    import cv2
+
+    from neurosono.measure.headnet import Frame
+
+    shape = (540, 800)
+    outer = Ellipse(430.0, 250.0, 420.0, 330.0, 35.0)
+    inner = Ellipse(430.0, 250.0, 400.0, 310.0, 35.0)
+    frame = Frame.zoom(outer, 1.3)
+    seen = np.stack(
+        [cv2.GaussianBlur(frame.put(e.mask(shape).astype(np.float32)), (0, 0), 1.0) for e in (outer, inner)]
+    )
+    window = frame.take_window(seen, shape)
+    assert window.maps.shape[1] * window.maps.shape[2] < shape[0] * shape[1]
+    by_window, by_image = measure_head(window, 0.2), measure_head(window.full(), 0.2)
+    assert by_window.values == by_image.values and by_window.values["hc_mm"] > 0
+    assert by_window.fit_dice == pytest.approx(by_image.fit_dice, abs=1e-9)
+    for got, want in ((by_window.outer, by_image.outer), (by_window.inner, by_image.inner)):
+        assert (got.cx, got.cy, got.d1, got.d2) == pytest.approx(
+            (want.cx, want.cy, want.d1, want.d2), abs=1e-3
+        )
+
+
 def test_the_biometry_sr_round_trips(tmp_path):
     import pydicom
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neurosono.measure.ellipse import Ellipse, dice, fit_mask_ellipse
+from neurosono.measure.ellipse import Ellipse, fit_mask_ellipse
 
 HEAD_MEASUREMENTS = ("hc_mm", "bpd_mm", "ofd_mm", "cephalic_index")
 MIN_FIT_DICE = 0.90  # the outline must agree this well with its own ellipse
@@ -64,29 +64,51 @@ def _largest_part(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
-def measure_head(maps: np.ndarray, spacing_mm: float | None) -> HeadMeasurement:
-    """Measurements from probability maps [2, H, W] (head, brain) at the image's own size."""
-    head = _largest_part(maps[0] > 0.5)
+def measure_head(maps, spacing_mm: float | None) -> HeadMeasurement:
+    """Measurements from probability maps (head, brain) at the image's own pixel size: an
+    array [2, H, W] over the whole image, or a ``MapWindow`` over the part a frame saw."""
+    from neurosono.measure.headnet import MapWindow
+
+    window = maps if isinstance(maps, MapWindow) else MapWindow.whole(np.asarray(maps))
+    image_area = window.image_shape[0] * window.image_shape[1]
+    head = _largest_part(window.maps[0] > 0.5)
     result = HeadMeasurement(None, None, spacing_mm)
-    if head.sum() < MIN_HEAD_FRACTION * head.size:
+    if head.sum() < MIN_HEAD_FRACTION * image_area:
         result.absent = {m: "no head outline found" for m in HEAD_MEASUREMENTS}
         return result
     outer = fit_mask_ellipse(head)
     if outer is None:
         result.absent = {m: "no head outline found" for m in HEAD_MEASUREMENTS}
         return result
-    result.fit_dice = dice(head, outer.mask(head.shape))
+    result.fit_dice = _fit_dice(head, outer, window)
     if result.fit_dice < MIN_FIT_DICE:
         reason = f"head outline is not an ellipse (fit Dice {result.fit_dice:.2f} < {MIN_FIT_DICE})"
         result.absent = {m: reason for m in HEAD_MEASUREMENTS}
         return result
-    result.outer = outer
-    brain = _largest_part((maps[1] > 0.5) & head)
-    result.inner = fit_mask_ellipse(brain) if brain.sum() >= MIN_HEAD_FRACTION * brain.size else None
+    result.outer = outer.scaled(1.0, 1.0, window.x0, window.y0)
+    brain = _largest_part((window.maps[1] > 0.5) & head)
+    inner = fit_mask_ellipse(brain) if brain.sum() >= MIN_HEAD_FRACTION * image_area else None
+    result.inner = None if inner is None else inner.scaled(1.0, 1.0, window.x0, window.y0)
     if result.inner is not None and result.inner.minor >= outer.minor:
         result.inner = None
     _fill_values(result)
     return result
+
+
+def _fit_dice(head: np.ndarray, ellipse: Ellipse, window) -> float:
+    """Dice of the outline (window pixels) and its fitted ellipse over the whole image: the
+    ellipse's pixels outside the window count too, where the outline has none."""
+    inside = ellipse.mask(head.shape)
+    x0, y0, x1, y1 = ellipse.scaled(1.0, 1.0, window.x0, window.y0).box()
+    rows, cols = window.image_shape
+    bx0, by0 = max(0, int(np.floor(x0)) - 1), max(0, int(np.floor(y0)) - 1)
+    bx1, by1 = min(cols, int(np.ceil(x1)) + 2), min(rows, int(np.ceil(y1)) + 2)
+    in_image = 0
+    if bx1 > bx0 and by1 > by0:  # the ellipse drawn over its own box, within the image
+        shifted = ellipse.scaled(1.0, 1.0, window.x0 - bx0, window.y0 - by0)
+        in_image = int(shifted.mask((by1 - by0, bx1 - bx0)).sum())
+    total = head.sum() + in_image
+    return 1.0 if total == 0 else float(2 * np.logical_and(head, inside).sum() / total)
 
 
 ZOOM_MARGIN = 1.3  # the second look's frame: the head's box and 30% more
@@ -106,26 +128,26 @@ def measure_image(
     With stage 1's ``head_box``, one look in a frame round that box is enough when the ellipse
     it gives agrees with the box; otherwise the frame round that ellipse, or the two looks."""
     from neurosono.detect.evaluate import box_iou
-    from neurosono.measure.headnet import Frame, framed_maps
+    from neurosono.measure.headnet import Frame, framed_windows
 
     if head_box is not None:
         frame = Frame.padded(head_box, ZOOM_MARGIN)
-        framed = measure_head(framed_maps(model, [image], [frame])[0], spacing_mm)
+        framed = measure_head(framed_windows(model, [image], [frame])[0], spacing_mm)
         if framed.outer is not None:
             if box_iou(np.array([framed.outer.box()]), np.array([head_box]))[0, 0] >= BOX_AGREEMENT:
                 return framed
             return refine(model, image, framed)
-    first = measure_head(framed_maps(model, [image], [Frame.whole(image.shape)])[0], spacing_mm)
+    first = measure_head(framed_windows(model, [image], [Frame.whole(image.shape)])[0], spacing_mm)
     return refine(model, image, first)
 
 
 def refine(model, image: np.ndarray, first: HeadMeasurement) -> HeadMeasurement:
-    from neurosono.measure.headnet import Frame, framed_maps
+    from neurosono.measure.headnet import Frame, framed_windows
 
     if first.outer is None:
         return first
     frame = Frame.zoom(first.outer, ZOOM_MARGIN)
-    second = measure_head(framed_maps(model, [image], [frame])[0], first.spacing_mm)
+    second = measure_head(framed_windows(model, [image], [frame])[0], first.spacing_mm)
     return second if second.outer is not None else first
 
 

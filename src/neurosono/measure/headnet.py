@@ -97,22 +97,76 @@ class Frame:
         half_w, half_h = (box[2] - box[0]) / 2 * margin, (box[3] - box[1]) / 2 * margin
         return cls.around(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
 
-    def matrix(self) -> np.ndarray:
+    def matrix(self, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """Image pixels -> network pixels; ``origin``: the image pixel at (0, 0) of the array given."""
         s = self.scale
-        return np.array([[s, 0, self.dx - self.x0 * s], [0, s, self.dy - self.y0 * s]], np.float64)
+        ox, oy = origin
+        return np.array(
+            [[s, 0, self.dx - (self.x0 - ox) * s], [0, s, self.dy - (self.y0 - oy) * s]], np.float64
+        )
 
     def put(self, image: np.ndarray) -> np.ndarray:
-        """``image`` (H x W) as the network's 192 x 256 input; smoothed first when shrunk."""
-        source = image.astype(np.float32)
+        """``image`` (H x W) as the network's 192 x 256 input; smoothed first when shrunk.
+
+        Only the part of the image the frame sees (and the smoothing's reach round it) is
+        read, so a frame round a head costs what the head's pixels cost, not the image's."""
+        x0, y0, x1, y1 = self.window(image.shape)
+        reach = 0
+        if self.scale < 0.8:
+            reach = int(np.ceil(4 * 0.5 / self.scale)) + 2  # OpenCV's kernel radius is 4 sigma
+        x0, y0 = max(0, x0 - reach), max(0, y0 - reach)
+        x1, y1 = min(image.shape[1], x1 + reach), min(image.shape[0], y1 + reach)
+        source = image[y0:y1, x0:x1].astype(np.float32)
+        if source.size == 0:
+            return np.zeros((INPUT_H, INPUT_W), np.float32)
         if self.scale < 0.8:
             source = cv2.GaussianBlur(source, (0, 0), 0.5 / self.scale)
-        return cv2.warpAffine(source, self.matrix(), (INPUT_W, INPUT_H), flags=cv2.INTER_LINEAR)
+        return cv2.warpAffine(source, self.matrix((x0, y0)), (INPUT_W, INPUT_H), flags=cv2.INTER_LINEAR)
+
+    def window(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """The image pixels (x0, y0, x1, y1) the frame sees, with a pixel's margin, within the image."""
+        s = self.scale
+        x0 = int(np.floor(self.x0 - self.dx / s)) - 1
+        y0 = int(np.floor(self.y0 - self.dy / s)) - 1
+        x1 = int(np.ceil(self.x0 + (INPUT_W - self.dx) / s)) + 2
+        y1 = int(np.ceil(self.y0 + (INPUT_H - self.dy) / s)) + 2
+        return max(0, x0), max(0, y0), min(int(shape[1]), x1), min(int(shape[0]), y1)
 
     def take(self, maps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Network maps [C, 192, 256] back in the image's pixels [C, H, W] (zero outside the frame)."""
-        size = (shape[1], shape[0])
+        return self.take_window(maps, shape).full()
+
+    def take_window(self, maps: np.ndarray, shape: tuple[int, ...]) -> MapWindow:
+        """Network maps back in the image's pixels, only over the part of the image the frame
+        sees (outside it they are zero)."""
+        x0, y0, x1, y1 = self.window(shape)
+        size = (max(1, x1 - x0), max(1, y1 - y0))
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        return np.stack([cv2.warpAffine(m, self.matrix(), size, flags=flags) for m in maps])
+        matrix = self.matrix((x0, y0))
+        back = np.stack([cv2.warpAffine(m, matrix, size, flags=flags) for m in maps])
+        return MapWindow(back, x0, y0, (int(shape[0]), int(shape[1])))
+
+
+@dataclass(frozen=True)
+class MapWindow:
+    """Maps [C, h, w] over a window of an image: its top-left pixel is (x0, y0) of an image of
+    ``image_shape``; outside the window the maps are zero."""
+
+    maps: np.ndarray
+    x0: int
+    y0: int
+    image_shape: tuple[int, int]
+
+    @classmethod
+    def whole(cls, maps: np.ndarray) -> MapWindow:
+        return cls(maps, 0, 0, (int(maps.shape[1]), int(maps.shape[2])))
+
+    def full(self) -> np.ndarray:
+        """The maps over the whole image [C, H, W]."""
+        out = np.zeros((self.maps.shape[0], *self.image_shape), np.float32)
+        h, w = self.maps.shape[1:]
+        out[:, self.y0 : self.y0 + h, self.x0 : self.x0 + w] = self.maps
+        return out
 
 
 def standardise(canvas: np.ndarray) -> np.ndarray:
@@ -124,12 +178,18 @@ def standardise(canvas: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def framed_maps(model: HeadUNet, images: list[np.ndarray], frames: list[Frame]) -> list[np.ndarray]:
-    """Probability maps [2, H, W] (head, brain) of each image seen through its frame."""
+def framed_windows(model: HeadUNet, images: list[np.ndarray], frames: list[Frame]) -> list[MapWindow]:
+    """Probability maps (head, brain) of each image seen through its frame, over the part of
+    the image the frame sees."""
     model.eval()
     x = np.stack([standardise(f.put(im)) for f, im in zip(frames, images, strict=True)])[:, None]
     probs = torch.sigmoid(model(torch.from_numpy(x))).numpy()
-    return [f.take(p, im.shape) for f, p, im in zip(frames, probs, images, strict=True)]
+    return [f.take_window(p, im.shape) for f, p, im in zip(frames, probs, images, strict=True)]
+
+
+def framed_maps(model: HeadUNet, images: list[np.ndarray], frames: list[Frame]) -> list[np.ndarray]:
+    """Probability maps [2, H, W] (head, brain) of each image seen through its frame."""
+    return [window.full() for window in framed_windows(model, images, frames)]
 
 
 def predict_maps(model: HeadUNet, images: list[np.ndarray], batch: int = 8) -> list[np.ndarray]:
