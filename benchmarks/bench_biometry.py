@@ -65,20 +65,6 @@ def timed(head, structures, cases, warmup: int) -> dict:
     return {k: stats(v) for k, v in times.items()}
 
 
-class Recording:
-    """A network that keeps every input it is given (the int8 calibration's inputs)."""
-
-    def __init__(self, net) -> None:
-        self.net, self.feeds = net, []
-
-    def eval(self):
-        return self
-
-    def __call__(self, x):
-        self.feeds.append({"image": x.numpy().copy()})
-        return self.net(x)
-
-
 def measurements(head, structures, cases) -> list[dict[str, float]]:
     out = []
     for tv, planes, detections, regions in cases:
@@ -88,16 +74,22 @@ def measurements(head, structures, cases) -> list[dict[str, float]]:
     return out
 
 
-def int8_nets(folder: Path, fp32, cases, threads: int):
-    """Both networks quantised, calibrated on ``cases``."""
-    from neurosono.pipeline.quantize import quantize_file
+def int8_nets(folder: Path, cases, threads: int):
+    """Both networks quantised, calibrated on the inputs ``cases`` give them."""
+    from neurosono.pipeline.quantize import Recorder, quantize_file
 
-    recording = (Recording(fp32[0]), Recording(fp32[1]))
+    names = (HEAD_ONNX, STRUCTURES_ONNX)
+    feeds: dict[str, list[dict]] = {name: [] for name in names}
+    recording = []
+    for name in names:
+        net = OnnxNet(folder / name, threads)
+        net.runner = Recorder(net.runner, feeds[name])
+        recording.append(net)
     measurements(*recording, cases)
     nets = []
-    for name, recorder in zip((HEAD_ONNX, STRUCTURES_ONNX), recording, strict=True):
+    for name in names:
         target = folder / name.replace(".onnx", "_int8.onnx")
-        quantize_file(folder / name, target, recorder.feeds)
+        quantize_file(folder / name, target, feeds[name])
         nets.append(OnnxNet(target, threads))
     return tuple(nets)
 
@@ -151,7 +143,7 @@ def main() -> None:
             OnnxNet(Path(tmp) / HEAD_ONNX, args.threads),
             OnnxNet(Path(tmp) / STRUCTURES_ONNX, args.threads),
         )
-        int8 = int8_nets(Path(tmp), onnx, cases[: args.calibration], args.threads)
+        int8 = int8_nets(Path(tmp), cases[: args.calibration], args.threads)
         unseen = cases[args.calibration :]
         runtimes = {"torch": (head, structures), "onnxruntime": onnx, "onnxruntime int8": int8}
         report = {
