@@ -75,6 +75,15 @@ class Ellipse:
         cv2.ellipse(canvas, centre, axes, self.angle_deg, 0, 360, 1, -1, cv2.LINE_8, shift)
         return canvas.astype(bool)
 
+    def pixels_within(self, shape: tuple[int, int]) -> int:
+        """How many pixels of an image of ``shape`` its ``mask`` fills, drawn over its own box only."""
+        x0, y0, x1, y1 = self.box()
+        bx0, by0 = max(0, math.floor(x0) - 1), max(0, math.floor(y0) - 1)
+        bx1, by1 = min(shape[1], math.ceil(x1) + 2), min(shape[0], math.ceil(y1) + 2)
+        if bx1 <= bx0 or by1 <= by0:
+            return 0
+        return int(self.scaled(1.0, 1.0, -bx0, -by0).mask((by1 - by0, bx1 - bx0)).sum())
+
     @classmethod
     def from_dict(cls, record: dict) -> Ellipse:
         """The ellipse of a ``to_dict`` record (pixel coordinates)."""

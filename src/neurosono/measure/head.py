@@ -98,17 +98,9 @@ def measure_head(maps, spacing_mm: float | None) -> HeadMeasurement:
 def _fit_dice(head: np.ndarray, ellipse: Ellipse, window) -> float:
     """Dice of the outline (window pixels) and its fitted ellipse over the whole image: the
     ellipse's pixels outside the window count too, where the outline has none."""
-    inside = ellipse.mask(head.shape)
-    x0, y0, x1, y1 = ellipse.scaled(1.0, 1.0, window.x0, window.y0).box()
-    rows, cols = window.image_shape
-    bx0, by0 = max(0, int(np.floor(x0)) - 1), max(0, int(np.floor(y0)) - 1)
-    bx1, by1 = min(cols, int(np.ceil(x1)) + 2), min(rows, int(np.ceil(y1)) + 2)
-    in_image = 0
-    if bx1 > bx0 and by1 > by0:  # the ellipse drawn over its own box, within the image
-        shifted = ellipse.scaled(1.0, 1.0, window.x0 - bx0, window.y0 - by0)
-        in_image = int(shifted.mask((by1 - by0, bx1 - bx0)).sum())
+    in_image = ellipse.scaled(1.0, 1.0, window.x0, window.y0).pixels_within(window.image_shape)
     total = head.sum() + in_image
-    return 1.0 if total == 0 else float(2 * np.logical_and(head, inside).sum() / total)
+    return 1.0 if total == 0 else float(2 * np.logical_and(head, ellipse.mask(head.shape)).sum() / total)
 
 
 ZOOM_MARGIN = 1.3  # the second look's frame: the head's box and 30% more

@@ -110,17 +110,16 @@ class Frame:
 
         Only the part of the image the frame sees (and the smoothing's reach round it) is
         read, so a frame round a head costs what the head's pixels cost, not the image's."""
+        sigma = 0.5 / self.scale if self.scale < 0.8 else 0.0
+        reach = int(np.ceil(4 * sigma)) + 2 if sigma else 0  # OpenCV's kernel radius is 4 sigma
         x0, y0, x1, y1 = self.window(image.shape)
-        reach = 0
-        if self.scale < 0.8:
-            reach = int(np.ceil(4 * 0.5 / self.scale)) + 2  # OpenCV's kernel radius is 4 sigma
         x0, y0 = max(0, x0 - reach), max(0, y0 - reach)
         x1, y1 = min(image.shape[1], x1 + reach), min(image.shape[0], y1 + reach)
         source = image[y0:y1, x0:x1].astype(np.float32)
         if source.size == 0:
             return np.zeros((INPUT_H, INPUT_W), np.float32)
-        if self.scale < 0.8:
-            source = cv2.GaussianBlur(source, (0, 0), 0.5 / self.scale)
+        if sigma:
+            source = cv2.GaussianBlur(source, (0, 0), sigma)
         return cv2.warpAffine(source, self.matrix((x0, y0)), (INPUT_W, INPUT_H), flags=cv2.INTER_LINEAR)
 
     def window(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
