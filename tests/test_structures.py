@@ -148,6 +148,24 @@ def test_the_structure_model_trains_and_is_scored(structure_run, tiny_cohort, tm
     assert rerun.exit_code != 0 and "exists" in rerun.output  # a finished run is never overwritten
 
 
+def test_structure_training_can_start_from_a_finished_run(structure_run, tiny_cohort, tmp_path):
+    from neurosono.core.checkpoints import file_sha256
+
+    start = json.loads((structure_run / "structures.json").read_text())
+    result = runner.invoke(
+        app,
+        ["measure", "train-structures", str(tiny_cohort), "--out", str(tmp_path / "more"),
+         "--epochs", "1", "--batch", "8", "--lr", "1e-5", "--init", str(structure_run)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "more" / "structures.json").read_text())
+    assert record["init_from_sha256"] == file_sha256(structure_run / "structures.pt")
+    assert record["config"]["init_from"] == "given"
+    assert isinstance(record["config"]["bf16"], bool)
+    # one epoch at a tiny learning rate stays where the start was, not at a random network's error
+    assert record["val_metrics"]["mean_mae_mm"] == pytest.approx(start["val_metrics"]["mean_mae_mm"], abs=0.3)
+
+
 def test_structure_training_needs_true_sizes(tmp_path):
     from pathlib import Path
 

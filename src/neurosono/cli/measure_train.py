@@ -60,6 +60,10 @@ def train_structures(
     lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 2e-3,
     patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val MAE")] = 50,
     max_cases: Annotated[int | None, typer.Option(help="cap each dataset's train cases")] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="start from this structure model (file or run) instead of random weights"),
+    ] = None,
     seed: Seed = 0,
 ) -> None:
     """Train the structure model (atrium, TCD, cisterna magna, CSP width in stage 1's boxes) on
@@ -72,7 +76,15 @@ def train_structures(
         train_structure_model,
     )
 
-    config = StructureTrainConfig(epochs, batch, lr, patience=patience, seed=seed, max_cases=max_cases)
+    config = StructureTrainConfig(
+        epochs,
+        batch,
+        lr,
+        patience=patience,
+        seed=seed,
+        max_cases=max_cases,
+        init_from=str(init) if init else None,
+    )
     try:
         record = train_structure_model(datasets, out_dir, config)
     except OutputExistsError as exc:

@@ -29,10 +29,12 @@ from neurosono.measure.structures import (
     STRUCTURES,
     StructureNet,
     crop,
+    load_structure_model,
     save_structure_model,
     standardise_crop,
     window,
 )
+from neurosono.measure.train import cpu_has_bf16
 
 RECORD_NAME = "structures.json"
 WEIGHTS_NAME = "structures.pt"
@@ -51,6 +53,8 @@ class StructureTrainConfig:
     max_cases: int | None = None  # cap each dataset's train cases (None: all)
     jitter: float = 0.08  # box centre shift, share of the window's side
     size_jitter: float = 0.12  # box size change, log scale
+    bf16: bool | None = None  # None: where the CPU computes bf16 natively
+    init_from: str | None = None  # a structure model (file or run) to start from instead of random weights
 
 
 @dataclass
@@ -168,9 +172,18 @@ def train_structure_model(
             f"{names}: no train and val cases with region boxes and true structure sizes "
             "(atrium_mm, tcd_mm, cisterna_magna_mm, csp_width_mm); split the dataset first"
         )
+    bf16 = cpu_has_bf16() if config.bf16 is None else config.bf16
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = StructureNet()
+    init_sha256 = None
+    if config.init_from:
+        from neurosono.core.checkpoints import file_sha256, load_payload
+        from neurosono.measure.structures import FORMAT
+
+        start_file, _ = load_payload(config.init_from, WEIGHTS_NAME, FORMAT, "structure model")
+        model.load_state_dict(load_structure_model(start_file)[0].state_dict())
+        init_sha256 = file_sha256(start_file)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(train) // config.batch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -185,7 +198,9 @@ def train_structure_model(
             x, index, side, true = _batch(
                 train, order[step * config.batch : (step + 1) * config.batch], config, rng, True
             )
-            got = model(x).gather(1, index[:, None]).squeeze(1) * side
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                shares = model(x)
+            got = shares.float().gather(1, index[:, None]).squeeze(1) * side
             loss = nn.functional.smooth_l1_loss(got, true, beta=0.5)
             optimiser.zero_grad()
             loss.backward()
@@ -212,6 +227,9 @@ def train_structure_model(
     model.load_state_dict(best_state)
     best_epoch = min(history, key=lambda h: h["mean_mae_mm"])
     record = _record(config, model, history, best_epoch, time.time() - started, datasets, train, val)
+    record["config"].update(bf16=bf16, init_from="given" if config.init_from else None)
+    if init_sha256:
+        record["init_from_sha256"] = init_sha256
     with staged_directory(out) as staging:
         save_structure_model(staging / WEIGHTS_NAME, model, {"record": json.dumps(record)})
         atomic_write_text(staging / RECORD_NAME, json.dumps(record, indent=2) + "\n")
