@@ -449,3 +449,18 @@ def test_the_head_box_is_stage1s_surest_sure_head_in_the_tv_image():
     assert head_box([Detection("tv", 1, 0.3, (10.0, 10.0, 200.0, 160.0))], names) is None  # unsure
     assert head_box(detections, ["csp", "thalami"]) is None  # a detector with no head region
     assert head_box(None, names) is None  # no stage 1 run
+
+
+def test_hint_scores_count_unanswered_cases_apart():
+    from neurosono.evaluate.biometry import hint_scores
+
+    rows = [
+        ("ventriculomegaly", True, True, "a"),
+        ("ventriculomegaly", False, True, "b"),
+        ("ventriculomegaly", None, True, "c"),  # atrium absent on a case with the finding
+        ("ventriculomegaly", False, False, "d"),
+        ("ventriculomegaly", None, False, "e"),
+    ]
+    score = hint_scores(rows, n_boot=20, seed=0)["ventriculomegaly"]
+    assert score["sensitivity"]["count"] == "1 of 2" and score["specificity"]["count"] == "1 of 1"
+    assert (score["n_positive_unanswered"], score["n_negative_unanswered"]) == (1, 1)

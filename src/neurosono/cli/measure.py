@@ -273,9 +273,16 @@ def evaluate(
         out.print(f"head Dice {d['value']:.4f} ({d['ci95'][0]:.4f}-{d['ci95'][1]:.4f}), n {d['n']}")
     for finding, score in result.get("hints", {}).items():
         sens, spec = score["sensitivity"], score["specificity"]
+        unanswered = score.get("n_positive_unanswered", 0) + score.get("n_negative_unanswered", 0)
         out.print(
             f"hint {finding}: sensitivity {sens['count']} ({_ci(sens)}), "
             f"specificity {spec['count']} ({_ci(spec)})"
+            + (
+                f"; not answered on {unanswered} (measurement absent; "
+                f"{score['n_positive_unanswered']} with the finding)"
+                if unanswered
+                else ""
+            )
         )
     write_json(json_out, result)
 

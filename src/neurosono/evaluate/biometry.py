@@ -78,18 +78,23 @@ def true_hints(case) -> dict[str, bool]:
     return truth
 
 
-def hint_scores(rows: list[tuple[str, bool, bool, str]], n_boot: int, seed: int) -> dict:
-    """Sensitivity and specificity per hint from (finding, hinted, true, group) rows."""
+def hint_scores(rows: list[tuple[str, bool | None, bool, str]], n_boot: int, seed: int) -> dict:
+    """Sensitivity and specificity per hint from (finding, hinted, true, group) rows, over the
+    cases the hint answered; ``hinted`` None is a case it could not answer (its measurement
+    absent), counted apart so that a finding the measurement misses altogether stays visible."""
     result = {}
     for finding in sorted({r[0] for r in rows}):
         mine = [r for r in rows if r[0] == finding]
-        positives = [(r[1], r[3]) for r in mine if r[2]]
-        negatives = [(not r[1], r[3]) for r in mine if not r[2]]
+        answered = [r for r in mine if r[1] is not None]
+        positives = [(r[1], r[3]) for r in answered if r[2]]
+        negatives = [(not r[1], r[3]) for r in answered if not r[2]]
         result[finding] = {
             "sensitivity": proportion_with_ci(*_columns(positives), n_boot, seed),
             "specificity": proportion_with_ci(*_columns(negatives), n_boot, seed),
             "n_positive": len(positives),
             "n_negative": len(negatives),
+            "n_positive_unanswered": sum(1 for r in mine if r[1] is None and r[2]),
+            "n_negative_unanswered": sum(1 for r in mine if r[1] is None and not r[2]),
         }
     return result
 
@@ -223,15 +228,16 @@ def _with_stage1(case, model, image: np.ndarray, images: dict, detector, structu
     return measured, biometry_with(measured, images, case.ga_weeks, detections, names, structure_model)
 
 
-def _hint_rows(case, biometry) -> list[tuple[str, bool, bool, str]]:
-    """(finding, hinted, true, group) for each hint the case's true measurements can judge;
-    the ventriculomegaly grades count as one finding."""
+def _hint_rows(case, biometry) -> list[tuple[str, bool | None, bool, str]]:
+    """(finding, hinted, true, group) for each hint the case's true measurements can judge
+    (hinted None: the hint could not answer); the ventriculomegaly grades count as one finding."""
     truth = true_hints(case)
     rows = []
     for hint in biometry.hints:
         finding = "ventriculomegaly" if hint.finding.startswith("ventriculomegaly") else hint.finding
-        if finding in truth and hint.present is not None:
-            rows.append((finding, bool(hint.present), truth[finding], case.group))
+        if finding in truth:
+            hinted = None if hint.present is None else bool(hint.present)
+            rows.append((finding, hinted, truth[finding], case.group))
     return rows
 
 
