@@ -464,3 +464,25 @@ def test_hint_scores_count_unanswered_cases_apart():
     score = hint_scores(rows, n_boot=20, seed=0)["ventriculomegaly"]
     assert score["sensitivity"]["count"] == "1 of 2" and score["specificity"]["count"] == "1 of 1"
     assert (score["n_positive_unanswered"], score["n_negative_unanswered"]) == (1, 1)
+
+
+def test_a_head_model_trained_at_another_input_size_keeps_it_everywhere(tiny_cohort, tmp_path):
+    from neurosono.measure.head import measure_image
+    from neurosono.measure.headnet import load_head_model
+    from neurosono.measure.onnx import HEAD_ONNX, OnnxNet, export_biometry
+
+    run = tmp_path / "small"
+    args = ["measure", "train", str(tiny_cohort), "--out", str(run), "--epochs", "1", "--batch", "4"]
+    result = runner.invoke(app, [*args, "--input-size", "128x96", "--widths", "4,8,8,16,16"])
+    assert result.exit_code == 0, result.output
+    model, _ = load_head_model(run)
+    assert model.input_size == (128, 96) and model.widths == (4, 8, 8, 16, 16)
+    record = json.loads((run / "head.json").read_text())
+    assert record["config"]["input_size"] == [128, 96]
+    image = np.zeros((300, 400), np.uint8)
+    measured = measure_image(model, image, 0.2)  # frames at the model's own size, or this would raise
+    assert set(measured.values) | set(measured.absent) >= {"hc_mm"}
+    export_biometry(model, None, tmp_path / "onnx")
+    assert OnnxNet(tmp_path / "onnx" / HEAD_ONNX).input_size == (128, 96)
+    bad = runner.invoke(app, [*args[:4], str(tmp_path / "bad"), "--input-size", "100x96"])
+    assert bad.exit_code == 2 and "multiples of 16" in bad.output and not (tmp_path / "bad").exists()

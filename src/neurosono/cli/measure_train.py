@@ -21,6 +21,12 @@ def train(
     init: Annotated[
         Path | None, typer.Option(help="start from this head model (file or run) instead of random weights")
     ] = None,
+    input_size: Annotated[
+        str, typer.Option(help="width x height the network sees a framed image at")
+    ] = "256x192",
+    widths: Annotated[str, typer.Option(help="the U-Net's channels at each level, comma-separated")] = (
+        "12,24,48,96,96"
+    ),
     seed: Seed = 0,
 ) -> None:
     """Train the head model (skull outline segmentation, then an ellipse fit) on train, pick on val."""
@@ -28,6 +34,22 @@ def train(
     from neurosono.data.format import DatasetFormatError
     from neurosono.measure.train import HeadDataError, HeadTrainConfig, train_head_model
 
+    try:
+        width, height = (int(v) for v in input_size.lower().split("x"))
+        channels = tuple(int(v) for v in widths.split(","))
+    except ValueError:
+        raise fail(
+            f"--input-size {input_size!r} / --widths {widths!r}: give e.g. 256x192 and 12,24,48,96,96",
+            EXIT_BAD_INPUT,
+        ) from None
+    step = 2 ** (len(channels) - 1)  # each level halves the size
+    fits = width % step == 0 and height % step == 0 and min(width, height) >= 2 * step
+    if len(channels) < 2 or min(channels) < 1 or not fits:
+        raise fail(
+            f"--input-size {input_size} / --widths {widths}: give two or more positive widths and a "
+            f"size in multiples of {step} (each of the {len(channels) - 1} poolings halves it)",
+            EXIT_BAD_INPUT,
+        )
     config = HeadTrainConfig(
         epochs,
         batch,
@@ -36,6 +58,8 @@ def train(
         seed=seed,
         max_per_dataset=max_per_dataset,
         init_from=str(init) if init else None,
+        input_size=(width, height),
+        widths=channels,
     )
     try:
         record = train_head_model(datasets, out_dir, config)

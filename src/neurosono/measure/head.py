@@ -120,25 +120,26 @@ def measure_image(
     With stage 1's ``head_box``, one look in a frame round that box is enough when the ellipse
     it gives agrees with the box; otherwise the frame round that ellipse, or the two looks."""
     from neurosono.detect.evaluate import box_iou
-    from neurosono.measure.headnet import Frame, framed_windows
+    from neurosono.measure.headnet import Frame, framed_windows, input_size
 
+    size = input_size(model)
     if head_box is not None:
-        frame = Frame.padded(head_box, ZOOM_MARGIN)
+        frame = Frame.padded(head_box, ZOOM_MARGIN, size)
         framed = measure_head(framed_windows(model, [image], [frame])[0], spacing_mm)
         if framed.outer is not None:
             if box_iou(np.array([framed.outer.box()]), np.array([head_box]))[0, 0] >= BOX_AGREEMENT:
                 return framed
             return refine(model, image, framed)
-    first = measure_head(framed_windows(model, [image], [Frame.whole(image.shape)])[0], spacing_mm)
+    first = measure_head(framed_windows(model, [image], [Frame.whole(image.shape, size)])[0], spacing_mm)
     return refine(model, image, first)
 
 
 def refine(model, image: np.ndarray, first: HeadMeasurement) -> HeadMeasurement:
-    from neurosono.measure.headnet import Frame, framed_windows
+    from neurosono.measure.headnet import Frame, framed_windows, input_size
 
     if first.outer is None:
         return first
-    frame = Frame.zoom(first.outer, ZOOM_MARGIN)
+    frame = Frame.zoom(first.outer, ZOOM_MARGIN, input_size(model))
     second = measure_head(framed_windows(model, [image], [frame])[0], first.spacing_mm)
     return second if second.outer is not None else first
 

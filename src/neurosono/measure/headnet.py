@@ -7,6 +7,7 @@ are mapped back to the image's own pixels and thresholded there, so the ellipse 
 to a smooth outline at full resolution, not to the network's grid. Measurement takes two
 looks (``measure.head.measure_image``): the whole image, then a frame round the head it
 found, where the skull spans most of the network's input; training shows it both views.
+A model may be trained at another input size (``--input-size``); its file records the size.
 
 Segmentation then a fit was chosen over regressing the five ellipse numbers directly: a
 fit uses every outline pixel, a part of the skull hidden by shadow or cut by the sector
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-INPUT_W, INPUT_H = 256, 192
+INPUT_W, INPUT_H = 256, 192  # the default input size
+INPUT_SIZE = (INPUT_W, INPUT_H)
 WIDTHS = (12, 24, 48, 96, 96)
 CHANNELS = ("head", "brain")  # outer and inner border of the skull, filled
 FORMAT = "neurosono-head-1"
@@ -42,8 +44,15 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class HeadUNet(nn.Module):
     """U-Net: four 2x poolings, skip connections, bilinear upsampling; two logit maps."""
 
-    def __init__(self, widths: tuple[int, ...] = WIDTHS, n_out: int = len(CHANNELS)) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, ...] = WIDTHS,
+        n_out: int = len(CHANNELS),
+        input_size: tuple[int, int] = INPUT_SIZE,
+    ) -> None:
         super().__init__()
+        self.input_size = tuple(int(v) for v in input_size)  # (width, height) of the framed image
+        self.widths = tuple(int(w) for w in widths)
         self.down = nn.ModuleList()
         cin = 1
         for w in widths:
@@ -67,35 +76,42 @@ class HeadUNet(nn.Module):
 
 @dataclass(frozen=True)
 class Frame:
-    """A box of an image (pixels; it may reach past the edges) placed in the network's input:
-    scaled to fit 256 x 192 with its aspect kept, centred, zero outside the image."""
+    """A box of an image (pixels; it may reach past the edges) placed in the network's input
+    of ``size`` (width, height; 256 x 192 by default): scaled to fit with its aspect kept,
+    centred, zero outside the image."""
 
     x0: float
     y0: float
     scale: float
     dx: float
     dy: float
+    size: tuple[int, int] = INPUT_SIZE
 
     @classmethod
-    def around(cls, x0: float, y0: float, x1: float, y1: float) -> Frame:
-        scale = min(INPUT_W / (x1 - x0), INPUT_H / (y1 - y0))
-        return cls(x0, y0, scale, (INPUT_W - (x1 - x0) * scale) / 2, (INPUT_H - (y1 - y0) * scale) / 2)
+    def around(cls, x0: float, y0: float, x1: float, y1: float, size: tuple[int, int] = INPUT_SIZE) -> Frame:
+        width, height = size
+        scale = min(width / (x1 - x0), height / (y1 - y0))
+        return cls(
+            x0, y0, scale, (width - (x1 - x0) * scale) / 2, (height - (y1 - y0) * scale) / 2, tuple(size)
+        )
 
     @classmethod
-    def whole(cls, shape: tuple[int, ...]) -> Frame:
-        return cls.around(0.0, 0.0, float(shape[1]), float(shape[0]))
+    def whole(cls, shape: tuple[int, ...], size: tuple[int, int] = INPUT_SIZE) -> Frame:
+        return cls.around(0.0, 0.0, float(shape[1]), float(shape[0]), size)
 
     @classmethod
-    def zoom(cls, ellipse, margin: float) -> Frame:
+    def zoom(cls, ellipse, margin: float, size: tuple[int, int] = INPUT_SIZE) -> Frame:
         """The head's box (the ellipse's axis-aligned box, ``margin`` times its size) as the frame."""
-        return cls.padded(ellipse.box(), margin)
+        return cls.padded(ellipse.box(), margin, size)
 
     @classmethod
-    def padded(cls, box: tuple[float, float, float, float], margin: float) -> Frame:
+    def padded(
+        cls, box: tuple[float, float, float, float], margin: float, size: tuple[int, int] = INPUT_SIZE
+    ) -> Frame:
         """``box`` (x0, y0, x1, y1), ``margin`` times its size about its centre, as the frame."""
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         half_w, half_h = (box[2] - box[0]) / 2 * margin, (box[3] - box[1]) / 2 * margin
-        return cls.around(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+        return cls.around(cx - half_w, cy - half_h, cx + half_w, cy + half_h, size)
 
     def matrix(self, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
         """Image pixels -> network pixels; ``origin``: the image pixel at (0, 0) of the array given."""
@@ -106,7 +122,7 @@ class Frame:
         )
 
     def put(self, image: np.ndarray) -> np.ndarray:
-        """``image`` (H x W) as the network's 192 x 256 input; smoothed first when shrunk.
+        """``image`` (H x W) as the network's input (height x width); smoothed first when shrunk.
 
         Only the part of the image the frame sees (and the smoothing's reach round it) is
         read, so a frame round a head costs what the head's pixels cost, not the image's."""
@@ -117,22 +133,22 @@ class Frame:
         x1, y1 = min(image.shape[1], x1 + reach), min(image.shape[0], y1 + reach)
         source = image[y0:y1, x0:x1].astype(np.float32)
         if source.size == 0:
-            return np.zeros((INPUT_H, INPUT_W), np.float32)
+            return np.zeros((self.size[1], self.size[0]), np.float32)
         if sigma:
             source = cv2.GaussianBlur(source, (0, 0), sigma)
-        return cv2.warpAffine(source, self.matrix((x0, y0)), (INPUT_W, INPUT_H), flags=cv2.INTER_LINEAR)
+        return cv2.warpAffine(source, self.matrix((x0, y0)), tuple(self.size), flags=cv2.INTER_LINEAR)
 
     def window(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """The image pixels (x0, y0, x1, y1) the frame sees, with a pixel's margin, within the image."""
         s = self.scale
         x0 = int(np.floor(self.x0 - self.dx / s)) - 1
         y0 = int(np.floor(self.y0 - self.dy / s)) - 1
-        x1 = int(np.ceil(self.x0 + (INPUT_W - self.dx) / s)) + 2
-        y1 = int(np.ceil(self.y0 + (INPUT_H - self.dy) / s)) + 2
+        x1 = int(np.ceil(self.x0 + (self.size[0] - self.dx) / s)) + 2
+        y1 = int(np.ceil(self.y0 + (self.size[1] - self.dy) / s)) + 2
         return max(0, x0), max(0, y0), min(int(shape[1]), x1), min(int(shape[0]), y1)
 
     def take(self, maps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """Network maps [C, 192, 256] back in the image's pixels [C, H, W] (zero outside the frame)."""
+        """Network maps [C, height, width] back in the image's pixels [C, H, W] (zero outside the frame)."""
         return self.take_window(maps, shape).full()
 
     def take_window(self, maps: np.ndarray, shape: tuple[int, ...]) -> MapWindow:
@@ -168,6 +184,11 @@ class MapWindow:
         return out
 
 
+def input_size(model) -> tuple[int, int]:
+    """The (width, height) a head model (torch or onnxruntime) takes its framed image at."""
+    return tuple(getattr(model, "input_size", INPUT_SIZE))
+
+
 def standardise(canvas: np.ndarray) -> np.ndarray:
     """A framed image (grey levels 0-255) -> float32 with the image part at mean 0, SD 1."""
     x = canvas.astype(np.float32) / 255.0
@@ -196,21 +217,30 @@ def predict_maps(model: HeadUNet, images: list[np.ndarray], batch: int = 8) -> l
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        out.extend(framed_maps(model, chunk, [Frame.whole(im.shape) for im in chunk]))
+        out.extend(framed_maps(model, chunk, [Frame.whole(im.shape, input_size(model)) for im in chunk]))
     return out
 
 
 def save_head_model(path, model: HeadUNet, meta: dict) -> None:
     from neurosono.core.checkpoints import save_payload
 
-    save_payload(path, {"format": FORMAT, "state_dict": model.state_dict(), "widths": list(WIDTHS), **meta})
+    save_payload(
+        path,
+        {
+            "format": FORMAT,
+            "state_dict": model.state_dict(),
+            "widths": list(model.widths),
+            "input_size": list(model.input_size),
+            **meta,
+        },
+    )
 
 
 def load_head_model(path) -> tuple[HeadUNet, dict]:
     from neurosono.core.checkpoints import load_payload
 
     _, payload = load_payload(path, "head.pt", FORMAT, "head model")
-    model = HeadUNet(tuple(payload["widths"]))
+    model = HeadUNet(tuple(payload["widths"]), input_size=tuple(payload.get("input_size", INPUT_SIZE)))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "format")}

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from neurosono.core.atomic import atomic_write_bytes
-from neurosono.measure.headnet import INPUT_H, INPUT_W
 from neurosono.measure.structures import CROP_PX
 
 OPSET = 17
@@ -31,7 +30,10 @@ class OnnxNet:
 
         self.path = Path(path)
         self.runner = model_runner(self.path, threads, engine)
-        self.input = self.runner.get_inputs()[0].name
+        first = self.runner.get_inputs()[0]
+        self.input = first.name
+        height, width = first.shape[-2:]
+        self.input_size = (int(width), int(height))  # the framed image's size, as the torch module's
 
     def eval(self) -> OnnxNet:
         return self
@@ -71,7 +73,8 @@ def export_biometry(head_model, structure_model, folder: str | Path) -> dict:
     each file's largest difference from torch on random input."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    checks = {HEAD_ONNX: _export(head_model, (1, INPUT_H, INPUT_W), folder / HEAD_ONNX)}
+    width, height = head_model.input_size
+    checks = {HEAD_ONNX: _export(head_model, (1, height, width), folder / HEAD_ONNX)}
     if structure_model is not None:
         checks[STRUCTURES_ONNX] = _export(structure_model, (1, CROP_PX, CROP_PX), folder / STRUCTURES_ONNX)
     return checks

@@ -28,8 +28,8 @@ from neurosono.data.format import HEAD_MASK_COLUMN, Dataset
 from neurosono.measure.ellipse import fit_mask_ellipse
 from neurosono.measure.head import measure_image
 from neurosono.measure.headnet import (
-    INPUT_H,
-    INPUT_W,
+    INPUT_SIZE,
+    WIDTHS,
     Frame,
     HeadUNet,
     load_head_model,
@@ -54,6 +54,8 @@ class HeadTrainConfig:
     max_per_dataset: int | None = None  # cap each dataset's train images (None: all)
     max_val_per_dataset: int | None = 100  # validation images per dataset each epoch
     init_from: str | None = None  # a head model (file or run) to start from instead of random weights
+    input_size: tuple[int, int] = INPUT_SIZE  # (width, height) the network sees a framed image at
+    widths: tuple[int, ...] = WIDTHS  # the U-Net's channels at each of its levels
 
 
 @dataclass
@@ -76,21 +78,27 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _sample(truth: HeadTruth, group: str, keep_truth: bool, rng: np.random.Generator) -> Sample:
+def _sample(
+    truth: HeadTruth,
+    group: str,
+    keep_truth: bool,
+    rng: np.random.Generator,
+    size: tuple[int, int] = INPUT_SIZE,
+) -> Sample:
     """The image seen whole and through a frame round its head (as the second look sees it:
-    a random margin round the true head, a little off centre)."""
-    frames = [Frame.whole(truth.image.shape)]
+    a random margin round the true head, a little off centre), at the network's input ``size``."""
+    frames = [Frame.whole(truth.image.shape, size)]
     ellipse = fit_mask_ellipse(truth.head)
     if ellipse is not None:
-        size = max(ellipse.d1, ellipse.d2)
+        diameter = max(ellipse.d1, ellipse.d2)
         shifted = type(ellipse)(
-            ellipse.cx + rng.uniform(-0.05, 0.05) * size,
-            ellipse.cy + rng.uniform(-0.05, 0.05) * size,
+            ellipse.cx + rng.uniform(-0.05, 0.05) * diameter,
+            ellipse.cy + rng.uniform(-0.05, 0.05) * diameter,
             ellipse.d1,
             ellipse.d2,
             ellipse.angle_deg,
         )
-        frames.append(Frame.zoom(shifted, rng.uniform(1.1, 1.6)))
+        frames.append(Frame.zoom(shifted, rng.uniform(1.1, 1.6), size))
     maps = [truth.head, truth.brain if truth.brain is not None else np.zeros_like(truth.head)]
     views = [
         (
@@ -109,6 +117,7 @@ def load_samples(
     limit: int | None = None,
     progress: bool = True,
     seed: int = 0,
+    size: tuple[int, int] = INPUT_SIZE,
 ) -> list[Sample]:
     rng = np.random.default_rng(seed)
     samples = []
@@ -117,7 +126,7 @@ def load_samples(
         for case in track(cases, f"loading {dataset.spec.name} {split}", enabled=progress):
             truth = head_truth(dataset, case)
             if truth is not None:
-                samples.append(_sample(truth, f"{dataset.spec.name}/{case.group}", keep_truth, rng))
+                samples.append(_sample(truth, f"{dataset.spec.name}/{case.group}", keep_truth, rng, size))
     return samples
 
 
@@ -127,11 +136,11 @@ def augment(sample: Sample, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
     image, target = sample.views[int(rng.integers(len(sample.views)))]
     angle = rng.uniform(-30, 30)
     scale = math.exp(rng.uniform(-0.2, 0.15))
-    shift = rng.uniform(-0.06, 0.06, 2) * (INPUT_W, INPUT_H)
-    matrix = cv2.getRotationMatrix2D((INPUT_W / 2 + shift[0], INPUT_H / 2 + shift[1]), angle, scale)
+    size = (image.shape[1], image.shape[0])
+    shift = rng.uniform(-0.06, 0.06, 2) * size
+    matrix = cv2.getRotationMatrix2D((size[0] / 2 + shift[0], size[1] / 2 + shift[1]), angle, scale)
     matrix[:, 2] -= shift
     stack = np.concatenate([image[None].astype(np.float32), target])
-    size = (INPUT_W, INPUT_H)
     warped = np.stack([cv2.warpAffine(ch, matrix, size, flags=cv2.INTER_LINEAR) for ch in stack])
     if rng.random() < 0.5:
         warped = warped[:, :, ::-1]
@@ -215,8 +224,9 @@ def train_head_model(
 ) -> dict:
     """Train the head model; writes ``out``/head.pt and head.json. Returns the record."""
     datasets = [Dataset.load(p) for p in dataset_paths]
-    train = load_samples(datasets, "train", False, config.max_per_dataset, progress)
-    val = load_samples(datasets, "val", True, config.max_val_per_dataset, progress)
+    size = tuple(config.input_size)
+    train = load_samples(datasets, "train", False, config.max_per_dataset, progress, size=size)
+    val = load_samples(datasets, "val", True, config.max_val_per_dataset, progress, size=size)
     if not train or not val:
         names = ", ".join(str(d.root) for d in datasets)
         raise HeadDataError(
@@ -226,14 +236,20 @@ def train_head_model(
     bf16 = cpu_has_bf16() if config.bf16 is None else config.bf16
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = HeadUNet()
+    model = HeadUNet(tuple(config.widths), input_size=size)
     init_sha256 = None
     if config.init_from:
         from neurosono.core.checkpoints import file_sha256, load_payload
         from neurosono.measure.headnet import FORMAT
 
         start_file, _ = load_payload(config.init_from, WEIGHTS_NAME, FORMAT, "head model")
-        model.load_state_dict(load_head_model(start_file)[0].state_dict())
+        start = load_head_model(start_file)[0]
+        if start.widths != model.widths:
+            raise ValueError(
+                f"{config.init_from}: a head model with widths {list(start.widths)}, "
+                f"not the {list(model.widths)} asked for"
+            )
+        model.load_state_dict(start.state_dict())
         init_sha256 = file_sha256(start_file)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = max(1, len(train) // config.batch) * config.epochs
