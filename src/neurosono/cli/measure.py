@@ -222,7 +222,7 @@ def evaluate(
     source group. The structures are scored where the dataset records them (stage 1 runs)."""
     from neurosono.core.checkpoints import ModelFileError
     from neurosono.data.format import Dataset, DatasetFormatError
-    from neurosono.evaluate.biometry import evaluate_biometry, recorded_measurements
+    from neurosono.evaluate.biometry import describe_hint_score, evaluate_biometry, recorded_measurements
     from neurosono.measure.headnet import load_head_model
     from neurosono.measure.structures import STRUCTURE_NAMES, load_structure_model
     from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
@@ -272,25 +272,8 @@ def evaluate(
         d = result["dice"]
         out.print(f"head Dice {d['value']:.4f} ({d['ci95'][0]:.4f}-{d['ci95'][1]:.4f}), n {d['n']}")
     for finding, score in result.get("hints", {}).items():
-        sens, spec = score["sensitivity"], score["specificity"]
-        unanswered = score.get("n_positive_unanswered", 0) + score.get("n_negative_unanswered", 0)
-        out.print(
-            f"hint {finding}: sensitivity {sens['count']} ({_ci(sens)}), "
-            f"specificity {spec['count']} ({_ci(spec)})"
-            + (
-                f"; not answered on {unanswered} (measurement absent; "
-                f"{score['n_positive_unanswered']} with the finding)"
-                if unanswered
-                else ""
-            )
-        )
+        out.print(describe_hint_score(finding, score))
     write_json(json_out, result)
-
-
-def _ci(entry: dict) -> str:
-    if entry["value"] is None:
-        return "n/a"
-    return f"{entry['value']:.3f}, 95% CI {entry['ci95'][0]:.3f}-{entry['ci95'][1]:.3f}"
 
 
 # The training commands live beside this module (they share its group).

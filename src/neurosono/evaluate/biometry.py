@@ -99,6 +99,27 @@ def hint_scores(rows: list[tuple[str, bool | None, bool, str]], n_boot: int, see
     return result
 
 
+def describe_hint_score(finding: str, score: dict) -> str:
+    """One line for a hint's score: sensitivity, specificity, and the cases it could not answer."""
+
+    def ci(entry: dict) -> str:
+        if entry["value"] is None:
+            return "n/a"
+        return f"{entry['value']:.3f}, 95% CI {entry['ci95'][0]:.3f}-{entry['ci95'][1]:.3f}"
+
+    sens, spec = score["sensitivity"], score["specificity"]
+    line = (
+        f"hint {finding}: sensitivity {sens['count']} ({ci(sens)}), specificity {spec['count']} ({ci(spec)})"
+    )
+    unanswered = score.get("n_positive_unanswered", 0) + score.get("n_negative_unanswered", 0)
+    if unanswered:
+        line += (
+            f"; not answered on {unanswered} (measurement absent; "
+            f"{score['n_positive_unanswered']} with the finding)"
+        )
+    return line
+
+
 def _columns(pairs):
     return ([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else ([], None)
 

@@ -219,6 +219,25 @@ def data_hash(datasets: list[Dataset], splits: tuple[str, ...]) -> str:
     return digest.hexdigest()
 
 
+def _start_model(config: HeadTrainConfig, size: tuple[int, int]) -> tuple[HeadUNet, str | None]:
+    """The network to train: random weights, or ``config.init_from``'s (same widths) with its hash."""
+    model = HeadUNet(tuple(config.widths), input_size=size)
+    if not config.init_from:
+        return model, None
+    from neurosono.core.checkpoints import file_sha256, load_payload
+    from neurosono.measure.headnet import FORMAT
+
+    start_file, _ = load_payload(config.init_from, WEIGHTS_NAME, FORMAT, "head model")
+    start = load_head_model(start_file)[0]
+    if start.widths != model.widths:
+        raise ValueError(
+            f"{config.init_from}: a head model with widths {list(start.widths)}, "
+            f"not the {list(model.widths)} asked for"
+        )
+    model.load_state_dict(start.state_dict())
+    return model, file_sha256(start_file)
+
+
 def train_head_model(
     dataset_paths: list[str | Path], out: str | Path, config: HeadTrainConfig, progress: bool = True
 ) -> dict:
@@ -236,21 +255,7 @@ def train_head_model(
     bf16 = cpu_has_bf16() if config.bf16 is None else config.bf16
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = HeadUNet(tuple(config.widths), input_size=size)
-    init_sha256 = None
-    if config.init_from:
-        from neurosono.core.checkpoints import file_sha256, load_payload
-        from neurosono.measure.headnet import FORMAT
-
-        start_file, _ = load_payload(config.init_from, WEIGHTS_NAME, FORMAT, "head model")
-        start = load_head_model(start_file)[0]
-        if start.widths != model.widths:
-            raise ValueError(
-                f"{config.init_from}: a head model with widths {list(start.widths)}, "
-                f"not the {list(model.widths)} asked for"
-            )
-        model.load_state_dict(start.state_dict())
-        init_sha256 = file_sha256(start_file)
+    model, init_sha256 = _start_model(config, size)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = max(1, len(train) // config.batch) * config.epochs
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=steps, pct_start=0.15)
