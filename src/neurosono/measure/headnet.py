@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-INPUT_W, INPUT_H = 256, 192  # the default input size
-INPUT_SIZE = (INPUT_W, INPUT_H)
+INPUT_SIZE = (256, 192)  # the default (width, height) a framed image is seen at
 WIDTHS = (12, 24, 48, 96, 96)
 CHANNELS = ("head", "brain")  # outer and inner border of the skull, filled
 FORMAT = "neurosono-head-1"

@@ -226,24 +226,24 @@ def train_structure_model(
             break
     model.load_state_dict(best_state)
     best_epoch = min(history, key=lambda h: h["mean_mae_mm"])
-    record = _record(config, model, history, best_epoch, time.time() - started, datasets, train, val)
-    record["config"].update(bf16=bf16, init_from="given" if config.init_from else None)
-    if init_sha256:
-        record["init_from_sha256"] = init_sha256
+    record = _record(
+        config, model, history, best_epoch, time.time() - started, datasets, train, val, bf16, init_sha256
+    )
     with staged_directory(out) as staging:
         save_structure_model(staging / WEIGHTS_NAME, model, {"record": json.dumps(record)})
         atomic_write_text(staging / RECORD_NAME, json.dumps(record, indent=2) + "\n")
     return record
 
 
-def _record(config, model, history, best_epoch, seconds, datasets, train, val) -> dict:
-    """The run's record: settings, the epoch chosen, the history and the data it saw."""
-    return {
+def _record(config, model, history, best_epoch, seconds, datasets, train, val, bf16, init_sha256) -> dict:
+    """The run's record: settings (bf16 as run, the start's hash), the epoch chosen, the history
+    and the data it saw."""
+    record = {
         "kind": "neurosono structure model run",
         "structures": {
             s.measurement: {"region": s.region, "planes": list(s.planes), "what": s.what} for s in STRUCTURES
         },
-        "config": asdict(config),
+        "config": {**asdict(config), "bf16": bf16, "init_from": "given" if config.init_from else None},
         "parameters": sum(p.numel() for p in model.parameters()),
         "best_epoch": best_epoch["epoch"],
         "val_metrics": {k: best_epoch[k] for k in ("mae_mm", "mean_mae_mm", "n")},
@@ -262,3 +262,6 @@ def _record(config, model, history, best_epoch, seconds, datasets, train, val) -
         ],
         "versions": package_versions(),
     }
+    if init_sha256:
+        record["init_from_sha256"] = init_sha256
+    return record
