@@ -56,12 +56,16 @@ class HeadMeasurement:
 
 
 def _largest_part(mask: np.ndarray) -> np.ndarray:
+    """The mask's largest outlined part, filled (a hole inside it is part of it). Outlines
+    are traced rather than labelled: the same part at a fraction of the cost."""
     import cv2
 
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count <= 1:
+    binary = np.ascontiguousarray(mask.astype(np.uint8))
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
         return mask.astype(bool)
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    largest = max(contours, key=cv2.contourArea)
+    return cv2.drawContours(np.zeros_like(binary), [largest], -1, 1, cv2.FILLED) > 0
 
 
 def measure_head(maps, spacing_mm: float | None) -> HeadMeasurement:
