@@ -172,6 +172,8 @@ def head_run(tmp_path_factory, tiny_cohort):
             "6",
             "--batch",
             "4",
+            "--lr",
+            "6e-3",
         ],
     )
     assert result.exit_code == 0, result.output

@@ -13,19 +13,19 @@ from neurosono.cli.common import EXIT_BAD_INPUT, EXIT_OUTPUT, Seed, fail, out
 def train(
     datasets: Annotated[list[Path], typer.Argument(help="datasets with head masks or phantom head geometry")],
     out_dir: Annotated[Path, typer.Option("--out", help="new run folder")],
-    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 30,
+    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 60,
     batch: Annotated[int, typer.Option(help="batch size")] = 16,
     lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 2e-3,
-    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val HC")] = 8,
+    patience: Annotated[int, typer.Option(help="stop after this many epochs without a better val HC")] = 15,
     max_per_dataset: Annotated[int | None, typer.Option(help="cap each dataset's train images")] = None,
     init: Annotated[
         Path | None, typer.Option(help="start from this head model (file or run) instead of random weights")
     ] = None,
     input_size: Annotated[
         str, typer.Option(help="width x height the network sees a framed image at")
-    ] = "256x192",
+    ] = "192x144",
     widths: Annotated[str, typer.Option(help="the U-Net's channels at each level, comma-separated")] = (
-        "12,24,48,96,96"
+        "8,16,32,64,64"
     ),
     seed: Seed = 0,
 ) -> None:
@@ -39,7 +39,7 @@ def train(
         channels = tuple(int(v) for v in widths.split(","))
     except ValueError:
         raise fail(
-            f"--input-size {input_size!r} / --widths {widths!r}: give e.g. 256x192 and 12,24,48,96,96",
+            f"--input-size {input_size!r} / --widths {widths!r}: give e.g. 192x144 and 8,16,32,64,64",
             EXIT_BAD_INPUT,
         ) from None
     step = 2 ** (len(channels) - 1)  # each level halves the size

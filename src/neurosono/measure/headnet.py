@@ -2,7 +2,7 @@
 
 Two output maps: the head inside the skull's outer border (what HC and OFD are measured
 on) and the brain inside its inner border (the far side of the BPD, measured outer to
-inner). The image is framed into 256 x 192 pixels (aspect kept, grey, standardised); the maps
+inner). The image is framed into 192 x 144 pixels (aspect kept, grey, standardised); the maps
 are mapped back to the image's own pixels and thresholded there, so the ellipse is fitted
 to a smooth outline at full resolution, not to the network's grid. Measurement takes two
 looks (``measure.head.measure_image``): the whole image, then a frame round the head it
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-INPUT_SIZE = (256, 192)  # the default (width, height) a framed image is seen at
-WIDTHS = (12, 24, 48, 96, 96)
+INPUT_SIZE = (192, 144)  # the default (width, height) a framed image is seen at
+WIDTHS = (8, 16, 32, 64, 64)
+FORMAT_1_INPUT_SIZE = (256, 192)  # the size of a head file that does not record its own
 CHANNELS = ("head", "brain")  # outer and inner border of the skull, filled
 FORMAT = "neurosono-head-1"
 
@@ -76,7 +77,7 @@ class HeadUNet(nn.Module):
 @dataclass(frozen=True)
 class Frame:
     """A box of an image (pixels; it may reach past the edges) placed in the network's input
-    of ``size`` (width, height; 256 x 192 by default): scaled to fit with its aspect kept,
+    of ``size`` (width, height; 192 x 144 by default): scaled to fit with its aspect kept,
     centred, zero outside the image."""
 
     x0: float
@@ -239,7 +240,7 @@ def load_head_model(path) -> tuple[HeadUNet, dict]:
     from neurosono.core.checkpoints import load_payload
 
     _, payload = load_payload(path, "head.pt", FORMAT, "head model")
-    model = HeadUNet(tuple(payload["widths"]), input_size=tuple(payload.get("input_size", INPUT_SIZE)))
+    model = HeadUNet(tuple(payload["widths"]), input_size=tuple(payload.get("input_size", FORMAT_1_INPUT_SIZE)))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "format")}

@@ -44,11 +44,11 @@ WEIGHTS_NAME = "head.pt"
 
 @dataclass
 class HeadTrainConfig:
-    epochs: int = 30
+    epochs: int = 60
     batch: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    patience: int = 8
+    patience: int = 15
     seed: int = 0
     bf16: bool | None = None  # None: where the CPU computes bf16 natively
     max_per_dataset: int | None = None  # cap each dataset's train images (None: all)
@@ -60,7 +60,7 @@ class HeadTrainConfig:
 
 @dataclass
 class Sample:
-    views: list[tuple[np.ndarray, np.ndarray]]  # (framed image uint8 [192, 256], maps [2, 192, 256])
+    views: list[tuple[np.ndarray, np.ndarray]]  # (framed image uint8 [height, width], maps [2, height, width])
     has_brain: bool
     truth: HeadTruth | None  # full-size truth, kept for validation only
     group: str
