@@ -240,7 +240,8 @@ def load_head_model(path) -> tuple[HeadUNet, dict]:
     from neurosono.core.checkpoints import load_payload
 
     _, payload = load_payload(path, "head.pt", FORMAT, "head model")
-    model = HeadUNet(tuple(payload["widths"]), input_size=tuple(payload.get("input_size", FORMAT_1_INPUT_SIZE)))
+    size = tuple(payload.get("input_size", FORMAT_1_INPUT_SIZE))
+    model = HeadUNet(tuple(payload["widths"]), input_size=size)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "format")}

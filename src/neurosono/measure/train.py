@@ -60,7 +60,7 @@ class HeadTrainConfig:
 
 @dataclass
 class Sample:
-    views: list[tuple[np.ndarray, np.ndarray]]  # (framed image uint8 [height, width], maps [2, height, width])
+    views: list[tuple[np.ndarray, np.ndarray]]  # (framed image uint8 [h, w], maps [2, h, w])
     has_brain: bool
     truth: HeadTruth | None  # full-size truth, kept for validation only
     group: str
