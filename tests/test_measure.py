@@ -402,6 +402,18 @@ def test_head_training_can_start_from_a_trained_model(head_run, tiny_cohort, tmp
     assert bad.exit_code == 2 and "no head model file" in bad.output
 
 
+def test_the_head_outline_is_its_largest_part_filled():
+    from neurosono.measure.head import _largest_part
+
+    mask = np.zeros((120, 160), bool)
+    mask[10:90, 10:100] = True  # the head
+    mask[40:50, 40:50] = False  # a hole in it (a dark patch inside the skull)
+    mask[95:110, 120:150] = True  # a smaller bright part elsewhere
+    part = _largest_part(mask)
+    assert part[45, 45] and part[10:90, 10:100].all() and not part[100, 130]
+    assert not _largest_part(np.zeros((20, 20), bool)).any()
+
+
 class _ThresholdNet:
     """Stands in for the head model: the bright part of what it is shown is the head (both maps)."""
 

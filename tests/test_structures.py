@@ -57,6 +57,25 @@ def test_a_window_holds_its_box_at_the_network_scale():
     assert bright[CROP_PX // 2, CROP_PX // 2] and not bright[2, 2]
 
 
+@pytest.mark.parametrize(("angle", "flip"), [(0.0, False), (37.0, True), (-150.0, False)])
+def test_a_window_reads_only_its_pixels_and_still_sees_what_the_whole_image_shows(angle, flip):
+    import cv2
+
+    rng = np.random.default_rng(1)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (420, 640)).astype(np.uint8), (0, 0), 2)
+    for cx, cy, side in [(320.0, 210.0, 300.0), (15.0, 400.0, 120.0), (600.0, 30.0, 40.0)]:
+        # the same window cut from the whole image, smoothed whole where it is shrunk
+        scale = CROP_PX / side
+        source = image.astype(np.float32)
+        if scale < 0.8:
+            source = cv2.GaussianBlur(source, (0, 0), 0.5 / scale)
+        matrix = cv2.getRotationMatrix2D((cx, cy), angle, scale)
+        matrix[:, 2] += (CROP_PX / 2 - cx, CROP_PX / 2 - cy)
+        whole = cv2.warpAffine(source, matrix, (CROP_PX, CROP_PX), flags=cv2.INTER_LINEAR)
+        whole = whole[:, ::-1] if flip else whole
+        assert np.abs(crop(image, cx, cy, side, angle, flip) - whole).max() < 0.1  # grey levels of 255
+
+
 def test_sizes_are_the_networks_share_of_the_window_in_mm():
     image = np.full((300, 400), 80, np.uint8)
     detections = [
