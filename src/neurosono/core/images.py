@@ -246,3 +246,21 @@ def _read_dicom(
         "bits": int(ds.get("BitsAllocated", 8)),
     }
     return LoadedImage(Path(where), pixels, _dicom_spacing(ds), "dicom", info, colour)
+
+
+def smoothed_region(
+    image: np.ndarray, x0: int, y0: int, x1: int, y1: int, sigma: float
+) -> tuple[np.ndarray, int, int]:
+    """The pixels [y0:y1, x0:x1] of ``image`` (clipped to it) as float32, Gaussian-smoothed by
+    ``sigma`` (0: not smoothed), with the image pixel at their top left. They are read with the
+    smoothing's reach round them, so they equal the same pixels of the whole image smoothed,
+    while only the region's pixels are read."""
+    import cv2
+
+    reach = int(np.ceil(4 * sigma)) + 2 if sigma else 0  # OpenCV's kernel radius is 4 sigma
+    x0, y0 = max(0, x0 - reach), max(0, y0 - reach)
+    x1, y1 = min(image.shape[1], x1 + reach), min(image.shape[0], y1 + reach)
+    source = image[y0 : max(0, y1), x0 : max(0, x1)].astype(np.float32)  # a region past the image: empty
+    if sigma and source.size:
+        source = cv2.GaussianBlur(source, (0, 0), sigma)
+    return source, x0, y0

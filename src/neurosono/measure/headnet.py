@@ -126,16 +126,12 @@ class Frame:
 
         Only the part of the image the frame sees (and the smoothing's reach round it) is
         read, so a frame round a head costs what the head's pixels cost, not the image's."""
+        from neurosono.core.images import smoothed_region
+
         sigma = 0.5 / self.scale if self.scale < 0.8 else 0.0
-        reach = int(np.ceil(4 * sigma)) + 2 if sigma else 0  # OpenCV's kernel radius is 4 sigma
-        x0, y0, x1, y1 = self.window(image.shape)
-        x0, y0 = max(0, x0 - reach), max(0, y0 - reach)
-        x1, y1 = min(image.shape[1], x1 + reach), min(image.shape[0], y1 + reach)
-        source = image[y0:y1, x0:x1].astype(np.float32)
+        source, x0, y0 = smoothed_region(image, *self.window(image.shape), sigma)
         if source.size == 0:
             return np.zeros((self.size[1], self.size[0]), np.float32)
-        if sigma:
-            source = cv2.GaussianBlur(source, (0, 0), sigma)
         return cv2.warpAffine(source, self.matrix((x0, y0)), tuple(self.size), flags=cv2.INTER_LINEAR)
 
     def window(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:

@@ -76,19 +76,17 @@ def crop(
     image: np.ndarray, cx: float, cy: float, side: float, angle_deg: float = 0.0, flip: bool = False
 ) -> np.ndarray:
     """The square window (centre, side in pixels, turned by ``angle_deg``) as CROP_PX x CROP_PX grey."""
+    from neurosono.core.images import smoothed_region
+
     scale = CROP_PX / side
-    sigma = 0.5 / scale if scale < 0.8 else 0.0
-    # Only the part of the image a window turned any way can see (and the smoothing's reach
-    # round it) is read: a crop costs its own pixels, not the whole image's.
-    reach = side * 0.5 * np.sqrt(2) + (int(np.ceil(4 * sigma)) if sigma else 0) + 2
-    x0, y0 = max(0, int(cx - reach)), max(0, int(cy - reach))
-    x1 = min(image.shape[1], int(np.ceil(cx + reach)) + 1)
-    y1 = min(image.shape[0], int(np.ceil(cy + reach)) + 1)
-    if x1 <= x0 or y1 <= y0:
+    # Only the part of the image a window turned any way can see is read (its half-diagonal
+    # round the centre, and a pixel or two for the interpolation): a crop costs its own
+    # pixels, not the whole image's.
+    reach = side * 0.5 * np.sqrt(2) + 2
+    box = (int(cx - reach), int(cy - reach), int(np.ceil(cx + reach)) + 1, int(np.ceil(cy + reach)) + 1)
+    source, x0, y0 = smoothed_region(image, *box, 0.5 / scale if scale < 0.8 else 0.0)
+    if source.size == 0:
         return np.zeros((CROP_PX, CROP_PX), np.float32)
-    source = image[y0:y1, x0:x1].astype(np.float32)
-    if sigma:
-        source = cv2.GaussianBlur(source, (0, 0), sigma)
     matrix = cv2.getRotationMatrix2D((cx - x0, cy - y0), angle_deg, scale)
     matrix[:, 2] += (CROP_PX / 2 - (cx - x0), CROP_PX / 2 - (cy - y0))
     out = cv2.warpAffine(source, matrix, (CROP_PX, CROP_PX), flags=cv2.INTER_LINEAR)
