@@ -403,15 +403,17 @@ def test_head_training_can_start_from_a_trained_model(head_run, tiny_cohort, tmp
 
 
 def test_the_head_outline_is_its_largest_part_filled():
-    from neurosono.measure.head import _largest_part
+    from neurosono.measure.head import measure_head
 
-    mask = np.zeros((120, 160), bool)
-    mask[10:90, 10:100] = True  # the head
-    mask[40:50, 40:50] = False  # a hole in it (a dark patch inside the skull)
-    mask[95:110, 120:150] = True  # a smaller bright part elsewhere
-    part = _largest_part(mask)
-    assert part[45, 45] and part[10:90, 10:100].all() and not part[100, 130]
-    assert not _largest_part(np.zeros((20, 20), bool)).any()
+    head = Ellipse(200.0, 150.0, 260.0, 200.0, 15.0)
+    maps = np.zeros((2, 300, 400), np.float32)
+    maps[0][head.mask((300, 400))] = 1.0
+    maps[0][Ellipse(200.0, 150.0, 150.0, 110.0, 15.0).mask((300, 400))] = 0.0  # a dark patch inside
+    maps[0][270:295, 350:395] = 1.0  # a smaller bright part elsewhere
+    maps[1] = maps[0]
+    measured = measure_head(maps, 0.2)
+    assert measured.fit_dice > 0.98  # the patch is part of the head, the stray part is not
+    assert measured.values["hc_mm"] == pytest.approx(head.perimeter * 0.2, rel=0.01)
 
 
 class _ThresholdNet:
