@@ -57,6 +57,21 @@ def test_borderline_cases_exist_on_both_sides() -> None:
     assert all(a.cisterna_magna_mm < CISTERNA_MAGNA_MIN_MM and a.lemon_mm > 0 for a in chiari)
 
 
+def test_a_monoventricle_records_no_atrium_and_its_case_no_ventriculomegaly_truth() -> None:
+    from neurosono.data.format import Case
+    from neurosono.evaluate.biometry import true_hints
+
+    rng = np.random.default_rng(14)
+    anatomy = sample_anatomy(rng, "holoprosencephaly")
+    assert anatomy.monoventricle and anatomy.atrium_mm >= ATRIUM_MAX_MM  # the drawn ventricle is large
+    recorded = anatomy.measurements()
+    assert recorded["atrium_mm"] == 0.0 and recorded["csp_width_mm"] == 0.0
+    case = Case("c", "abnormal", extra={k: f"{v:g}" for k, v in recorded.items()})
+    assert "ventriculomegaly" not in true_hints(case)
+    mild = sample_anatomy(rng, "ventriculomegaly_mild").measurements()
+    assert true_hints(Case("m", "abnormal", extra={k: f"{v:g}" for k, v in mild.items()}))["ventriculomegaly"]
+
+
 def test_biometry_follows_gestational_age() -> None:
     rng = np.random.default_rng(14)
     early = [sample_anatomy(rng, "normal", ga_weeks=19.2) for _ in range(100)]

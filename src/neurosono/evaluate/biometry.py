@@ -53,7 +53,7 @@ def true_hints(case) -> dict[str, bool]:
     """The findings a hint should report, from a dataset's true measurements (where recorded)."""
     truth: dict[str, bool] = {}
     atrium = _true_value(case, "atrium_mm")
-    if atrium is not None:
+    if atrium is not None and atrium > 0:  # 0: no atrium to measure (a monoventricle)
         truth["ventriculomegaly"] = atrium >= ATRIUM_LIMITS_MM["mild"]
     cisterna = _true_value(case, "cisterna_magna_mm")
     if cisterna is not None:

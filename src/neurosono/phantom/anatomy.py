@@ -122,7 +122,9 @@ class Anatomy:
             "ofd_mm": round(self.ofd_mm, 2),
             "hc_mm": round(self.hc_mm, 1),
             "cephalic_index": round(self.cephalic_index, 3),
-            "atrium_mm": round(self.atrium_mm, 2),
+            # A monoventricle (alobar holoprosencephaly) has no atrium to measure: 0, like an
+            # absent CSP's width; its own size is the rendering's, not a Vp.
+            "atrium_mm": 0.0 if self.monoventricle else round(self.atrium_mm, 2),
             "csp_width_mm": round(self.csp_width_mm, 2),
             "tcd_mm": round(self.tcd_mm, 2),
             "cisterna_magna_mm": round(self.cisterna_magna_mm, 2),
@@ -244,7 +246,7 @@ def _apply_finding(rng: np.random.Generator, a: Anatomy) -> None:
         a.csp_width_mm = 0.0
         a.thalami_fused = True
         a.monoventricle = True
-        a.atrium_mm = float(rng.uniform(14.0, 24.0))
+        a.atrium_mm = float(rng.uniform(14.0, 24.0))  # sizes the monoventricle (no atrium is recorded)
         a.choroid_fill = float(rng.uniform(0.25, 0.45))
     elif f == "chiari_ii":
         a.cisterna_magna_mm = float(rng.uniform(0.0, 1.8))
