@@ -273,3 +273,50 @@ def test_the_realistic_look_frames_wide_by_default_and_the_plain_look_never() ->
     assert all(job.wide_zoom for job in plan_cohort(CohortConfig(cases=3, seed=8, size=96)))
     closer = plan_cohort(CohortConfig(cases=3, seed=8, size=96, wide_zoom=False))
     assert not any(job.wide_zoom for job in closer)
+
+
+def test_a_wider_zoom_range_frames_small_heads_and_heads_cut_by_the_image() -> None:
+    from neurosono.phantom.anatomy import sample_anatomy
+    from neurosono.phantom.render import REALISTIC
+
+    rng = np.random.default_rng(13)
+    shape = (480, 692)
+    widths, taller = [], 0
+    for index in range(400):
+        anatomy = sample_anatomy(rng, "normal")
+        style = sample_center(3, index % 8)
+        pose = sample_pose(anatomy, style, shape, rng, REALISTIC, wide_zoom=True, zoom_range=(0.2, 1.4))
+        widths.append((anatomy.ofd_mm + 2 * anatomy.skull_mm) / pose.spacing_mm / shape[1])
+        taller += 2 * (anatomy.bpd_mm / 2 + anatomy.skull_mm) / pose.spacing_mm > shape[0] + 1
+        assert 0 <= pose.center_y <= shape[0]  # a head cut at both ends still has its centre inside
+    widths = np.array(widths)
+    assert widths.min() < 0.25 and widths.max() > 1.1 and widths.max() <= 1.4 * 1.08 + 1e-6
+    assert taller > 0  # some heads are cut at the top and bottom too
+
+
+def test_the_default_zoom_range_leaves_the_images_as_they_were() -> None:
+    from neurosono.phantom.render import REALISTIC_ZOOM
+
+    default = render_case(plan_cohort(CohortConfig(cases=2, seed=9, size=128))[1])
+    same = render_case(plan_cohort(CohortConfig(cases=2, seed=9, size=128, zoom_range=REALISTIC_ZOOM))[1])
+    for plane in default[2]:
+        assert np.array_equal(default[2][plane], same[2][plane])
+    with pytest.raises(ValueError, match="zoom-range"):
+        CohortConfig(cases=2, zoom_range=(0.5, 0.4)).validate()
+    with pytest.raises(ValueError, match="wide zoom"):
+        CohortConfig(cases=2, wide_zoom=False, zoom_range=(0.2, 1.2)).validate()
+
+
+def test_images_stretched_to_squares_keep_their_boxes_and_leave_the_spacing_blank(tmp_path: Path) -> None:
+    out = tmp_path / "square"
+    generate_cohort(out, CohortConfig(cases=3, seed=10, size=160, square_share=1.0), workers=1)
+    dataset = Dataset.load(out)
+    assert check_dataset(out).errors == []
+    for case in dataset.cases:
+        for plane, rel in case.images():
+            image = read_grey(dataset.image_path(rel))
+            assert image.shape == (160, 160)
+            assert case.spacing_mm(plane) is None
+            assert read_labels(dataset.label_path(rel))  # the boxes are still there
+    with pytest.raises(ValueError, match="square-share"):
+        CohortConfig(cases=2, square_share=1.5).validate()

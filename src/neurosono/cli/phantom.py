@@ -48,6 +48,20 @@ def synth(
             show_default=False,
         ),
     ] = None,
+    zoom_range: Annotated[
+        str,
+        typer.Option(
+            help="the wide zoom's range: the fractions of the width the head fills, LOW,HIGH "
+            "(above 1: heads larger than the image, cut at its edges)"
+        ),
+    ] = "0.32,1",
+    square_share: Annotated[
+        float,
+        typer.Option(
+            help="share of the images stretched to squares, as some exported real sets are "
+            "(their spacing is left blank)"
+        ),
+    ] = 0.0,
     preview: Annotated[Path | None, typer.Option(help="also write a contact sheet PNG here")] = None,
     workers: Annotated[
         int, typer.Option(help="worker processes, or a local Ray cluster's CPUs (0: one per CPU core)")
@@ -69,7 +83,15 @@ def synth(
         raise fail("give the new cohort folder with --out", EXIT_BAD_INPUT)
     if address and engine is not Engine.ray:
         raise fail("--address goes with --engine ray", EXIT_BAD_INPUT)
-    config = CohortConfig(cases, seed, abnormal_fraction, centers, size, LOOKS[look], tt, wide_zoom)
+    try:
+        low, high = (float(v) for v in zoom_range.split(","))
+    except ValueError:
+        raise fail(
+            f"--zoom-range: give two fractions LOW,HIGH (e.g. 0.32,1), not {zoom_range!r}", EXIT_BAD_INPUT
+        ) from None
+    config = CohortConfig(
+        cases, seed, abnormal_fraction, centers, size, LOOKS[look], tt, wide_zoom, (low, high), square_share
+    )
     try:
         config.validate()
     except ValueError as exc:

@@ -71,6 +71,7 @@ BOX_MARGIN_MM = 0.6  # annotators box a structure with a little context
 # centre's habit), and that zoom's range as the fraction of the width the head fills.
 REALISTIC_FREE_ZOOM = 0.5
 REALISTIC_ZOOM = (0.32, 1.0)
+MIN_ZOOM, MAX_ZOOM = 0.1, 1.5  # the range a cohort may ask for instead
 
 
 @dataclass(frozen=True)
@@ -841,18 +842,24 @@ def sample_pose(
     rng: np.random.Generator,
     look: int = PLAIN,
     wide_zoom: bool = False,
+    zoom_range: tuple[float, float] = REALISTIC_ZOOM,
 ) -> Pose:
     """Head position, rotation, flip and zoom for one acquisition (the realistic look zooms in
     as real second-trimester brain planes do; with ``wide_zoom``, half its acquisitions frame
-    the head anywhere from a third of the width to all of it)."""
+    the head anywhere in ``zoom_range``, as fractions of the width its long axis fills: by
+    default from a third of the width to all of it). Above 1 the head is larger than the
+    image, cut at its sides, and may be cut at its top and bottom too."""
     height, width = frame_shape(size)
     zoom = (style.zoom_realistic if look == REALISTIC else style.zoom) * rng.uniform(0.9, 1.08)
     fill_height = 0.88
     if look == REALISTIC and wide_zoom:
         if rng.random() < REALISTIC_FREE_ZOOM:
             # Real brain planes frame the head from a third of the width to all of it.
-            zoom = math.exp(rng.uniform(math.log(REALISTIC_ZOOM[0]), math.log(REALISTIC_ZOOM[1])))
+            zoom = math.exp(rng.uniform(math.log(zoom_range[0]), math.log(zoom_range[1])))
         fill_height = float(rng.uniform(0.88, 1.0))
+        # A head wider than the image may be taller than it as well (no draw of its own: the
+        # default range never gets here, and its images stay as they were).
+        fill_height *= max(1.0, zoom)
     spacing = (anatomy.ofd_mm + 2 * anatomy.skull_mm) / (zoom * width)
     # A wide image may be too low for the head across: zoom out until it fits its height.
     spacing = max(spacing, (anatomy.bpd_mm + 2 * anatomy.skull_mm) / (fill_height * height))
@@ -860,7 +867,8 @@ def sample_pose(
     cx = width * (0.5 + rng.uniform(-0.07, 0.07))
     cy = height * rng.uniform(0.5, 0.6)
     margin = 0.04 if fill_height <= 0.9 else 0.0
-    cy = min(cy, height - half_h - margin * height)  # keep the far skull inside the image
+    if 2 * half_h <= height:
+        cy = min(cy, height - half_h - margin * height)  # keep the far skull inside the image
     return Pose(
         center_x=float(cx),
         center_y=float(cy),
