@@ -21,6 +21,48 @@ from neurosono.cli.common import (
     out,
 )
 
+# The look and framing options, kept apart so that the command reads as what it does.
+LookOpt = Annotated[
+    Look,
+    typer.Option(
+        help="realistic: the head in its surroundings, as real scans show it; plain: small square heads"
+    ),
+]
+TTOpt = Annotated[bool, typer.Option(help="add a transthalamic image to every case (realistic look)")]
+WideZoom = Annotated[
+    bool | None,
+    typer.Option(
+        "--wide-zoom/--no-wide-zoom",
+        help="frame half the heads from a third of the width to all of it, as real scans do "
+        "[default: on for the realistic look]",
+        show_default=False,
+    ),
+]
+ZoomRange = Annotated[
+    str,
+    typer.Option(
+        help="the wide zoom's range: the fractions of the width the head fills, LOW,HIGH "
+        "(above 1: heads larger than the image, cut at its edges)"
+    ),
+]
+SquareShare = Annotated[
+    float,
+    typer.Option(
+        help="share of the images stretched to squares, as some exported real sets are "
+        "(their spacing is left blank)"
+    ),
+]
+
+
+def _zoom_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise fail(
+            f"--zoom-range: give two fractions LOW,HIGH (e.g. 0.32,1), not {text!r}", EXIT_BAD_INPUT
+        ) from None
+    return low, high
+
 
 def synth(
     out_arg: Annotated[Path | None, typer.Argument(metavar="[OUT]", hidden=True)] = None,
@@ -30,38 +72,11 @@ def synth(
     abnormal_fraction: Annotated[float, typer.Option(help="share of abnormal cases")] = 0.32,
     centers: Annotated[int, typer.Option(help="number of centres (machine styles)")] = 9,
     size: Annotated[int, typer.Option(help="image width in pixels")] = 512,
-    look: Annotated[
-        Look,
-        typer.Option(
-            help="realistic: the head in its surroundings, as real scans show it; plain: small square heads"
-        ),
-    ] = Look.realistic,
-    tt: Annotated[
-        bool, typer.Option(help="add a transthalamic image to every case (realistic look)")
-    ] = False,
-    wide_zoom: Annotated[
-        bool | None,
-        typer.Option(
-            "--wide-zoom/--no-wide-zoom",
-            help="frame half the heads from a third of the width to all of it, as real scans do "
-            "[default: on for the realistic look]",
-            show_default=False,
-        ),
-    ] = None,
-    zoom_range: Annotated[
-        str,
-        typer.Option(
-            help="the wide zoom's range: the fractions of the width the head fills, LOW,HIGH "
-            "(above 1: heads larger than the image, cut at its edges)"
-        ),
-    ] = "0.32,1",
-    square_share: Annotated[
-        float,
-        typer.Option(
-            help="share of the images stretched to squares, as some exported real sets are "
-            "(their spacing is left blank)"
-        ),
-    ] = 0.0,
+    look: LookOpt = Look.realistic,
+    tt: TTOpt = False,
+    wide_zoom: WideZoom = None,
+    zoom_range: ZoomRange = "0.32,1",
+    square_share: SquareShare = 0.0,
     preview: Annotated[Path | None, typer.Option(help="also write a contact sheet PNG here")] = None,
     workers: Annotated[
         int, typer.Option(help="worker processes, or a local Ray cluster's CPUs (0: one per CPU core)")
@@ -83,14 +98,17 @@ def synth(
         raise fail("give the new cohort folder with --out", EXIT_BAD_INPUT)
     if address and engine is not Engine.ray:
         raise fail("--address goes with --engine ray", EXIT_BAD_INPUT)
-    try:
-        low, high = (float(v) for v in zoom_range.split(","))
-    except ValueError:
-        raise fail(
-            f"--zoom-range: give two fractions LOW,HIGH (e.g. 0.32,1), not {zoom_range!r}", EXIT_BAD_INPUT
-        ) from None
     config = CohortConfig(
-        cases, seed, abnormal_fraction, centers, size, LOOKS[look], tt, wide_zoom, (low, high), square_share
+        cases,
+        seed,
+        abnormal_fraction,
+        centers,
+        size,
+        LOOKS[look],
+        tt,
+        wide_zoom,
+        _zoom_range(zoom_range),
+        square_share,
     )
     try:
         config.validate()
