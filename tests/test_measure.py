@@ -169,7 +169,7 @@ def head_run(tmp_path_factory, tiny_cohort):
             "--out",
             str(run),
             "--epochs",
-            "6",
+            "10",
             "--batch",
             "4",
             "--lr",
