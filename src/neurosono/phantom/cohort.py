@@ -93,8 +93,12 @@ class CohortConfig:
             raise ValueError("--square-share must lie between 0 and 1")
         if self.square_share and self.look == PLAIN:
             raise ValueError("--square-share needs the realistic look (the plain look is square already)")
-        if tuple(self.zoom_range) != REALISTIC_ZOOM and not self.zooms_wide:
+        if self.zooms_custom and not self.zooms_wide:
             raise ValueError("--zoom-range needs the wide zoom (realistic look, --wide-zoom)")
+
+    @property
+    def zooms_custom(self) -> bool:
+        return tuple(self.zoom_range) != REALISTIC_ZOOM
 
     @property
     def zooms_wide(self) -> bool:
@@ -189,8 +193,11 @@ def render_case(job: _CaseJob) -> tuple[Case, dict[str, list[Box]], dict[str, np
             extra=own if job.look == REALISTIC else None,
         )
         spacing, head_y = round(pose.spacing_mm, 5), pose.center_y
-        stretch = np.random.default_rng([job.seed, 4000 + job.index, number])
-        if job.square_share and stretch.random() < job.square_share:
+        # The stretch draws from a stream of its own, and only when asked for: the other draws stay.
+        stretched = bool(job.square_share) and (
+            np.random.default_rng([job.seed, 4000 + job.index, number]).random() < job.square_share
+        )
+        if stretched:
             # Stretched to a square: the boxes' image fractions stay, the pixels do not.
             rendered.image = cv2.resize(rendered.image, (shape[1], shape[1]), interpolation=cv2.INTER_AREA)
             spacing, head_y = None, head_y * shape[1] / shape[0]
@@ -312,7 +319,7 @@ def generate_cohort(
                     on_case(case)
         cases = holdout(cases, seed=config.seed)
         look = "realistic look" if config.look == REALISTIC else "plain look"
-        if tuple(config.zoom_range) != REALISTIC_ZOOM:
+        if config.zooms_custom:
             look += f", heads framed {config.zoom_range[0]:g}-{config.zoom_range[1]:g} of the width"
         if config.square_share:
             look += f", {config.square_share:.0%} of the images stretched to squares"

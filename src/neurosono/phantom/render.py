@@ -857,8 +857,8 @@ def sample_pose(
             # Real brain planes frame the head from a third of the width to all of it.
             zoom = math.exp(rng.uniform(math.log(zoom_range[0]), math.log(zoom_range[1])))
         fill_height = float(rng.uniform(0.88, 1.0))
-        # A head wider than the image may be taller than it as well (no draw of its own: the
-        # default range never gets here, and its images stay as they were).
+        # A head wider than the image may be taller than it as well (no draw of its own, and a
+        # factor of 1 within the default range: its images stay as they were).
         fill_height *= max(1.0, zoom)
     spacing = (anatomy.ofd_mm + 2 * anatomy.skull_mm) / (zoom * width)
     # A wide image may be too low for the head across: zoom out until it fits its height.
