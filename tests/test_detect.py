@@ -254,3 +254,29 @@ def test_training_settings_out_of_range_are_refused(field, value, message):
     with pytest.raises(ValueError, match=message):
         DetectTrainConfig(**{field: value}).validate()
     DetectTrainConfig(lr0=5e-4, warmup_epochs=0.0).validate()  # a fine-tuning recipe is accepted
+
+
+def test_a_region_never_detected_scores_zero_whether_or_not_others_are() -> None:
+    from dataclasses import replace
+
+    coco, results = _fixture_results()
+    silent = [
+        replace(r, det_classes=np.zeros(0, int), det_scores=np.zeros(0), det_boxes=np.zeros((0, 4)))
+        for r in results
+    ]
+    nothing = coco_map(coco, silent)
+    assert nothing["map50"] == 0.0
+    assert nothing["per_class_ap50"] == {0: 0.0, 1: 0.0, 2: 0.0}
+    # COCOeval itself gives AP 0 to a region with no detections when other regions have some.
+    without_region_0 = [
+        replace(
+            r,
+            det_classes=r.det_classes[r.det_classes != 0],
+            det_scores=r.det_scores[r.det_classes != 0],
+            det_boxes=r.det_boxes[r.det_classes != 0],
+        )
+        for r in results
+    ]
+    partial = coco_map(coco, without_region_0)["per_class_ap50"]
+    assert partial[0] == 0.0
+    assert partial[1] > 0.5 and partial[2] > 0.5

@@ -115,7 +115,15 @@ def coco_map(coco: dict, results: list[ImageResult], image_ids: list[int] | None
         gt.createIndex()
         dt = gt.loadRes(detections) if detections else None
         if dt is None:
-            return {"map50": 0.0, "map50_95": 0.0, "per_class_ap50": {}}
+            # No detection anywhere: every region with ground truth scores AP 0, as COCOeval
+            # scores a region without detections when others have some.
+            wanted = None if image_ids is None else set(image_ids)
+            with_truth = {
+                a["category_id"] - CATEGORY_OFFSET
+                for a in coco["annotations"]
+                if wanted is None or a["image_id"] in wanted
+            }
+            return {"map50": 0.0, "map50_95": 0.0, "per_class_ap50": dict.fromkeys(sorted(with_truth), 0.0)}
         evaluator = COCOeval_faster(gt, dt, "bbox", print_function=lambda *a, **k: None)
         evaluator.params.maxDets = [1, 10, MAX_DET]
         if image_ids is not None:

@@ -136,8 +136,9 @@ def decode_nodes(model_path: Path) -> list[str]:
     return [n.name for n in graph.node if n.name.startswith(f"/{head}/") and not n.name.startswith(branches)]
 
 
-def quantize_file(source: Path, target: Path, feeds: list[dict], exclude: list[str] | None = None) -> None:
-    """``source`` quantised to int8 into ``target``, ranges from ``feeds``."""
+def quantize_file(source: Path, target: Path, feeds: list[dict], keep_decoding: bool = False) -> int:
+    """``source`` quantised to int8 into ``target``, ranges from ``feeds``; with ``keep_decoding``
+    the detector's decoding stays fp32. Returns how many nodes were kept fp32."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -146,6 +147,8 @@ def quantize_file(source: Path, target: Path, feeds: list[dict], exclude: list[s
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / source.name
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        # Named on the graph being quantised: pre-processing folds some of the source's nodes away.
+        exclude = decode_nodes(prepared) if keep_decoding else []
         quantize_static(
             str(prepared),
             str(target),
@@ -155,8 +158,9 @@ def quantize_file(source: Path, target: Path, feeds: list[dict], exclude: list[s
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=exclude or [],
+            nodes_to_exclude=exclude,
         )
+    return len(exclude)
 
 
 def _cohort(dataset: str | Path | None, seed: int, cases: int, folder: Path, notify) -> Dataset:
@@ -377,9 +381,10 @@ def _quantise_all(feeds: dict[str, list[dict]], fp32_dir: Path, int8_dir: Path, 
     files: dict[str, dict] = {}
     for file, recorded in feeds.items():
         notify(f"quantising {file} ({len(recorded)} calibration inputs)")
-        exclude = decode_nodes(fp32_dir / file) if file == DETECTOR_ONNX else []
-        quantize_file(fp32_dir / file, int8_dir / file, recorded, exclude)
-        files[file] = {"calibration_inputs": len(recorded), "nodes_kept_fp32": len(exclude)}
+        kept_fp32 = quantize_file(
+            fp32_dir / file, int8_dir / file, recorded, keep_decoding=file == DETECTOR_ONNX
+        )
+        files[file] = {"calibration_inputs": len(recorded), "nodes_kept_fp32": kept_fp32}
     return files
 
 
