@@ -53,6 +53,14 @@ SquareShare = Annotated[
     ),
 ]
 
+DisplayShare = Annotated[
+    float,
+    typer.Option(
+        help="share of the images exported as public sets hold them: gain crushed or greys lifted, "
+        "whole frames rotated with filled corners and loose boxes"
+    ),
+]
+
 
 def _zoom_range(text: str) -> tuple[float, float]:
     try:
@@ -77,6 +85,7 @@ def synth(
     wide_zoom: WideZoom = None,
     zoom_range: ZoomRange = "0.32,1",
     square_share: SquareShare = 0.0,
+    display_share: DisplayShare = 0.0,
     preview: Annotated[Path | None, typer.Option(help="also write a contact sheet PNG here")] = None,
     workers: Annotated[
         int, typer.Option(help="worker processes, or a local Ray cluster's CPUs (0: one per CPU core)")
@@ -109,6 +118,7 @@ def synth(
         wide_zoom,
         _zoom_range(zoom_range),
         square_share,
+        display_share,
     )
     try:
         config.validate()

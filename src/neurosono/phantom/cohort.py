@@ -36,6 +36,7 @@ from neurosono.data.split import holdout
 from neurosono.models import HEAD_REGION
 from neurosono.phantom.anatomy import sample_anatomy, sample_finding
 from neurosono.phantom.centers import CenterStyle, sample_center
+from neurosono.phantom.display import redisplay, sample_export
 from neurosono.phantom.render import (
     MAX_ZOOM,
     MIN_ZOOM,
@@ -67,6 +68,9 @@ class CohortConfig:
     # The share of images stretched to a square, as some exported real sets are (a 692 x 480
     # scan saved at 256 x 256): their pixels are no longer square, so their spacing is blank.
     square_share: float = 0.0
+    # The share of images exported as public sets hold them (phantom/display.py): gain
+    # crushed or greys lifted, whole frames rotated with filled corners and loose boxes.
+    display_share: float = 0.0
 
     def validate(self) -> None:
         if self.cases < 1:
@@ -93,6 +97,10 @@ class CohortConfig:
             raise ValueError("--square-share must lie between 0 and 1")
         if self.square_share and self.look == PLAIN:
             raise ValueError("--square-share needs the realistic look (the plain look is square already)")
+        if not 0 <= self.display_share <= 1:
+            raise ValueError("--display-share must lie between 0 and 1")
+        if self.display_share and self.look == PLAIN:
+            raise ValueError("--display-share needs the realistic look")
         if self.zooms_custom and not self.zooms_wide:
             raise ValueError("--zoom-range needs the wide zoom (realistic look, --wide-zoom)")
 
@@ -123,6 +131,7 @@ class _CaseJob:
     wide_zoom: bool = False
     zoom_range: tuple[float, float] = REALISTIC_ZOOM
     square_share: float = 0.0
+    display_share: float = 0.0
 
 
 def plan_cohort(config: CohortConfig) -> list[_CaseJob]:
@@ -152,6 +161,7 @@ def plan_cohort(config: CohortConfig) -> list[_CaseJob]:
             wide_zoom=config.zooms_wide,
             zoom_range=tuple(config.zoom_range),
             square_share=config.square_share,
+            display_share=config.display_share,
         )
         for i in range(config.cases)
     ]
@@ -192,25 +202,43 @@ def render_case(job: _CaseJob) -> tuple[Case, dict[str, list[Box]], dict[str, np
             look=job.look,
             extra=own if job.look == REALISTIC else None,
         )
-        spacing, head_y = round(pose.spacing_mm, 5), pose.center_y
+        spacing = round(pose.spacing_mm, 5)
         # The stretch draws from a stream of its own, and only when asked for: the other draws stay.
         stretched = bool(job.square_share) and (
             np.random.default_rng([job.seed, 4000 + job.index, number]).random() < job.square_share
         )
+        head_xy = (pose.center_x, pose.center_y)
         if stretched:
             # Stretched to a square: the boxes' image fractions stay, the pixels do not.
             rendered.image = cv2.resize(rendered.image, (shape[1], shape[1]), interpolation=cv2.INTER_AREA)
-            spacing, head_y = None, head_y * shape[1] / shape[0]
-        images[plane] = rendered.image
-        boxes[plane] = [
+            spacing, head_xy = None, (head_xy[0], head_xy[1] * shape[1] / shape[0])
+        plane_boxes = [
             Box.from_xyxy(regions.index(region), *xyxy, shape[1], shape[0])
             for region, xyxy in rendered.boxes.items()
         ]
+        angle = pose.angle_deg
+        # The export draws from a stream of its own too, and only when asked for.
+        exports = np.random.default_rng([job.seed, 5000 + job.index, number])
+        if job.display_share:
+            extra[f"{plane}_export"] = ""
+            if exports.random() < job.display_share:
+                export = sample_export(exports)
+                height, width = rendered.image.shape[:2]
+                box_px = {regions[b.class_id]: b.to_xyxy(width, height) for b in plane_boxes}
+                rendered.image, box_px, head_xy = redisplay(rendered.image, box_px, export, head_xy)
+                plane_boxes = [
+                    Box.from_xyxy(regions.index(region), *xyxy, width, height)
+                    for region, xyxy in box_px.items()
+                ]
+                angle += export.rotation_deg
+                extra[f"{plane}_export"] = export.describe()
+        images[plane] = rendered.image
+        boxes[plane] = plane_boxes
         setattr(case, f"{plane}_pixel_spacing_mm", spacing)
-        extra[f"{plane}_angle_deg"] = f"{pose.angle_deg:.2f}"
+        extra[f"{plane}_angle_deg"] = f"{angle:.2f}"
         extra[f"{plane}_flip"] = str(int(pose.flip))
-        extra[f"{plane}_head_x_px"] = f"{pose.center_x:.1f}"
-        extra[f"{plane}_head_y_px"] = f"{head_y:.1f}"
+        extra[f"{plane}_head_x_px"] = f"{head_xy[0]:.1f}"
+        extra[f"{plane}_head_y_px"] = f"{head_xy[1]:.1f}"
     case.extra = extra
     return case, boxes, images
 
@@ -323,6 +351,9 @@ def generate_cohort(
             look += f", heads framed {config.zoom_range[0]:g}-{config.zoom_range[1]:g} of the width"
         if config.square_share:
             look += f", {config.square_share:.0%} of the images stretched to squares"
+        if config.display_share:
+            look += f", {config.display_share:.0%} of the images exported with gain, greys or "
+            look += "rotation changed"
         spec = default_spec(
             name=f"phantom-seed{config.seed}-n{config.cases}",
             source=f"neurosono {__version__} phantom generator, {look} (seed {config.seed})",
