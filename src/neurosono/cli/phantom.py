@@ -61,6 +61,14 @@ DisplayShare = Annotated[
     ),
 ]
 
+TurnBoxes = Annotated[
+    str,
+    typer.Option(
+        help="boxes of a turned frame: tight (each region boxed again) or loose (the box round each "
+        "turned box, as augmentation tools leave them)"
+    ),
+]
+
 
 def _zoom_range(text: str) -> tuple[float, float]:
     try:
@@ -86,6 +94,7 @@ def synth(
     zoom_range: ZoomRange = "0.32,1",
     square_share: SquareShare = 0.0,
     display_share: DisplayShare = 0.0,
+    turn_boxes: TurnBoxes = "tight",
     preview: Annotated[Path | None, typer.Option(help="also write a contact sheet PNG here")] = None,
     workers: Annotated[
         int, typer.Option(help="worker processes, or a local Ray cluster's CPUs (0: one per CPU core)")
@@ -119,6 +128,7 @@ def synth(
         _zoom_range(zoom_range),
         square_share,
         display_share,
+        turn_boxes,
     )
     try:
         config.validate()

@@ -36,7 +36,7 @@ from neurosono.data.split import holdout
 from neurosono.models import HEAD_REGION
 from neurosono.phantom.anatomy import sample_anatomy, sample_finding
 from neurosono.phantom.centers import CenterStyle, sample_center
-from neurosono.phantom.display import redisplay, sample_export
+from neurosono.phantom.display import TURN_BOXES, redisplay, sample_export
 from neurosono.phantom.render import (
     MAX_ZOOM,
     MIN_ZOOM,
@@ -71,6 +71,9 @@ class CohortConfig:
     # The share of images exported as public sets hold them (phantom/display.py): gain
     # crushed or greys lifted, whole frames rotated with filled corners and loose boxes.
     display_share: float = 0.0
+    # A turned frame's boxes: tight (each region boxed again) or loose (the box round each
+    # turned box, as augmentation tools leave them).
+    turn_boxes: str = "tight"
 
     def validate(self) -> None:
         if self.cases < 1:
@@ -101,6 +104,8 @@ class CohortConfig:
             raise ValueError("--display-share must lie between 0 and 1")
         if self.display_share and self.look == PLAIN:
             raise ValueError("--display-share needs the realistic look")
+        if self.turn_boxes not in TURN_BOXES:
+            raise ValueError(f"--turn-boxes must be one of {', '.join(TURN_BOXES)}, not {self.turn_boxes!r}")
         if self.zooms_custom and not self.zooms_wide:
             raise ValueError("--zoom-range needs the wide zoom (realistic look, --wide-zoom)")
 
@@ -132,6 +137,7 @@ class _CaseJob:
     zoom_range: tuple[float, float] = REALISTIC_ZOOM
     square_share: float = 0.0
     display_share: float = 0.0
+    turn_boxes: str = "tight"
 
 
 def plan_cohort(config: CohortConfig) -> list[_CaseJob]:
@@ -162,6 +168,7 @@ def plan_cohort(config: CohortConfig) -> list[_CaseJob]:
             zoom_range=tuple(config.zoom_range),
             square_share=config.square_share,
             display_share=config.display_share,
+            turn_boxes=config.turn_boxes,
         )
         for i in range(config.cases)
     ]
@@ -201,6 +208,7 @@ def render_case(job: _CaseJob) -> tuple[Case, dict[str, list[Box]], dict[str, np
             draw,
             look=job.look,
             extra=own if job.look == REALISTIC else None,
+            keep_structures=bool(job.display_share) and job.turn_boxes == "tight",
         )
         spacing = round(pose.spacing_mm, 5)
         # The stretch draws from a stream of its own, and only when asked for: the other draws stay.
@@ -211,6 +219,10 @@ def render_case(job: _CaseJob) -> tuple[Case, dict[str, list[Box]], dict[str, np
         if stretched:
             # Stretched to a square: the boxes' image fractions stay, the pixels do not.
             rendered.image = cv2.resize(rendered.image, (shape[1], shape[1]), interpolation=cv2.INTER_AREA)
+            if rendered.structures is not None:
+                rendered.structures = cv2.resize(
+                    rendered.structures, (shape[1], shape[1]), interpolation=cv2.INTER_NEAREST
+                )
             spacing, head_xy = None, (head_xy[0], head_xy[1] * shape[1] / shape[0])
         plane_boxes = [
             Box.from_xyxy(regions.index(region), *xyxy, shape[1], shape[0])
@@ -225,7 +237,9 @@ def render_case(job: _CaseJob) -> tuple[Case, dict[str, list[Box]], dict[str, np
                 export = sample_export(exports)
                 height, width = rendered.image.shape[:2]
                 box_px = {regions[b.class_id]: b.to_xyxy(width, height) for b in plane_boxes}
-                rendered.image, box_px, head_xy = redisplay(rendered.image, box_px, export, head_xy)
+                rendered.image, box_px, head_xy = redisplay(
+                    rendered.image, box_px, export, head_xy, rendered.structures, pose.spacing_mm
+                )
                 plane_boxes = [
                     Box.from_xyxy(regions.index(region), *xyxy, width, height)
                     for region, xyxy in box_px.items()
@@ -353,7 +367,9 @@ def generate_cohort(
             look += f", {config.square_share:.0%} of the images stretched to squares"
         if config.display_share:
             look += f", {config.display_share:.0%} of the images exported with gain, greys or "
-            look += "rotation changed"
+            look += "rotation changed" + (
+                ", loose boxes on turned frames" if config.turn_boxes == "loose" else ""
+            )
         spec = default_spec(
             name=f"phantom-seed{config.seed}-n{config.cases}",
             source=f"neurosono {__version__} phantom generator, {look} (seed {config.seed})",

@@ -6,6 +6,10 @@ greys lifted and the contrast flattened, and augmentation tools rotate whole fra
 the corners and boxing the rotated boxes loosely again. ``redisplay`` applies one such
 export to a rendered image and its boxes; the cohort draws it from a stream of its own, so
 the rest of a cohort stays image for image.
+
+A turned frame's boxes are either ``loose`` (the box round each turned box, as augmentation
+tools and the sets made with them box them) or ``tight`` (each region's own box, found
+again in the turned map of structures, as an annotator boxes a head that lies tilted).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ MAX_ROTATION_DEG = 30.0
 # A box rotated partly out of the frame is kept while this share of it stays inside.
 MIN_VISIBLE_SHARE = 0.4
 TONES = ("dark", "lifted", "as-is")
+TURN_BOXES = ("tight", "loose")
 TONE_WEIGHTS = (0.45, 0.25, 0.30)
 ROTATED_SHARE = 0.6
 
@@ -101,8 +106,14 @@ def redisplay(
     boxes: dict[str, tuple[float, float, float, float]],
     export: Export,
     head_xy: tuple[float, float],
+    structures: np.ndarray | None = None,
+    spacing_mm: float = 1.0,
 ) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]], tuple[float, float]]:
-    """The image as exported, its boxes (pixels, xyxy) and the head centre moved with it."""
+    """The image as exported, its boxes (pixels, xyxy) and the head centre moved with it.
+
+    With the image's map of ``structures`` (labels, 0 outside the image's field), a turned
+    frame's boxes are tight: each region boxed again in the turned map (``spacing_mm`` sets
+    the boxes' margin); without it, loose."""
     shape = image.shape[:2]
     if export.rotation_deg:
         matrix = rotation_matrix(shape, export.rotation_deg)
@@ -116,12 +127,20 @@ def redisplay(
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=0,
         )
-        moved = {}
-        for region, xyxy in boxes.items():
-            box = _rotate_box(xyxy, matrix, shape)
-            if box is not None:
-                moved[region] = box
-        boxes = moved
+        if structures is not None:
+            from neurosono.phantom.render import region_boxes
+
+            turned = cv2.warpAffine(
+                structures, matrix, (shape[1], shape[0]), flags=cv2.INTER_NEAREST, borderValue=0
+            )
+            boxes = region_boxes(turned, turned > 0, tuple(boxes), spacing_mm)
+        else:
+            moved = {}
+            for region, xyxy in boxes.items():
+                box = _rotate_box(xyxy, matrix, shape)
+                if box is not None:
+                    moved[region] = box
+            boxes = moved
         hx, hy = matrix @ np.array([head_xy[0], head_xy[1], 1.0])
         head_xy = (float(hx), float(hy))
     return _tone(image, export), boxes, head_xy
