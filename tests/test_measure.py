@@ -101,7 +101,8 @@ def test_a_missing_structure_gives_no_number_and_no_hint():
 @pytest.mark.parametrize(
     ("values", "ga", "found"),
     [
-        ({"atrium_mm": 9.9}, 21, set()),
+        ({"atrium_mm": 9.4}, 21, set()),
+        ({"atrium_mm": 9.7}, 21, {"ventriculomegaly_borderline"}),
         ({"atrium_mm": 10.5}, 21, {"ventriculomegaly_mild"}),
         ({"atrium_mm": 13.0}, 21, {"ventriculomegaly_moderate"}),
         ({"atrium_mm": 16.0}, 21, {"ventriculomegaly_severe"}),
@@ -502,3 +503,13 @@ def test_a_head_model_trained_at_another_input_size_keeps_it_everywhere(tiny_coh
     assert OnnxNet(tmp_path / "onnx" / HEAD_ONNX).input_size == (128, 96)
     bad = runner.invoke(app, [*args[:4], str(tmp_path / "bad"), "--input-size", "100x96"])
     assert bad.exit_code == 2 and "multiples of 16" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_borderline_margin_is_the_shipped_structure_models_atrium_error():
+    import json
+
+    from neurosono.measure.standards import VP_BORDERLINE_MM
+    from neurosono.models import PHANTOM_STRUCTURE_MODEL
+
+    record = json.loads((PHANTOM_STRUCTURE_MODEL / "structures.json").read_text())
+    assert pytest.approx(record["val_metrics"]["mae_mm"]["atrium_mm"], abs=0.05) == VP_BORDERLINE_MM

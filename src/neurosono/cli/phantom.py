@@ -57,7 +57,7 @@ DisplayShare = Annotated[
     float,
     typer.Option(
         help="share of the images exported as public sets hold them: gain crushed or greys lifted, "
-        "whole frames rotated with filled corners and loose boxes"
+        "whole frames turned with filled corners (see --turn-boxes)"
     ),
 ]
 

@@ -3,6 +3,10 @@
 The rules are ISUOG's (basic CNS examination, Ultrasound Obstet Gynecol 2020) and the
 standards' (``standards.py``). A hint stands beside HexaNet's P(abnormal); it never replaces
 it. A rule whose measurement is absent gives no hint: ``present`` is None, with the reason.
+
+A measured atrium just under the 10 mm limit, within the structure model's own error of it,
+is hinted as borderline ventriculomegaly: a reading of 9.7 mm cannot rule out 10 mm, and a
+sonographer re-measures it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from neurosono.measure.standards import (
     HC_CENTILE_LIMITS,
     STANDARDS,
     TCD_LOW_CENTILE,
+    VP_BORDERLINE_MM,
 )
 
 
@@ -36,7 +41,12 @@ def _absent(finding: str, measurement: str, rule: str, reason: str) -> Hint:
 
 
 def ventriculomegaly(values: dict, absent: dict) -> Hint:
-    rule = "atrium (Vp) >= 10 mm: mild 10-12, moderate 12-15, severe > 15 mm"
+    mild = ATRIUM_LIMITS_MM["mild"]
+    rule = (
+        f"atrium (Vp) >= {mild:g} mm: mild {mild:g}-12, moderate 12-15, severe > 15 mm; "
+        f"borderline {mild - VP_BORDERLINE_MM:g}-{mild:g} mm (within the measurement's error of "
+        f"{mild:g} mm: re-measure)"
+    )
     vp = values.get("atrium_mm")
     if vp is None:
         return _absent("ventriculomegaly", "atrium_mm", rule, absent.get("atrium_mm", "not measured"))
@@ -46,7 +56,9 @@ def ventriculomegaly(values: dict, absent: dict) -> Hint:
         else "moderate"
         if vp >= ATRIUM_LIMITS_MM["moderate"]
         else "mild"
-        if vp >= ATRIUM_LIMITS_MM["mild"]
+        if vp >= mild
+        else "borderline"
+        if vp >= mild - VP_BORDERLINE_MM
         else ""
     )
     return Hint(

@@ -99,6 +99,9 @@ STANDARDS: dict[str, Standard] = {
 
 # Fixed clinical limits (mm), ISUOG 2020 basic CNS examination.
 ATRIUM_LIMITS_MM = {"mild": 10.0, "moderate": 12.0, "severe": 15.0}  # Vp >= 10 mm: ventriculomegaly
+# Vp readings this close under 10 mm are hinted borderline: the shipped structure model's
+# mean absolute error for the atrium on its validation windows (0.50 mm).
+VP_BORDERLINE_MM = 0.5
 CISTERNA_MAGNA_LIMITS_MM = (2.0, 10.0)  # normal between; < 2 obliterated, > 10 enlarged
 CSP_MIN_MM = 1.0  # a CSP narrower than this is reported as not seen
 HC_CENTILE_LIMITS = (3.0, 97.0)

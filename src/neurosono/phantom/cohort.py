@@ -228,24 +228,8 @@ def render_case(job: _CaseJob) -> tuple[Case, dict[str, list[Box]], dict[str, np
             Box.from_xyxy(regions.index(region), *xyxy, shape[1], shape[0])
             for region, xyxy in rendered.boxes.items()
         ]
-        angle = pose.angle_deg
-        # The export draws from a stream of its own too, and only when asked for.
-        exports = np.random.default_rng([job.seed, 5000 + job.index, number])
-        if job.display_share:
-            extra[f"{plane}_export"] = ""
-            if exports.random() < job.display_share:
-                export = sample_export(exports)
-                height, width = rendered.image.shape[:2]
-                box_px = {regions[b.class_id]: b.to_xyxy(width, height) for b in plane_boxes}
-                rendered.image, box_px, head_xy = redisplay(
-                    rendered.image, box_px, export, head_xy, rendered.structures, pose.spacing_mm
-                )
-                plane_boxes = [
-                    Box.from_xyxy(regions.index(region), *xyxy, width, height)
-                    for region, xyxy in box_px.items()
-                ]
-                angle += export.rotation_deg
-                extra[f"{plane}_export"] = export.describe()
+        plane_boxes, head_xy, turn = _export(job, number, plane, rendered, plane_boxes, head_xy, pose, extra)
+        angle = pose.angle_deg + turn
         images[plane] = rendered.image
         boxes[plane] = plane_boxes
         setattr(case, f"{plane}_pixel_spacing_mm", spacing)
@@ -255,6 +239,37 @@ def render_case(job: _CaseJob) -> tuple[Case, dict[str, list[Box]], dict[str, np
         extra[f"{plane}_head_y_px"] = f"{head_xy[1]:.1f}"
     case.extra = extra
     return case, boxes, images
+
+
+def _export(
+    job: _CaseJob,
+    number: int,
+    plane: str,
+    rendered,
+    plane_boxes: list[Box],
+    head_xy: tuple[float, float],
+    pose,
+    extra: dict[str, str],
+) -> tuple[list[Box], tuple[float, float], float]:
+    """A plane's export display (``rendered.image`` replaced in place): its boxes, the head
+    centre and the frame's turn in degrees. The export draws from a stream of its own too,
+    and only when asked for."""
+    if not job.display_share:
+        return plane_boxes, head_xy, 0.0
+    extra[f"{plane}_export"] = ""
+    exports = np.random.default_rng([job.seed, 5000 + job.index, number])
+    if exports.random() >= job.display_share:
+        return plane_boxes, head_xy, 0.0
+    export = sample_export(exports)
+    regions = region_names(job.look)
+    height, width = rendered.image.shape[:2]
+    box_px = {regions[b.class_id]: b.to_xyxy(width, height) for b in plane_boxes}
+    rendered.image, box_px, head_xy = redisplay(
+        rendered.image, box_px, export, head_xy, rendered.structures, pose.spacing_mm
+    )
+    extra[f"{plane}_export"] = export.describe()
+    boxes = [Box.from_xyxy(regions.index(region), *xyxy, width, height) for region, xyxy in box_px.items()]
+    return boxes, head_xy, export.rotation_deg
 
 
 def region_names(look: int) -> list[str]:
