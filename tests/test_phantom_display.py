@@ -49,10 +49,6 @@ def test_dark_export_keeps_the_bright_skull_and_crushes_the_parenchyma() -> None
     assert abs(int(lifted.min()) - 0.3 * 255) <= 1  # black shown grey, as lifted exports show it
 
 
-def _boxes_of(job, plane: str):
-    return render_case(job)[1][plane]
-
-
 def _ellipse_points(ellipse) -> np.ndarray:
     t = np.linspace(0, 2 * np.pi, 90, endpoint=False)
     theta = np.radians(ellipse.angle_deg)
@@ -69,7 +65,7 @@ def test_cohort_exports_come_from_their_own_stream(turn_boxes: str) -> None:
     exported = CohortConfig(**{**base.__dict__, "display_share": 1.0, "turn_boxes": turn_boxes})
     changed = checked = 0
     for job, job_exported in zip(plan_cohort(base), plan_cohort(exported), strict=True):
-        case, _, images = render_case(job)
+        case, boxes, images = render_case(job)
         case_x, boxes_x, images_x = render_case(job_exported)
         assert case.ga_weeks == case_x.ga_weeks and case.finding == case_x.finding
         for plane in ("tv", "tc"):
@@ -83,24 +79,30 @@ def test_cohort_exports_come_from_their_own_stream(turn_boxes: str) -> None:
         # the part of the true skull ellipse the unturned box held.
         export = case_x.extra["tv_export"]
         head = [b for b in boxes_x["tv"] if REGIONS[b.class_id] == HEAD_REGION]
-        before = [b for b in _boxes_of(job, "tv") if REGIONS[b.class_id] == HEAD_REGION]
+        before = [b for b in boxes["tv"] if REGIONS[b.class_id] == HEAD_REGION]
         if "rotated" in export and head and before and phantom_ellipses(case_x):
             height, width = images_x["tv"].shape[:2]
             turn = float(export.split("rotated ")[1].split(" deg")[0])
             points = _ellipse_points(phantom_ellipses(case)[0])
-            bx0, by0, bx1, by1 = before[0].to_xyxy(width, height)
-            held = points[
-                (points[:, 0] >= bx0) & (points[:, 0] <= bx1) & (points[:, 1] >= by0) & (points[:, 1] <= by1)
-            ]
-            turned = np.c_[held, np.ones(len(held))] @ rotation_matrix((height, width), turn).T
-            turned = turned[
-                (turned[:, 0] >= 0) & (turned[:, 0] < width) & (turned[:, 1] >= 0) & (turned[:, 1] < height)
-            ]
             # The recorded angle and centre give the same ellipse as the turn of the unturned one.
             again = _ellipse_points(phantom_ellipses(case_x)[0])
             expected = np.c_[points, np.ones(len(points))] @ rotation_matrix((height, width), turn).T
             assert np.abs(again - expected).max() < 1.0
             if turn_boxes == "loose":
+                bx0, by0, bx1, by1 = before[0].to_xyxy(width, height)
+                held = points[
+                    (points[:, 0] >= bx0)
+                    & (points[:, 0] <= bx1)
+                    & (points[:, 1] >= by0)
+                    & (points[:, 1] <= by1)
+                ]
+                turned = np.c_[held, np.ones(len(held))] @ rotation_matrix((height, width), turn).T
+                turned = turned[
+                    (turned[:, 0] >= 0)
+                    & (turned[:, 0] < width)
+                    & (turned[:, 1] >= 0)
+                    & (turned[:, 1] < height)
+                ]
                 x0, y0, x1, y1 = head[0].to_xyxy(width, height)
                 assert ((turned[:, 0] >= x0 - 3) & (turned[:, 0] <= x1 + 3)).all()
                 assert ((turned[:, 1] >= y0 - 3) & (turned[:, 1] <= y1 + 3)).all()

@@ -69,7 +69,7 @@ class CohortConfig:
     # scan saved at 256 x 256): their pixels are no longer square, so their spacing is blank.
     square_share: float = 0.0
     # The share of images exported as public sets hold them (phantom/display.py): gain
-    # crushed or greys lifted, whole frames rotated with filled corners and loose boxes.
+    # crushed or greys lifted, whole frames turned with filled corners.
     display_share: float = 0.0
     # A turned frame's boxes: tight (each region boxed again) or loose (the box round each
     # turned box, as augmentation tools leave them).

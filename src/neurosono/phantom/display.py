@@ -14,11 +14,12 @@ again in the turned map of structures, as an annotator boxes a head that lies ti
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from neurosono.phantom.render import region_boxes
 
 MAX_ROTATION_DEG = 30.0
 # A box rotated partly out of the frame is kept while this share of it stays inside.
@@ -65,13 +66,13 @@ def rotation_matrix(shape: tuple[int, int], rotation_deg: float) -> np.ndarray:
     """2x3 affine turning the frame about its centre, in Pose's convention (y down:
     x' = c x - s y, y' = s x + c y), so a head's midline angle grows by ``rotation_deg``."""
     height, width = shape
-    theta = math.radians(rotation_deg)
-    c, s = math.cos(theta), math.sin(theta)
-    cx, cy = width / 2, height / 2
-    return np.array([[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy]], dtype=np.float64)
+    # OpenCV's positive angle turns counter-clockwise on screen; Pose's turns clockwise.
+    return cv2.getRotationMatrix2D((width / 2, height / 2), -rotation_deg, 1.0)
 
 
 def _tone(image: np.ndarray, export: Export) -> np.ndarray:
+    if export.tone == "as-is":
+        return image
     v = image.astype(np.float32) / 255
     if export.tone == "dark":
         # Relative to the frame's own bright end, so the skull's arcs stay as they do in
@@ -128,8 +129,6 @@ def redisplay(
             borderValue=0,
         )
         if structures is not None:
-            from neurosono.phantom.render import region_boxes
-
             turned = cv2.warpAffine(
                 structures, matrix, (shape[1], shape[0]), flags=cv2.INTER_NEAREST, borderValue=0
             )
