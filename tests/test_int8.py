@@ -110,7 +110,8 @@ def test_int8_export_keeps_only_files_within_the_limits(
     for file, entry in record["files"].items():
         # What the record says is what the folder holds, and each verdict follows its figures.
         assert _quantised(int8_export / file) == entry["int8"], file
-        assert entry["int8"] == (quantize.failed_limits(entry["check"]) == []), file
+        alone_within = quantize.failed_limits(entry["check"]) == []
+        assert entry["int8"] == (alone_within and not entry.get("dropped_together")), file
         assert entry["calibration_inputs"] > 0
     assert quantize.failed_limits(record["check"]) == []
     assert record["check"]["n_cases"] == 6
@@ -126,6 +127,44 @@ def test_int8_export_keeps_only_files_within_the_limits(
     b = int8.predict(check / case.tv_image, check / case.tc_image, ga_weeks=case.ga_weeks)
     assert abs(a.p_abnormal - b.p_abnormal) <= quantize.LIMITS["p_abnormal_max_diff"]
     assert a.decision == b.decision
+
+
+def test_a_combination_that_breaks_a_limit_gives_back_the_file_nearest_its_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files that keep the limits alone but not together: the one that came closest alone
+    goes back to fp32, until the rest keep them; with one file left that breaks them, refused."""
+    alone = {
+        "detector.onnx": {**WITHIN, "p_abnormal_max_diff": 0.018},
+        "hexanet.onnx": {**WITHIN, "p_abnormal_max_diff": 0.004},
+        "head.onnx": {**WITHIN, "p_abnormal_max_diff": 0.0, "biometry_max_diff_mm": 0.5},
+    }
+    files = {file: {"int8": True, "check": check, "failed": []} for file, check in alone.items()}
+    trials: list[list[str]] = []
+    monkeypatch.setattr(
+        quantize, "_variant", lambda fp32, int8, kept, folder, note: trials.append(list(kept))
+    )
+
+    def joint(pipeline, check_set, ref, detector_int8):  # breaks the limit while the detector is int8
+        return {**WITHIN, "p_abnormal_max_diff": 0.03 if "detector.onnx" in trials[-1] else 0.01}
+
+    monkeypatch.setattr(quantize, "check_int8", joint)
+    folders = (Path("fp32"), Path("int8"), Path("staging"))
+    kept, together = quantize.combine_int8_files(
+        files, list(files), folders, None, None, lambda f: None, print
+    )
+    assert kept == ["hexanet.onnx", "head.onnx"]
+    assert trials == [list(files), kept]
+    assert not files["detector.onnx"]["int8"] and files["detector.onnx"]["dropped_together"]
+    assert "together with hexanet.onnx, head.onnx" in files["detector.onnx"]["failed"][0]
+    assert quantize.failed_limits(together) == []
+    # head.onnx used half its biometry limit alone, hexanet.onnx a fifth of its P(abnormal) one.
+    monkeypatch.setattr(quantize, "check_int8", lambda *args: {**WITHIN, "p_abnormal_max_diff": 0.5})
+    with pytest.raises(quantize.QuantizationRefusedError, match="together"):
+        quantize.combine_int8_files(
+            files, ["hexanet.onnx", "head.onnx"], folders, None, None, lambda f: None, print
+        )
+    assert files["head.onnx"]["dropped_together"] and files["hexanet.onnx"]["int8"]
 
 
 def _first_case(folder: Path):

@@ -294,8 +294,10 @@ def export_int8(
 
     Every ONNX file the pipeline runs is quantised, then tried alone against fp32 on the
     check cohort; a file whose int8 version breaks a limit of :data:`LIMITS` stays fp32,
-    and the record says why. The files kept in int8 are checked together once more. Refused
-    (:class:`QuantizationRefusedError`, nothing written) when no file keeps the limits.
+    and the record says why. The files kept in int8 are checked together once more; while
+    together they break a limit, the one that came closest to its limits alone goes back to
+    fp32 (``dropped_together`` in its record). Refused (:class:`QuantizationRefusedError`,
+    nothing written) when no file, or no combination, keeps the limits.
     ``calibration`` and ``check``: datasets (default: phantom cohorts of their own seeds, of
     ``calibration_cases`` and ``check_cases`` cases). ``out`` is written as
     ``export.export_folder`` writes every export. Returns ``out`` and the record written
@@ -340,7 +342,8 @@ def _write_int8(folder: Path, staging: Path, cohorts: tuple, load, notify) -> di
             failed = failed_limits(figures)
             files[file].update({"int8": not failed, "check": figures, "failed": failed})
             notify(f"{file}: " + ("int8 kept" if not failed else "stays fp32: " + "; ".join(failed)))
-        kept = _kept(files)
+        folders = (fp32_dir, int8_dir, staging)
+        kept, together = combine_int8_files(files, _kept(files), folders, check_set, ref, load, notify)
         record = {
             "method": "onnxruntime quantize_static: QDQ, int8 weights per output channel, uint8 "
             "activations, min-max calibration; the detector's box and class decoding kept fp32",
@@ -353,16 +356,45 @@ def _write_int8(folder: Path, staging: Path, cohorts: tuple, load, notify) -> di
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": package_versions(),
         }
-        _variant(fp32_dir, int8_dir, kept, staging, record)
-        notify(f"checking the int8 files together ({', '.join(kept)})")
-        together = check_int8(load(staging), check_set, ref, DETECTOR_ONNX in kept)
-        failed = failed_limits(together)
-        if failed:
-            raise QuantizationRefusedError("int8 export refused: together, " + "; ".join(failed))
         record["check"] = together
         _write_manifest(staging, record)
         read_manifest(staging)
     return record
+
+
+def combine_int8_files(
+    files: dict, kept: list[str], folders: tuple, check_set, ref, load, notify
+) -> tuple[list, dict]:
+    """The kept int8 files checked together; while together they break a limit,
+    the one that came closest to its limits alone goes back to fp32 and the rest are checked
+    again. The files that stay int8 and their joint check figures; refused when none is left."""
+    fp32_dir, int8_dir, staging = folders  # staging ends up holding the combination kept
+    while True:
+        _variant(fp32_dir, int8_dir, kept, staging, {"trial": kept})
+        notify(f"checking the int8 files together ({', '.join(kept)})")
+        together = check_int8(load(staging), check_set, ref, DETECTOR_ONNX in kept)
+        failed = failed_limits(together)
+        if not failed:
+            return kept, together
+        if len(kept) == 1:
+            raise QuantizationRefusedError("int8 export refused: together, " + "; ".join(failed))
+        dropped = max(kept, key=lambda file: _closeness(files[file]["check"]))
+        kept = [file for file in kept if file != dropped]
+        reason = f"together with {', '.join(kept)}: " + "; ".join(failed)
+        files[dropped].update({"int8": False, "failed": [reason], "dropped_together": True})
+        notify(f"{dropped}: stays fp32: {reason}")
+
+
+def _closeness(check: dict) -> float:
+    """How near a check's figures came to their limits: the largest share of a limit used."""
+    shares = [
+        check["map50_drop"] / LIMITS["map50_drop"],
+        check["p_abnormal_max_diff"] / LIMITS["p_abnormal_max_diff"],
+        (1.0 - check["same_decision_share"]) / (1.0 - LIMITS["same_decision_share"]),
+    ]
+    if check["biometry_max_diff_mm"] is not None:
+        shares.append(check["biometry_max_diff_mm"] / LIMITS["biometry_max_diff_mm"])
+    return max(shares)
 
 
 def _kept(files: dict[str, dict]) -> list[str]:
