@@ -138,6 +138,34 @@ def test_cisterna_magna_box_grows_with_its_depth() -> None:
     assert widths[14.0] > widths[3.0]
 
 
+def test_the_cisterna_magna_counts_as_in_view_only_when_its_whole_depth_is_imaged() -> None:
+    from neurosono.phantom.render import Pose, cisterna_magna_in_view
+
+    rng = np.random.default_rng(6)
+    anatomy = sample_anatomy(rng, "normal", ga_weeks=21)
+    size = 256
+    # The head mid-image, its midline level, anterior to the right: the occipital bone lies
+    # left of the centre by the inner skull's half-length.
+    pose = Pose(128.0, 128.0, 0.0, False, (anatomy.ofd_mm + 10) / size)
+    inside = np.ones((size, size), bool)
+    assert cisterna_magna_in_view(anatomy, pose, inside)
+    behind = pose.to_px(np.array([[-anatomy.ofd_mm / 2 + anatomy.skull_mm + 1.0, 0.0]]))[0]
+    cut = inside.copy()
+    cut[:, : round(behind[0])] = False  # a sector edge through the cisterna magna
+    assert not cisterna_magna_in_view(anatomy, pose, cut)
+    # an obliterated cisterna is in view where the bone and the vermis are
+    anatomy.cisterna_magna_mm = 0.0
+    assert cisterna_magna_in_view(anatomy, pose, inside)
+    outside = Pose(-40.0, 128.0, 0.0, False, pose.spacing_mm)  # the posterior fossa left of the image
+    assert not cisterna_magna_in_view(anatomy, outside, inside)
+
+
+def test_cohorts_record_whether_the_cisterna_magna_is_in_view(tiny_cohort: Path) -> None:
+    dataset = Dataset.load(tiny_cohort)
+    recorded = {case.extra["tc_cisterna_magna_in_view"] for case in dataset.cases}
+    assert recorded <= {"0", "1"} and "1" in recorded
+
+
 def test_case_rendering_is_deterministic_and_seed_dependent() -> None:
     jobs = plan_cohort(CohortConfig(cases=3, seed=8, size=96))
     first = render_case(jobs[1])

@@ -16,6 +16,10 @@ from neurosono.detect.predict import Detection
 from neurosono.measure.biometry import assemble
 from neurosono.measure.structures import (
     CROP_PX,
+    FOSSA_DEPTH,
+    FOSSA_IN_VIEW,
+    FOSSA_WINDOW_MARGIN,
+    OUTPUTS,
     STRUCTURES,
     WINDOW_MARGIN,
     StructureNet,
@@ -108,6 +112,42 @@ def test_missing_boxes_planes_and_spacings_give_no_number_but_a_reason():
     assert vm.present is None and vm.reason == "no pixel spacing for the TV image"
 
 
+def fossa_model(depth_share: float, in_view: float) -> StructureNet:
+    """A structure network reading every region window as 0.2 of it, the posterior-fossa
+    window's depth as ``depth_share`` and P(in view) as ``in_view``."""
+    model = constant_model(0.2)
+    with torch.no_grad():
+        model.out[-1].bias[FOSSA_DEPTH] = math.log(depth_share / (1 - depth_share))
+        model.out[-1].bias[FOSSA_IN_VIEW] = math.log(in_view / (1 - in_view))
+    return model
+
+
+def test_the_cisterna_magna_is_read_behind_the_cerebellum_where_stage_1_has_no_box_of_it():
+    image = np.full((300, 400), 80, np.uint8)
+    cerebellum = box("cerebellum", "tc", (100, 100, 200, 160))
+    planes = {"tc": (image, 0.1)}
+    found = measure_structures(fossa_model(0.05, 0.9), planes, [cerebellum], REGIONS)
+    assert found.values["cisterna_magna_mm"] == pytest.approx(
+        0.05 * 100 * FOSSA_WINDOW_MARGIN * 0.1, abs=0.01
+    )
+    chosen = found.to_dict()["boxes"]["cisterna_magna_mm"]
+    assert chosen["region"] == "cerebellum" and chosen["window"] == "posterior fossa"
+    # the cisterna magna's own box, where there is one, is measured in its own window
+    own = box("cisterna_magna", "tc", (60, 110, 100, 150))
+    boxed = measure_structures(fossa_model(0.05, 0.9), planes, [cerebellum, own], REGIONS)
+    assert boxed.values["cisterna_magna_mm"] == pytest.approx(0.2 * 40 * WINDOW_MARGIN * 0.1, abs=0.01)
+    assert boxed.to_dict()["boxes"]["cisterna_magna_mm"]["window"] == "region"
+    # out of view behind the cerebellum: no number, and why
+    hidden = measure_structures(fossa_model(0.05, 0.2), planes, [cerebellum], REGIONS)
+    assert "cisterna_magna_mm" not in hidden.values and "tcd_mm" in hidden.values
+    assert "not in the image" in hidden.absent["cisterna_magna_mm"]
+    # a model without the posterior-fossa outputs says the box is missing, as it always did
+    four = StructureNet(n_out=len(STRUCTURES)).eval()
+    assert not four.reads_fossa
+    plain = measure_structures(four, planes, [cerebellum], REGIONS)
+    assert plain.absent["cisterna_magna_mm"] == "cisterna_magna not found on the TC image"
+
+
 def test_the_csp_is_measured_on_tc_when_tv_does_not_show_it():
     image = np.full((300, 400), 80, np.uint8)
     found = measure_structures(
@@ -159,9 +199,12 @@ def structure_run(tmp_path_factory, tiny_cohort):
 
 def test_the_structure_model_trains_and_is_scored(structure_run, tiny_cohort, tmp_path):
     record = json.loads((structure_run / "structures.json").read_text())
-    assert record["best_epoch"] >= 1 and set(record["val_metrics"]["mae_mm"]) <= {
-        s.measurement for s in STRUCTURES
-    }
+    assert record["best_epoch"] >= 1 and set(record["val_metrics"]["mae_mm"]) <= set(OUTPUTS)
+    # the phantom records whether the midline behind the vermis is in view: the posterior-fossa
+    # window is trained, and the model file says so
+    assert record["outputs"] == list(OUTPUTS) and record["posterior_fossa_window"]["n_train_windows"] > 0
+    assert 0.0 <= record["val_metrics"]["in_view_accuracy"] <= 1.0
+    assert load_structure_model(structure_run)[0].reads_fossa
     assert record["val_metrics"]["mean_mae_mm"] <= record["history"][0]["mean_mae_mm"]
     rerun = runner.invoke(app, ["measure", "train-structures", str(tiny_cohort), "--out", str(structure_run)])
     assert rerun.exit_code != 0 and "exists" in rerun.output  # a finished run is never overwritten
@@ -183,6 +226,22 @@ def test_structure_training_can_start_from_a_finished_run(structure_run, tiny_co
     assert isinstance(record["config"]["bf16"], bool)
     # one epoch at a tiny learning rate stays where the start was, not at a random network's error
     assert record["val_metrics"]["mean_mae_mm"] == pytest.approx(start["val_metrics"]["mean_mae_mm"], abs=0.3)
+
+
+def test_a_start_without_the_posterior_fossa_outputs_gives_all_its_other_weights():
+    from neurosono.measure.structures_train import _start_from
+
+    torch.manual_seed(1)
+    four, six = StructureNet(n_out=len(STRUCTURES)), StructureNet()
+    _start_from(six, four)
+    for name, value in four.state_dict().items():
+        if name.startswith("out.4."):
+            assert torch.equal(six.state_dict()[name][: len(STRUCTURES)], value)
+        else:
+            assert torch.equal(six.state_dict()[name], value), name
+    x = torch.randn(3, 1, CROP_PX, CROP_PX)
+    four.eval(), six.eval()
+    assert torch.allclose(six(x)[:, : len(STRUCTURES)], four(x))
 
 
 def test_structure_training_needs_true_sizes(tmp_path):
@@ -211,6 +270,6 @@ def test_the_biometry_networks_run_the_same_on_onnxruntime(tmp_path):
     planes = {"tv": (image, 0.2), "tc": (image, 0.2)}
     on_torch = measure_structures(structures, planes, detections, REGIONS)
     on_onnx = measure_structures(OnnxNet(tmp_path / STRUCTURES_ONNX, threads=1), planes, detections, REGIONS)
-    assert on_onnx.values.keys() == on_torch.values.keys() == {"tcd_mm", "csp_width_mm"}
+    assert on_onnx.values.keys() == on_torch.values.keys() >= {"tcd_mm", "csp_width_mm"}
     for name, value in on_torch.values.items():
         assert on_onnx.values[name] == pytest.approx(value, abs=0.02)

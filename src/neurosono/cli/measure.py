@@ -268,6 +268,9 @@ def evaluate(
                 entry["measured"]["count"],
             )
     out.print(table)
+    for name, entry in result.items():
+        for kind, part in (entry.get("by_window", {}) if isinstance(entry, dict) else {}).items():
+            out.print(f"{name} read in the {kind} window: {part['n']} cases, MAE {part['mae']:.2f} mm")
     if "dice" in result:
         d = result["dice"]
         out.print(f"head Dice {d['value']:.4f} ({d['ci95'][0]:.4f}-{d['ci95'][1]:.4f}), n {d['n']}")

@@ -117,7 +117,8 @@ def train_structures(
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     m = record["val_metrics"]
     per = ", ".join(f"{k} {v}" for k, v in m["mae_mm"].items())
+    in_view = f", in-view call right on {m['in_view_accuracy']:.1%}" if "in_view_accuracy" in m else ""
     out.print(
         f"structure model in {out_dir}: best epoch {record['best_epoch']}, val MAE (mm) {per} "
-        f"({m['n']} windows), {record['train_seconds']:.0f} s"
+        f"({m['n']} windows){in_view}, {record['train_seconds']:.0f} s"
     )

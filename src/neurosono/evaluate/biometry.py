@@ -148,6 +148,7 @@ def evaluate_biometry(
     present: dict[str, list[tuple[bool, str]]] = {m: [] for m in columns}
     dices, dice_groups = [], []
     hint_rows: list[tuple[str, bool, bool, str]] = []
+    windows: dict[str, list[tuple[str, float]]] = {}  # measurement -> (window read in, |error|)
     for case in track(cases, "measuring", enabled=progress):
         # each image is read once: stage 1's copies serve the head model and the truth too
         images = _plane_images(dataset, case) if detector is not None else {}
@@ -161,6 +162,7 @@ def evaluate_biometry(
             measured, biometry = _with_stage1(case, model, image, images, detector, structure_model)
             values = biometry.values
             hint_rows.extend(_hint_rows(case, biometry))
+            boxes = biometry.structures.boxes if biometry.structures else {}
         for m in columns:
             true = _true_value(case, m)
             if true is None or (m in STRUCTURE_NAMES and true <= 0):
@@ -170,6 +172,8 @@ def evaluate_biometry(
             if got is not None:
                 for column, value in zip(pairs[m], (got, true, case.group), strict=True):
                     column.append(value)
+                if detector is not None and m in boxes:
+                    windows.setdefault(m, []).append((boxes[m].window, abs(got - true)))
         if truth is not None:
             shape = truth.head.shape
             fitted = measured.outer.mask(shape) if measured.outer else np.zeros(shape, bool)
@@ -181,6 +185,15 @@ def evaluate_biometry(
             result[m] = agreement(got, true, groups, n_boot, seed) if got else {"n": 0}
             hits, groups_all = zip(*present[m], strict=True)
             result[m]["measured"] = proportion_with_ci(hits, groups_all, n_boot, seed)
+            kinds = {kind for kind, _ in windows.get(m, [])}
+            if len(kinds) > 1:  # read in more than one kind of window: each one's share and error
+                result[m]["by_window"] = {
+                    kind: {
+                        "n": len(errors := [e for k, e in windows[m] if k == kind]),
+                        "mae": round(float(np.mean(errors)), 3),
+                    }
+                    for kind in sorted(kinds)
+                }
     if dices:
         result["dice"] = {**mean_with_ci(dices, dice_groups, n_boot, seed), "n": len(dices)}
     if hint_rows:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from neurosono.core.atomic import atomic_write_bytes
-from neurosono.measure.structures import CROP_PX
+from neurosono.measure.structures import CROP_PX, FOSSA_DEPTH
 
 OPSET = 17
 HEAD_ONNX = "head.onnx"
@@ -34,6 +34,12 @@ class OnnxNet:
         self.input = first.name
         height, width = first.shape[-2:]
         self.input_size = (int(width), int(height))  # the framed image's size, as the torch module's
+        self.n_out = self.runner.get_outputs()[0].shape[-1]  # the structure network's outputs
+
+    @property
+    def reads_fossa(self) -> bool:
+        """Whether a structure network has the posterior-fossa window's outputs, as the torch one."""
+        return isinstance(self.n_out, int) and self.n_out > FOSSA_DEPTH
 
     def eval(self) -> OnnxNet:
         return self

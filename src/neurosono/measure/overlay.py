@@ -39,7 +39,9 @@ def draw_biometry_record(image: np.ndarray, record: dict, plane: str, labels_bel
         x0, y0, x1, y1 = (round(v) for v in found["box"])
         cv2.rectangle(image, (x0, y0), (x1, y1), STRUCTURE, thick, cv2.LINE_AA)
         label = f"{STRUCTURE_LABELS.get(name, name)} {values[name]:.1f}"
-        at = (x0, y1 + round(32 * scale)) if labels_below else (x0, max(10, y0 - 4))
+        # A depth read in the cerebellum's wide window shares its box: its label goes below.
+        below = labels_below or found.get("window") == "posterior fossa"
+        at = (x0, y1 + round((32 if labels_below else 16) * scale)) if below else (x0, max(10, y0 - 4))
         cv2.putText(image, label, at, cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8, STRUCTURE, 1)
     head = record.get("head") or {}
     if plane != "tv" or not head.get("head_ellipse"):

@@ -10,6 +10,15 @@ plane is missing, is absent with that reason: never a guessed number.
 
 Windows are measured at the box's own orientation: the network sees rotated and flipped
 windows in training, so the head's angle in the image does not matter.
+
+The cisterna magna has a second way in. An enlarged one (a Dandy-Walker cyst) and an
+obliterated one (Chiari II) are where stage 1 finds no ``cisterna_magna`` box most often,
+yet its depth, from the vermis to the inner occipital bone, is still there to measure. So
+where the TC image has no such box but has the cerebellum's, the network reads the depth
+in the posterior-fossa window: the cerebellum's box widened ``FOSSA_WINDOW_MARGIN`` times,
+which reaches the occipital bone behind even a large cyst. It also says whether that
+stretch of midline is in the image at all (a sector edge cuts it off in many scans); where
+it is not, the depth is absent with that reason.
 """
 
 from __future__ import annotations
@@ -23,7 +32,12 @@ from torch import nn
 
 CROP_PX = 96
 WINDOW_MARGIN = 1.3
-FORMAT = "neurosono-structures-1"
+FOSSA_WINDOW_MARGIN = 3.0  # the posterior-fossa window: the cerebellum box's longer side times this
+FOSSA_REGION = "cerebellum"
+FOSSA_MEASUREMENT = "cisterna_magna_mm"
+FOSSA_MIN_IN_VIEW = 0.5  # the network's P(the midline behind the vermis is in the image) to measure
+FORMAT = "neurosono-structures-1"  # the four region-window outputs only
+FORMAT_FOSSA = "neurosono-structures-2"  # and the posterior-fossa window's depth and in-view outputs
 MIN_CONFIDENCE = 0.25  # a region's box must reach this stage-1 confidence to be measured in
 
 
@@ -64,12 +78,18 @@ STRUCTURES = (
 )
 STRUCTURE_NAMES = tuple(s.measurement for s in STRUCTURES)
 STRUCTURE_LABELS = {s.measurement: s.label for s in STRUCTURES}
+# The network's outputs past the four structures' shares: the cisterna magna's depth as a
+# share of the posterior-fossa window, and P(that depth is in the image).
+FOSSA_DEPTH, FOSSA_IN_VIEW = len(STRUCTURES), len(STRUCTURES) + 1
+OUTPUTS = (*STRUCTURE_NAMES, "cisterna_magna_mm_fossa_window", "cisterna_magna_in_view")
 
 
-def window(box: tuple[float, float, float, float]) -> tuple[float, float, float]:
+def window(
+    box: tuple[float, float, float, float], margin: float = WINDOW_MARGIN
+) -> tuple[float, float, float]:
     """(centre x, centre y, side) in pixels of the square window round a box x0, y0, x1, y1."""
     x0, y0, x1, y1 = box
-    return (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0, 1.0) * WINDOW_MARGIN
+    return (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0, 1.0) * margin
 
 
 def crop(
@@ -108,7 +128,7 @@ class StructureNet(nn.Module):
     """Four 2x poolings to a 6 x 6 grid, kept whole (a size needs to know where the edges are),
     then one share-of-the-window output per structure."""
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 48, 64), n_out: int = len(STRUCTURES)) -> None:
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 48, 64), n_out: int = len(OUTPUTS)) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = 1
@@ -117,6 +137,7 @@ class StructureNet(nn.Module):
             cin = w
         self.features = nn.Sequential(*layers)
         grid = CROP_PX // 2 ** len(widths)
+        self.n_out = n_out
         self.out = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(0.2),
@@ -125,6 +146,11 @@ class StructureNet(nn.Module):
             nn.Linear(128, n_out),
         )
 
+    @property
+    def reads_fossa(self) -> bool:
+        """Whether it has the posterior-fossa window's outputs."""
+        return self.n_out > FOSSA_DEPTH
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.out(self.features(x)))
 
@@ -132,21 +158,28 @@ class StructureNet(nn.Module):
 def save_structure_model(path, model: StructureNet, meta: dict) -> None:
     from neurosono.core.checkpoints import save_payload
 
+    fossa = model.reads_fossa
     save_payload(
         path,
-        {"format": FORMAT, "state_dict": model.state_dict(), "structures": list(STRUCTURE_NAMES), **meta},
+        {
+            "format": FORMAT_FOSSA if fossa else FORMAT,
+            "state_dict": model.state_dict(),
+            "structures": list(STRUCTURE_NAMES),
+            "outputs": list(OUTPUTS[: model.n_out]),
+            **meta,
+        },
     )
 
 
 def load_structure_model(path) -> tuple[StructureNet, dict]:
     from neurosono.core.checkpoints import ModelFileError, load_payload
 
-    _, payload = load_payload(path, "structures.pt", FORMAT, "structure model")
+    _, payload = load_payload(path, "structures.pt", (FORMAT, FORMAT_FOSSA), "structure model")
     if list(payload["structures"]) != list(STRUCTURE_NAMES):
         raise ModelFileError(
             f"{path}: structure model for {payload['structures']}, expected {list(STRUCTURE_NAMES)}"
         )
-    model = StructureNet()
+    model = StructureNet(n_out=len(OUTPUTS) if payload["format"] == FORMAT_FOSSA else len(STRUCTURES))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, {k: v for k, v in payload.items() if k not in ("state_dict", "format")}
@@ -157,6 +190,8 @@ class StructureBox:
     plane: str
     box: tuple[float, float, float, float]
     confidence: float
+    region: str = ""  # stage 1's region the box is of
+    window: str = "region"  # "region": the box's own window; "posterior fossa": the cerebellum's wide one
 
 
 @dataclass
@@ -174,6 +209,8 @@ class StructureMeasurement:
                     "plane": b.plane,
                     "box": [round(v, 1) for v in b.box],
                     "confidence": round(b.confidence, 4),
+                    "region": b.region,
+                    "window": b.window,
                 }
                 for m, b in self.boxes.items()
             },
@@ -188,7 +225,7 @@ def best_boxes(detections, region_names: list[str]) -> dict[tuple[str, str], Str
             continue
         key = (d.plane, region_names[d.class_id])
         if key not in best or d.confidence > best[key].confidence:
-            best[key] = StructureBox(d.plane, tuple(float(v) for v in d.box), float(d.confidence))
+            best[key] = StructureBox(d.plane, tuple(float(v) for v in d.box), float(d.confidence), key[1])
     return best
 
 
@@ -220,18 +257,32 @@ def measure_structures(
             absent[spec.measurement] = f"no pixel spacing for the {planes[0].upper()} image"
             continue
         boxes = [found[(p, spec.region)] for p in spaced if (p, spec.region) in found]
+        margin, output = WINDOW_MARGIN, index
+        if not boxes and spec.measurement == FOSSA_MEASUREMENT and model.reads_fossa:
+            boxes = [
+                StructureBox(b.plane, b.box, b.confidence, b.region, "posterior fossa")
+                for b in (found.get((p, FOSSA_REGION)) for p in spaced)
+                if b is not None
+            ]
+            margin, output = FOSSA_WINDOW_MARGIN, FOSSA_DEPTH
         if not boxes:
             absent[spec.measurement] = (
                 f"{spec.region} not found on the {' or '.join(p.upper() for p in spaced)} image"
             )
             continue
         box = boxes[0]
-        cx, cy, side = window(box.box)
+        cx, cy, side = window(box.box, margin)
         crops.append(standardise_crop(crop(images[box.plane][0], cx, cy, side)))
-        jobs.append((index, spec, box, side * images[box.plane][1]))
+        jobs.append((output, spec, box, side * images[box.plane][1]))
     if crops:
         shares = model(torch.from_numpy(np.stack(crops)[:, None])).numpy()
-        for row, (index, spec, box, side_mm) in enumerate(jobs):
-            values[spec.measurement] = round(float(shares[row, index]) * side_mm, 2)
+        for row, (output, spec, box, side_mm) in enumerate(jobs):
+            if output == FOSSA_DEPTH and shares[row, FOSSA_IN_VIEW] < FOSSA_MIN_IN_VIEW:
+                absent[spec.measurement] = (
+                    f"{spec.region} not found on the {box.plane.upper()} image, and the midline "
+                    "behind the cerebellum is not in the image"
+                )
+                continue
+            values[spec.measurement] = round(float(shares[row, output]) * side_mm, 2)
             chosen[spec.measurement] = box
     return StructureMeasurement(values, absent, chosen)

@@ -5,6 +5,11 @@ Only the phantom does today (its cases.csv holds ``atrium_mm``, ``tcd_mm``,
 set has them. The windows come from the true region boxes, jittered in place and size as
 much as stage 1's boxes move, then turned and flipped at random; the ``val`` split picks
 the epoch with the lowest mean absolute error (mm, averaged over the structures).
+
+Datasets whose cases.csv also says whether the TC image shows the midline behind the
+vermis (``tc_cisterna_magna_in_view``, 1 or 0: the phantom records it) train the
+posterior-fossa window too: the cisterna magna's depth where it is in view, and whether it
+is, in the cerebellum's widened window (see :mod:`neurosono.measure.structures`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,14 @@ from neurosono.core.progress import note, track
 from neurosono.core.provenance import package_versions
 from neurosono.data.format import Dataset, dataset_hash, read_labels
 from neurosono.measure.structures import (
+    FOSSA_DEPTH,
+    FOSSA_IN_VIEW,
+    FOSSA_MEASUREMENT,
+    FOSSA_REGION,
+    FOSSA_WINDOW_MARGIN,
+    OUTPUTS,
     STRUCTURES,
+    WINDOW_MARGIN,
     StructureNet,
     crop,
     load_structure_model,
@@ -62,9 +74,11 @@ class StructureSample:
     image: np.ndarray  # the plane's grey image
     spacing_mm: float
     box: tuple[float, float, float, float]
-    structure: int  # index into STRUCTURES
+    structure: int  # index into the network's outputs (STRUCTURES, then FOSSA_DEPTH)
     true_mm: float
     group: str
+    in_view: int = -1  # the posterior-fossa window's: 1 the depth is in the image, 0 not; -1 other windows
+    margin: float = WINDOW_MARGIN  # the window's side over the box's longer side
 
 
 class StructureDataError(ValueError):
@@ -105,20 +119,36 @@ def load_structure_samples(
                 boxes = {
                     names[b.class_id]: b.to_xyxy(w, h) for b in read_labels(label) if b.class_id < len(names)
                 }
+                group = f"{dataset.spec.name}/{case.group}"
                 for index, spec, size in wanted:
                     if spec.region in boxes:
-                        group = f"{dataset.spec.name}/{case.group}"
                         samples.append(
                             StructureSample(image, spacing, boxes[spec.region], index, size, group)
                         )
+                in_view = case.extra.get(f"{plane}_cisterna_magna_in_view", "")
+                depth = true_size(case, FOSSA_MEASUREMENT)
+                if in_view in ("0", "1") and depth is not None and FOSSA_REGION in boxes:
+                    samples.append(
+                        StructureSample(
+                            image,
+                            spacing,
+                            boxes[FOSSA_REGION],
+                            FOSSA_DEPTH,
+                            depth,
+                            group,
+                            int(in_view),
+                            FOSSA_WINDOW_MARGIN,
+                        )
+                    )
     return samples
 
 
 def _augmented(sample: StructureSample, config: StructureTrainConfig, rng: np.random.Generator):
+    # The box moves as stage 1's do, whatever the window round it.
     cx, cy, side = window(sample.box)
     cx += rng.uniform(-config.jitter, config.jitter) * side
     cy += rng.uniform(-config.jitter, config.jitter) * side
-    side *= math.exp(rng.uniform(-config.size_jitter, config.size_jitter))
+    side *= sample.margin / WINDOW_MARGIN * math.exp(rng.uniform(-config.size_jitter, config.size_jitter))
     pixels = crop(sample.image, cx, cy, side, rng.uniform(-180, 180), bool(rng.random() < 0.5)) / 255.0
     pixels = np.clip(pixels, 0, 1) ** math.exp(rng.uniform(-0.4, 0.4))
     if rng.random() < 0.3:
@@ -134,29 +164,55 @@ def _batch(samples, order, config, rng, augment: bool):
         if augment:
             pixels, side_mm = _augmented(s, config, rng)
         else:
-            cx, cy, side = window(s.box)
+            cx, cy, side = window(s.box, s.margin)
             pixels, side_mm = standardise_crop(crop(s.image, cx, cy, side)), side * s.spacing_mm
         crops.append(pixels)
         sides.append(side_mm)
     x = torch.from_numpy(np.stack(crops).astype(np.float32)[:, None])
     index = torch.tensor([samples[i].structure for i in order])
     true = torch.tensor([samples[i].true_mm for i in order], dtype=torch.float32)
-    return x, index, torch.tensor(sides, dtype=torch.float32), true
+    in_view = torch.tensor([samples[i].in_view for i in order])
+    return x, index, torch.tensor(sides, dtype=torch.float32), true, in_view
+
+
+def _loss(shares: torch.Tensor, index, side, true, in_view) -> torch.Tensor:
+    """Smooth L1 (mm) on every size there is to read, plus, for the posterior-fossa windows,
+    the cross-entropy of whether the depth is in view (per window of the batch)."""
+    got = shares.gather(1, index[:, None]).squeeze(1) * side
+    sized = in_view != 0
+    loss = nn.functional.smooth_l1_loss(got[sized], true[sized], beta=0.5)
+    fossa = in_view >= 0
+    if fossa.any():
+        p = shares[fossa, FOSSA_IN_VIEW].clamp(1e-6, 1 - 1e-6)
+        bce = nn.functional.binary_cross_entropy(p, in_view[fossa].float(), reduction="sum")
+        loss = loss + bce / len(index)
+    return loss
 
 
 @torch.no_grad()
 def validate_structures(model: StructureNet, samples: list[StructureSample]) -> dict:
-    """Mean absolute error (mm) per structure on un-jittered windows of the true boxes."""
+    """Mean absolute error (mm) per output on un-jittered windows of the true boxes (the
+    posterior-fossa depth where it is in view), and how often the in-view call is right."""
     model.eval()
-    errors: dict[str, list[float]] = {s.measurement: [] for s in STRUCTURES}
+    errors: dict[str, list[float]] = {name: [] for name in OUTPUTS[:FOSSA_IN_VIEW]}
+    calls = []
     for start in range(0, len(samples), 256):
         order = list(range(start, min(start + 256, len(samples))))
-        x, index, side, true = _batch(samples, order, None, None, augment=False)
-        got = model(x).gather(1, index[:, None]).squeeze(1) * side
-        for i, e in zip(index.tolist(), (got - true).abs().tolist(), strict=True):
-            errors[STRUCTURES[i].measurement].append(e)
+        x, index, side, true, in_view = _batch(samples, order, None, None, augment=False)
+        shares = model(x)
+        got = shares.gather(1, index[:, None]).squeeze(1) * side
+        for i, e, v in zip(index.tolist(), (got - true).abs().tolist(), in_view.tolist(), strict=True):
+            if v != 0:
+                errors[OUTPUTS[i]].append(e)
+        fossa = in_view >= 0
+        if fossa.any():
+            said = shares[fossa, FOSSA_IN_VIEW] >= 0.5
+            calls += (said == (in_view[fossa] == 1)).tolist()
     per = {m: round(float(np.mean(e)), 3) for m, e in errors.items() if e}
-    return {"mae_mm": per, "mean_mae_mm": round(float(np.mean(list(per.values()))), 3), "n": len(samples)}
+    metrics = {"mae_mm": per, "mean_mae_mm": round(float(np.mean(list(per.values()))), 3), "n": len(samples)}
+    if calls:
+        metrics["in_view_accuracy"] = round(float(np.mean(calls)), 4)
+    return metrics
 
 
 def train_structure_model(
@@ -175,14 +231,18 @@ def train_structure_model(
     bf16 = cpu_has_bf16() if config.bf16 is None else config.bf16
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = StructureNet()
+    # The posterior-fossa outputs only where the data train them: untrained, they would answer.
+    fossa = any(s.in_view >= 0 for s in train) and any(s.in_view >= 0 for s in val)
+    model = StructureNet(n_out=len(OUTPUTS) if fossa else len(STRUCTURES))
     init_sha256 = None
     if config.init_from:
         from neurosono.core.checkpoints import file_sha256, load_payload
-        from neurosono.measure.structures import FORMAT
+        from neurosono.measure.structures import FORMAT, FORMAT_FOSSA
 
-        start_file, _ = load_payload(config.init_from, WEIGHTS_NAME, FORMAT, "structure model")
-        model.load_state_dict(load_structure_model(start_file)[0].state_dict())
+        start_file, _ = load_payload(
+            config.init_from, WEIGHTS_NAME, (FORMAT, FORMAT_FOSSA), "structure model"
+        )
+        _start_from(model, load_structure_model(start_file)[0])
         init_sha256 = file_sha256(start_file)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(train) // config.batch)
@@ -195,13 +255,12 @@ def train_structure_model(
         order = rng.permutation(len(train))
         losses = []
         for step in range(steps_per_epoch):
-            x, index, side, true = _batch(
+            x, index, side, true, in_view = _batch(
                 train, order[step * config.batch : (step + 1) * config.batch], config, rng, True
             )
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 shares = model(x)
-            got = shares.float().gather(1, index[:, None]).squeeze(1) * side
-            loss = nn.functional.smooth_l1_loss(got, true, beta=0.5)
+            loss = _loss(shares.float(), index, side, true, in_view)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -235,6 +294,22 @@ def train_structure_model(
     return record
 
 
+def _start_from(model: StructureNet, start: StructureNet) -> None:
+    """``start``'s weights in ``model``; a start without the posterior-fossa outputs gives
+    all the others (the new outputs' rows of the last layer keep their random start)."""
+    state = start.state_dict()
+    if start.n_out != model.n_out:
+        own = model.state_dict()
+        rows = min(start.n_out, model.n_out)
+        for name in ("out.4.weight", "out.4.bias"):
+            own[name][:rows] = state[name][:rows]
+            state[name] = own[name]
+        if model.n_out > FOSSA_DEPTH >= rows:
+            # A depth of a tenth of the window to start from, near the common one, not half of it.
+            state["out.4.bias"][FOSSA_DEPTH] = math.log(0.1 / 0.9)
+    model.load_state_dict(state)
+
+
 def _record(config, model, history, best_epoch, seconds, datasets, train, val, bf16, init_sha256) -> dict:
     """The run's record: settings (bf16 as run, the start's hash), the epoch chosen, the history
     and the data it saw."""
@@ -245,8 +320,21 @@ def _record(config, model, history, best_epoch, seconds, datasets, train, val, b
         },
         "config": {**asdict(config), "bf16": bf16, "init_from": "given" if config.init_from else None},
         "parameters": sum(p.numel() for p in model.parameters()),
+        "outputs": list(OUTPUTS[: model.n_out]),
+        "posterior_fossa_window": {
+            "measurement": FOSSA_MEASUREMENT,
+            "region": FOSSA_REGION,
+            "margin": FOSSA_WINDOW_MARGIN,
+            "n_train_windows": sum(s.in_view >= 0 for s in train),
+            "n_train_in_view": sum(s.in_view == 1 for s in train),
+            "n_val_windows": sum(s.in_view >= 0 for s in val),
+        }
+        if model.reads_fossa
+        else None,
         "best_epoch": best_epoch["epoch"],
-        "val_metrics": {k: best_epoch[k] for k in ("mae_mm", "mean_mae_mm", "n")},
+        "val_metrics": {
+            k: best_epoch[k] for k in ("mae_mm", "mean_mae_mm", "n", "in_view_accuracy") if k in best_epoch
+        },
         "history": history,
         "train_seconds": round(seconds, 1),
         "datasets": [

@@ -237,6 +237,12 @@ def render_case(job: _CaseJob) -> tuple[Case, dict[str, list[Box]], dict[str, np
         extra[f"{plane}_flip"] = str(int(pose.flip))
         extra[f"{plane}_head_x_px"] = f"{head_xy[0]:.1f}"
         extra[f"{plane}_head_y_px"] = f"{head_xy[1]:.1f}"
+        if "cisterna_magna_in_view" in rendered.info:
+            # An export display crops and turns the sector afresh: there the record is left empty.
+            in_view = (
+                "" if extra.get(f"{plane}_export") else str(int(rendered.info["cisterna_magna_in_view"]))
+            )
+            extra[f"{plane}_cisterna_magna_in_view"] = in_view
     case.extra = extra
     return case, boxes, images
 

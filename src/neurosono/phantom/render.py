@@ -822,6 +822,9 @@ def render_plane(
     img, inside = form_image(canvas, style, rng, look, extra)
     regions = PLANE_REGIONS[plane] + ((HEAD_BOX,) if look == REALISTIC else ())
     boxes = region_boxes(canvas.L, inside, regions, pose.spacing_mm)
+    info = {}
+    if plane == "tc":
+        info["cisterna_magna_in_view"] = float(cisterna_magna_in_view(anatomy, pose, inside))
     img8 = _to_display(img)
     _overlays(img8, style, anatomy, plane, pose, _head_frame(anatomy, plane), rng)
     image = _colourise(img8, style)
@@ -832,7 +835,20 @@ def render_plane(
         boxes=boxes,
         pose=pose,
         structures=np.where(inside, canvas.L, 0).astype(np.uint8) if keep_structures else None,
+        info=info,
     )
+
+
+def cisterna_magna_in_view(anatomy: Anatomy, pose: Pose, inside: np.ndarray) -> bool:
+    """Whether the cisterna magna's depth can be read off the TC image: the midline from the
+    inner occipital table to the vermis (1 mm past its edge) lies wholly in the imaged sector.
+    An obliterated cisterna (no fluid to box) still has a depth there, near zero."""
+    x_occ = -_head_frame(anatomy, "tc").a
+    xs = np.arange(x_occ - 0.5, x_occ + anatomy.cisterna_magna_mm + 1.0, 0.25)
+    px = np.round(pose.to_px(np.stack([xs, np.zeros_like(xs)], 1))).astype(int)
+    height, width = inside.shape
+    within = (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height)
+    return bool(within.all() and inside[px[:, 1], px[:, 0]].all())
 
 
 def sample_pose(
