@@ -17,6 +17,8 @@ from neurosono.measure.biometry import assemble
 from neurosono.measure.structures import (
     CROP_PX,
     FOSSA_DEPTH,
+    FOSSA_FINE_BELOW,
+    FOSSA_FINE_MARGIN,
     FOSSA_IN_VIEW,
     FOSSA_WINDOW_MARGIN,
     OUTPUTS,
@@ -126,12 +128,15 @@ def test_the_cisterna_magna_is_read_behind_the_cerebellum_where_stage_1_has_no_b
     image = np.full((300, 400), 80, np.uint8)
     cerebellum = box("cerebellum", "tc", (100, 100, 200, 160))
     planes = {"tc": (image, 0.1)}
-    found = measure_structures(fossa_model(0.05, 0.9), planes, [cerebellum], REGIONS)
-    assert found.values["cisterna_magna_mm"] == pytest.approx(
-        0.05 * 100 * FOSSA_WINDOW_MARGIN * 0.1, abs=0.01
-    )
+    found = measure_structures(fossa_model(0.2, 0.9), planes, [cerebellum], REGIONS)
+    assert found.values["cisterna_magna_mm"] == pytest.approx(0.2 * 100 * FOSSA_WINDOW_MARGIN * 0.1, abs=0.01)
     chosen = found.to_dict()["boxes"]["cisterna_magna_mm"]
     assert chosen["region"] == "cerebellum" and chosen["window"] == "posterior fossa"
+    # a small depth there (1.5 mm, under FOSSA_FINE_BELOW) is read again in the finer window
+    small = measure_structures(fossa_model(0.05, 0.9), planes, [cerebellum], REGIONS)
+    assert 0.05 * 100 * FOSSA_WINDOW_MARGIN * 0.1 < FOSSA_FINE_BELOW
+    assert small.values["cisterna_magna_mm"] == pytest.approx(0.05 * 100 * FOSSA_FINE_MARGIN * 0.1, abs=0.01)
+    assert small.to_dict()["boxes"]["cisterna_magna_mm"]["window"] == "posterior fossa, fine"
     # the cisterna magna's own box, where there is one, is measured in its own window
     own = box("cisterna_magna", "tc", (60, 110, 100, 150))
     boxed = measure_structures(fossa_model(0.05, 0.9), planes, [cerebellum, own], REGIONS)
@@ -199,10 +204,13 @@ def structure_run(tmp_path_factory, tiny_cohort):
 
 def test_the_structure_model_trains_and_is_scored(structure_run, tiny_cohort, tmp_path):
     record = json.loads((structure_run / "structures.json").read_text())
-    assert record["best_epoch"] >= 1 and set(record["val_metrics"]["mae_mm"]) <= set(OUTPUTS)
+    fine = f"{OUTPUTS[FOSSA_DEPTH]}_fine"  # the finer posterior-fossa window's depth, scored apart
+    assert record["best_epoch"] >= 1 and set(record["val_metrics"]["mae_mm"]) <= {*OUTPUTS, fine}
     # the phantom records whether the midline behind the vermis is in view: the posterior-fossa
     # window is trained, and the model file says so
-    assert record["outputs"] == list(OUTPUTS) and record["posterior_fossa_window"]["n_train_windows"] > 0
+    fossa = record["posterior_fossa_window"]
+    assert record["outputs"] == list(OUTPUTS)
+    assert fossa["n_train_windows"] > 0 and fossa["n_train_fine_windows"] > 0
     assert 0.0 <= record["val_metrics"]["in_view_accuracy"] <= 1.0
     assert load_structure_model(structure_run)[0].reads_fossa
     assert record["val_metrics"]["mean_mae_mm"] <= record["history"][0]["mean_mae_mm"]

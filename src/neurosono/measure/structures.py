@@ -18,7 +18,11 @@ where the TC image has no such box but has the cerebellum's, the network reads t
 in the posterior-fossa window: the cerebellum's box widened ``FOSSA_WINDOW_MARGIN`` times,
 which reaches the occipital bone behind even a large cyst. It also says whether that
 stretch of midline is in the image at all (a sector edge cuts it off in many scans); where
-it is not, the depth is absent with that reason.
+it is not, the depth is absent with that reason. That window's pixels are coarse (about
+0.65 mm at mid-gestation), too coarse to tell an obliterated cisterna (under 2 mm) from a
+small normal one, so a depth read there under ``FOSSA_FINE_BELOW`` is read again in a
+window ``FOSSA_FINE_MARGIN`` times the cerebellum's box, which still holds the vermis and
+the bone behind a small cisterna, at about 2.5 times finer pixels.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ FOSSA_WINDOW_MARGIN = 3.0  # the posterior-fossa window: the cerebellum box's lo
 FOSSA_REGION = "cerebellum"
 FOSSA_MEASUREMENT = "cisterna_magna_mm"
 FOSSA_MIN_IN_VIEW = 0.5  # the network's P(the midline behind the vermis is in the image) to measure
+FOSSA_FINE_MARGIN = 1.6  # the finer posterior-fossa window: the cerebellum box's longer side times this
+FOSSA_FINE_BELOW = 4.0  # mm: a posterior-fossa depth under this is read again in the finer window
+FOSSA_FINE_TRAIN_BELOW = 6.0  # mm: depths the finer window is trained on (room for the first read's error)
 FORMAT = "neurosono-structures-1"  # the four region-window outputs only
-FORMAT_FOSSA = "neurosono-structures-2"  # and the posterior-fossa window's depth and in-view outputs
+FORMAT_FOSSA = "neurosono-structures-2"  # and the posterior-fossa windows' depth and in-view outputs
 MIN_CONFIDENCE = 0.25  # a region's box must reach this stage-1 confidence to be measured in
 
 
@@ -191,7 +198,9 @@ class StructureBox:
     box: tuple[float, float, float, float]
     confidence: float
     region: str = ""  # stage 1's region the box is of
-    window: str = "region"  # "region": the box's own window; "posterior fossa": the cerebellum's wide one
+    # "region": the box's own window; "posterior fossa": the cerebellum's wide one; "posterior
+    # fossa, fine": the cerebellum's finer one, for a small depth
+    window: str = "region"
 
 
 @dataclass
@@ -283,6 +292,23 @@ def measure_structures(
                     "behind the cerebellum is not in the image"
                 )
                 continue
-            values[spec.measurement] = round(float(shares[row, output]) * side_mm, 2)
+            size = float(shares[row, output]) * side_mm
+            if output == FOSSA_DEPTH and size < FOSSA_FINE_BELOW:
+                size, box = _fine_fossa_depth(model, images[box.plane], box)
+            values[spec.measurement] = round(size, 2)
             chosen[spec.measurement] = box
     return StructureMeasurement(values, absent, chosen)
+
+
+def _fine_fossa_depth(
+    model: StructureNet, image: tuple[np.ndarray, float], box: StructureBox
+) -> tuple[float, StructureBox]:
+    """A small posterior-fossa depth read again in the cerebellum's finer window (mm, and the
+    box marked with the window it was read in)."""
+    pixels, spacing = image
+    cx, cy, side = window(box.box, FOSSA_FINE_MARGIN)
+    x = standardise_crop(crop(pixels, cx, cy, side))
+    share = float(model(torch.from_numpy(x[None, None].astype(np.float32))).numpy()[0, FOSSA_DEPTH])
+    return share * side * spacing, StructureBox(
+        box.plane, box.box, box.confidence, box.region, "posterior fossa, fine"
+    )

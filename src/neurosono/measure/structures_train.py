@@ -32,6 +32,9 @@ from neurosono.core.provenance import package_versions
 from neurosono.data.format import Dataset, dataset_hash, read_labels
 from neurosono.measure.structures import (
     FOSSA_DEPTH,
+    FOSSA_FINE_BELOW,
+    FOSSA_FINE_MARGIN,
+    FOSSA_FINE_TRAIN_BELOW,
     FOSSA_IN_VIEW,
     FOSSA_MEASUREMENT,
     FOSSA_REGION,
@@ -140,7 +143,26 @@ def load_structure_samples(
                             FOSSA_WINDOW_MARGIN,
                         )
                     )
+                    if in_view == "1" and depth < FOSSA_FINE_TRAIN_BELOW:
+                        # The finer window reads the depth only (in view is the wide window's call).
+                        samples.append(
+                            StructureSample(
+                                image,
+                                spacing,
+                                boxes[FOSSA_REGION],
+                                FOSSA_DEPTH,
+                                depth,
+                                group,
+                                margin=FOSSA_FINE_MARGIN,
+                            )
+                        )
     return samples
+
+
+def _output_name(sample: StructureSample) -> str:
+    """The validation key of a sample's output: the finer posterior-fossa window apart."""
+    name = OUTPUTS[sample.structure]
+    return f"{name}_fine" if sample.margin == FOSSA_FINE_MARGIN else name
 
 
 def _augmented(sample: StructureSample, config: StructureTrainConfig, rng: np.random.Generator):
@@ -194,16 +216,16 @@ def validate_structures(model: StructureNet, samples: list[StructureSample]) -> 
     """Mean absolute error (mm) per output on un-jittered windows of the true boxes (the
     posterior-fossa depth where it is in view), and how often the in-view call is right."""
     model.eval()
-    errors: dict[str, list[float]] = {name: [] for name in OUTPUTS[:FOSSA_IN_VIEW]}
+    errors: dict[str, list[float]] = {}
     calls = []
     for start in range(0, len(samples), 256):
         order = list(range(start, min(start + 256, len(samples))))
         x, index, side, true, in_view = _batch(samples, order, None, None, augment=False)
         shares = model(x)
         got = shares.gather(1, index[:, None]).squeeze(1) * side
-        for i, e, v in zip(index.tolist(), (got - true).abs().tolist(), in_view.tolist(), strict=True):
+        for j, e, v in zip(order, (got - true).abs().tolist(), in_view.tolist(), strict=True):
             if v != 0:
-                errors[OUTPUTS[i]].append(e)
+                errors.setdefault(_output_name(samples[j]), []).append(e)
         fossa = in_view >= 0
         if fossa.any():
             said = shares[fossa, FOSSA_IN_VIEW] >= 0.5
@@ -325,6 +347,9 @@ def _record(config, model, history, best_epoch, seconds, datasets, train, val, b
             "measurement": FOSSA_MEASUREMENT,
             "region": FOSSA_REGION,
             "margin": FOSSA_WINDOW_MARGIN,
+            "fine_margin": FOSSA_FINE_MARGIN,
+            "fine_below_mm": FOSSA_FINE_BELOW,
+            "n_train_fine_windows": sum(s.margin == FOSSA_FINE_MARGIN for s in train),
             "n_train_windows": sum(s.in_view >= 0 for s in train),
             "n_train_in_view": sum(s.in_view == 1 for s in train),
             "n_val_windows": sum(s.in_view >= 0 for s in val),
