@@ -39,8 +39,8 @@ def draw_biometry_record(image: np.ndarray, record: dict, plane: str, labels_bel
         x0, y0, x1, y1 = (round(v) for v in found["box"])
         cv2.rectangle(image, (x0, y0), (x1, y1), STRUCTURE, thick, cv2.LINE_AA)
         label = f"{STRUCTURE_LABELS.get(name, name)} {values[name]:.1f}"
-        # A depth read in the cerebellum's wide window shares its box: its label goes below.
-        below = labels_below or found.get("window") == "posterior fossa"
+        # A depth read in a window of the cerebellum's shares its box: its label goes below.
+        below = labels_below or found.get("window", "").startswith("posterior fossa")
         at = (x0, y1 + round((32 if labels_below else 16) * scale)) if below else (x0, max(10, y0 - 4))
         cv2.putText(image, label, at, cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8, STRUCTURE, 1)
     head = record.get("head") or {}

@@ -300,6 +300,7 @@ def measure_structures(
     return StructureMeasurement(values, absent, chosen)
 
 
+@torch.no_grad()
 def _fine_fossa_depth(
     model: StructureNet, image: tuple[np.ndarray, float], box: StructureBox
 ) -> tuple[float, StructureBox]:
