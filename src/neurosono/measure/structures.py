@@ -22,7 +22,7 @@ it is not, the depth is absent with that reason. That window's pixels are coarse
 0.65 mm at mid-gestation), too coarse to tell an obliterated cisterna (under 2 mm) from a
 small normal one, so a depth read there under ``FOSSA_FINE_BELOW`` is read again in a
 window ``FOSSA_FINE_MARGIN`` times the cerebellum's box, which still holds the vermis and
-the bone behind a small cisterna, at about 2.5 times finer pixels.
+the bone behind a small cisterna, at pixels about 1.9 times finer.
 """
 
 from __future__ import annotations
