@@ -131,31 +131,18 @@ def load_structure_samples(
                 in_view = case.extra.get(f"{plane}_cisterna_magna_in_view", "")
                 depth = true_size(case, FOSSA_MEASUREMENT)
                 if in_view in ("0", "1") and depth is not None and FOSSA_REGION in boxes:
-                    samples.append(
-                        StructureSample(
-                            image,
-                            spacing,
-                            boxes[FOSSA_REGION],
-                            FOSSA_DEPTH,
-                            depth,
-                            group,
-                            int(in_view),
-                            FOSSA_WINDOW_MARGIN,
-                        )
-                    )
+                    # (in view, margin) of each posterior-fossa window: the wide one, and the
+                    # finer one for a small depth in view, which reads the depth only (in view
+                    # is the wide window's call)
+                    windows = [(int(in_view), FOSSA_WINDOW_MARGIN)]
                     if in_view == "1" and depth < FOSSA_FINE_TRAIN_BELOW:
-                        # The finer window reads the depth only (in view is the wide window's call).
-                        samples.append(
-                            StructureSample(
-                                image,
-                                spacing,
-                                boxes[FOSSA_REGION],
-                                FOSSA_DEPTH,
-                                depth,
-                                group,
-                                margin=FOSSA_FINE_MARGIN,
-                            )
+                        windows.append((-1, FOSSA_FINE_MARGIN))
+                    samples.extend(
+                        StructureSample(
+                            image, spacing, boxes[FOSSA_REGION], FOSSA_DEPTH, depth, group, seen, margin
                         )
+                        for seen, margin in windows
+                    )
     return samples
 
 
