@@ -17,6 +17,7 @@ from neurosono.measure.biometry import assemble
 from neurosono.measure.structures import (
     CROP_PX,
     FOSSA_DEPTH,
+    FOSSA_FALLBACK_CONFIDENCE,
     FOSSA_FINE_BELOW,
     FOSSA_FINE_MARGIN,
     FOSSA_IN_VIEW,
@@ -151,6 +152,26 @@ def test_the_cisterna_magna_is_read_behind_the_cerebellum_where_stage_1_has_no_b
     assert not four.reads_fossa
     plain = measure_structures(four, planes, [cerebellum], REGIONS)
     assert plain.absent["cisterna_magna_mm"] == "cisterna_magna not found on the TC image"
+
+
+def test_behind_a_cerebellum_stage_1_is_unsure_of_the_cisterna_magna_is_read_from_its_candidate_box():
+    image = np.full((300, 400), 80, np.uint8)
+    planes = {"tc": (image, 0.1)}
+    unsure = box("cerebellum", "tc", (100, 100, 200, 160), confidence=FOSSA_FALLBACK_CONFIDENCE + 0.01)
+    weaker = box("cerebellum", "tc", (10, 10, 60, 40), confidence=FOSSA_FALLBACK_CONFIDENCE)
+    found = measure_structures(fossa_model(0.2, 0.9), planes, [weaker, unsure], REGIONS)
+    # the surest candidate's window, its confidence on record; the TCD needs a sure box
+    assert found.values["cisterna_magna_mm"] == pytest.approx(0.2 * 100 * FOSSA_WINDOW_MARGIN * 0.1, abs=0.01)
+    chosen = found.to_dict()["boxes"]["cisterna_magna_mm"]
+    assert chosen["window"] == "posterior fossa" and chosen["confidence"] == pytest.approx(unsure.confidence)
+    assert found.absent["tcd_mm"] == "cerebellum not found on the TC image"
+    # still guarded by the in-view output
+    hidden = measure_structures(fossa_model(0.2, 0.2), planes, [unsure], REGIONS)
+    assert "not in the image" in hidden.absent["cisterna_magna_mm"]
+    # below the fallback's confidence there is no candidate
+    faint = box("cerebellum", "tc", (100, 100, 200, 160), confidence=FOSSA_FALLBACK_CONFIDENCE - 0.01)
+    none = measure_structures(fossa_model(0.2, 0.9), planes, [faint], REGIONS)
+    assert none.absent["cisterna_magna_mm"] == "cisterna_magna not found on the TC image"
 
 
 def test_the_csp_is_measured_on_tc_when_tv_does_not_show_it():

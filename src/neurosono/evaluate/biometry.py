@@ -254,9 +254,9 @@ def _with_stage1(case, model, image: np.ndarray, images: dict, detector, structu
     """The head measured as the pipeline measures it (framed on stage 1's head box) and the
     case's biometry with stage 1 run on its TV and TC ``images`` (CSP seen, structures)."""
     from neurosono.detect.predict import detect_planes
-    from neurosono.measure.case import CSP_MIN_CONFIDENCE, biometry_with, head_box
+    from neurosono.measure.case import DETECTION_CONFIDENCE, biometry_with, head_box
 
-    detections = detect_planes(detector, images, conf=CSP_MIN_CONFIDENCE)
+    detections = detect_planes(detector, images, conf=DETECTION_CONFIDENCE)
     names = list(detector.regions)
     measured = measure_image(model, image, case.spacing_mm("tv"), head_box(detections, names))
     return measured, biometry_with(measured, images, case.ga_weeks, detections, names, structure_model)

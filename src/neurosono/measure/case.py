@@ -14,7 +14,12 @@ from neurosono.detect.predict import Detection, detect_planes
 from neurosono.measure.biometry import Biometry, assemble
 from neurosono.measure.head import HeadMeasurement, measure_image
 from neurosono.measure.headnet import load_head_model
-from neurosono.measure.structures import MIN_CONFIDENCE, load_structure_model, measure_structures
+from neurosono.measure.structures import (
+    FOSSA_FALLBACK_CONFIDENCE,
+    MIN_CONFIDENCE,
+    load_structure_model,
+    measure_structures,
+)
 from neurosono.models import DEFAULT_DETECTOR, HEAD_REGION, PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 
 CSP_REGION = "csp"
@@ -22,6 +27,8 @@ CSP_REGION = "csp"
 HEAD_BOX_CONFIDENCE = 0.5
 # A region counts as seen (CSP hint) at the confidence it is measured in (structures).
 CSP_MIN_CONFIDENCE = MIN_CONFIDENCE
+# Stage 1 is asked for its boxes down to the least sure one any measurement reads.
+DETECTION_CONFIDENCE = min(CSP_MIN_CONFIDENCE, HEAD_BOX_CONFIDENCE, FOSSA_FALLBACK_CONFIDENCE)
 
 
 def csp_seen(detections: list[Detection], region_names: list[str]) -> tuple[bool | None, str]:
@@ -110,6 +117,6 @@ class Measurer:
     def measure(self, images: dict[str, LoadedImage], ga_weeks: float | None = None) -> Biometry:
         detections = None
         if self.detector is not None:
-            detections = detect_planes(self.detector, images, conf=CSP_MIN_CONFIDENCE)
+            detections = detect_planes(self.detector, images, conf=DETECTION_CONFIDENCE)
         names = list(self.detector.regions) if self.detector is not None else []
         return biometry_for(self.head_model, images, ga_weeks, detections, names, self.structure_model)

@@ -46,6 +46,10 @@ FOSSA_FINE_TRAIN_BELOW = 6.0  # mm: depths the finer window is trained on (room 
 FORMAT = "neurosono-structures-1"  # the four region-window outputs only
 FORMAT_FOSSA = "neurosono-structures-2"  # and the posterior-fossa windows' depth and in-view outputs
 MIN_CONFIDENCE = 0.25  # a region's box must reach this stage-1 confidence to be measured in
+# The posterior-fossa window is read round a less sure cerebellum box too, from this
+# confidence: the obliterated cisterna of Chiari II comes with a small, low "banana"
+# cerebellum that stage 1 is often unsure of, yet the in-view output still guards the read.
+FOSSA_FALLBACK_CONFIDENCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -226,11 +230,13 @@ class StructureMeasurement:
         }
 
 
-def best_boxes(detections, region_names: list[str]) -> dict[tuple[str, str], StructureBox]:
-    """Each (plane, region)'s most confident stage-1 box at or above MIN_CONFIDENCE."""
+def best_boxes(
+    detections, region_names: list[str], min_confidence: float = MIN_CONFIDENCE
+) -> dict[tuple[str, str], StructureBox]:
+    """Each (plane, region)'s most confident stage-1 box at or above ``min_confidence``."""
     best: dict[tuple[str, str], StructureBox] = {}
     for d in detections:
-        if d.confidence < MIN_CONFIDENCE or d.class_id >= len(region_names):
+        if d.confidence < min_confidence or d.class_id >= len(region_names):
             continue
         key = (d.plane, region_names[d.class_id])
         if key not in best or d.confidence > best[key].confidence:
@@ -249,6 +255,7 @@ def measure_structures(
     stage 1's detections on them; absent ones say why."""
     model.eval()
     found = best_boxes(detections, region_names)
+    candidates = best_boxes(detections, region_names, FOSSA_FALLBACK_CONFIDENCE)
     values: dict[str, float] = {}
     absent: dict[str, str] = {}
     chosen: dict[str, StructureBox] = {}
@@ -268,9 +275,10 @@ def measure_structures(
         boxes = [found[(p, spec.region)] for p in spaced if (p, spec.region) in found]
         margin, output = WINDOW_MARGIN, index
         if not boxes and spec.measurement == FOSSA_MEASUREMENT and model.reads_fossa:
+            # the cerebellum's box where stage 1 is sure of it, else its best candidate
             boxes = [
                 StructureBox(b.plane, b.box, b.confidence, b.region, "posterior fossa")
-                for b in (found.get((p, FOSSA_REGION)) for p in spaced)
+                for b in (found.get((p, FOSSA_REGION), candidates.get((p, FOSSA_REGION))) for p in spaced)
                 if b is not None
             ]
             margin, output = FOSSA_WINDOW_MARGIN, FOSSA_DEPTH
