@@ -33,11 +33,11 @@ from neurosono.core.images import read_image
 from neurosono.data.format import Dataset
 from neurosono.detect.model import load_detector
 from neurosono.detect.predict import detect_planes
-from neurosono.measure.case import head_box
+from neurosono.measure.case import DETECTION_CONFIDENCE, head_box
 from neurosono.measure.head import measure_image
 from neurosono.measure.headnet import load_head_model
 from neurosono.measure.onnx import HEAD_ONNX, STRUCTURES_ONNX, OnnxNet, export_biometry
-from neurosono.measure.structures import MIN_CONFIDENCE, load_structure_model, measure_structures
+from neurosono.measure.structures import load_structure_model, measure_structures
 from neurosono.models import DEFAULT_DETECTOR, PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 from neurosono.phantom.cohort import CohortConfig, generate_cohort
 
@@ -134,7 +134,7 @@ def main() -> None:
                 (
                     images["tv"],
                     planes,
-                    detect_planes(detector, images, MIN_CONFIDENCE),
+                    detect_planes(detector, images, DETECTION_CONFIDENCE),
                     list(detector.regions),
                 )
             )
