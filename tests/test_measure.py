@@ -107,7 +107,11 @@ def test_a_missing_structure_gives_no_number_and_no_hint():
         ({"atrium_mm": 13.0}, 21, {"ventriculomegaly_moderate"}),
         ({"atrium_mm": 16.0}, 21, {"ventriculomegaly_severe"}),
         ({"cisterna_magna_mm": 11.0}, 21, {"cisterna_magna_enlarged"}),
+        ({"cisterna_magna_mm": 9.8}, 21, {"cisterna_magna_enlarged_borderline"}),
+        ({"cisterna_magna_mm": 9.5}, 21, set()),
         ({"cisterna_magna_mm": 1.5}, 21, {"cisterna_magna_small"}),
+        ({"cisterna_magna_mm": 2.2}, 21, {"cisterna_magna_small_borderline"}),
+        ({"cisterna_magna_mm": 2.5}, 21, set()),
         ({"tcd_mm": 18.0}, 21, {"tcd_small"}),  # 5th centile at 21 weeks is about 20.3 mm
         ({"tcd_mm": 21.5}, 21, set()),
         ({"hc_mm": 160.0}, 21, {"hc_small"}),
@@ -117,6 +121,19 @@ def test_a_missing_structure_gives_no_number_and_no_hint():
 def test_each_hint_fires_on_its_rule(values, ga, found):
     hints = all_hints(values, {}, ga, False, csp_seen=True)
     assert {h.finding for h in hints if h.present} == found
+
+
+def test_a_borderline_hint_counts_as_its_finding_when_scored():
+    from types import SimpleNamespace
+
+    from neurosono.data.format import Case
+    from neurosono.evaluate.biometry import _hint_rows
+
+    case = Case("c", "abnormal", extra={"cisterna_magna_mm": "10.3"})
+    measured = SimpleNamespace(hints=all_hints({"cisterna_magna_mm": 9.8}, {}, 21, False, csp_seen=True))
+    rows = {finding: (hinted, true) for finding, hinted, true, _ in _hint_rows(case, measured)}
+    assert rows["cisterna_magna_enlarged"] == (True, True)
+    assert rows["cisterna_magna_small"] == (False, False)
 
 
 def test_csp_hint_follows_the_detector():
@@ -515,3 +532,14 @@ def test_borderline_margin_is_the_shipped_structure_models_atrium_error():
 
     record = json.loads((PHANTOM_STRUCTURE_MODEL / "structures.json").read_text())
     assert pytest.approx(record["val_metrics"]["mae_mm"]["atrium_mm"], abs=0.05) == VP_BORDERLINE_MM
+
+
+def test_cisterna_magna_borderline_margin_is_the_shipped_structure_models_error():
+    import json
+
+    from neurosono.measure.standards import CM_BORDERLINE_MM
+    from neurosono.models import PHANTOM_STRUCTURE_MODEL
+
+    record = json.loads((PHANTOM_STRUCTURE_MODEL / "structures.json").read_text())
+    mae = record["val_metrics"]["mae_mm"]["cisterna_magna_mm"]
+    assert pytest.approx(mae, abs=0.05) == CM_BORDERLINE_MM

@@ -264,11 +264,13 @@ def _with_stage1(case, model, image: np.ndarray, images: dict, detector, structu
 
 def _hint_rows(case, biometry) -> list[tuple[str, bool | None, bool, str]]:
     """(finding, hinted, true, group) for each hint the case's true measurements can judge
-    (hinted None: the hint could not answer); the ventriculomegaly grades count as one finding."""
+    (hinted None: the hint could not answer); a finding's grades, borderline included, count
+    as the finding."""
     truth = true_hints(case)
     rows = []
     for hint in biometry.hints:
-        finding = "ventriculomegaly" if hint.finding.startswith("ventriculomegaly") else hint.finding
+        finding = hint.finding.removesuffix("_borderline")
+        finding = "ventriculomegaly" if finding.startswith("ventriculomegaly") else finding
         if finding in truth:
             hinted = None if hint.present is None else bool(hint.present)
             rows.append((finding, hinted, truth[finding], case.group))

@@ -6,7 +6,8 @@ it. A rule whose measurement is absent gives no hint: ``present`` is None, with 
 
 A measured atrium just under the 10 mm limit, within the structure model's own error of it,
 is hinted as borderline ventriculomegaly: a reading of 9.7 mm cannot rule out 10 mm, and a
-sonographer re-measures it.
+sonographer re-measures it. The cisterna magna's two limits are read the same way: a depth
+just under 10 mm or just over 2 mm, within the model's error, is a borderline hint.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass
 from neurosono.measure.standards import (
     ATRIUM_LIMITS_MM,
     CISTERNA_MAGNA_LIMITS_MM,
+    CM_BORDERLINE_MM,
     HC_CENTILE_LIMITS,
     STANDARDS,
     TCD_LOW_CENTILE,
@@ -67,18 +69,43 @@ def ventriculomegaly(values: dict, absent: dict) -> Hint:
 
 
 def cisterna_magna(values: dict, absent: dict) -> list[Hint]:
+    """Enlarged (> 10 mm) and small (< 2 mm), each with a ``_borderline`` grade for a depth
+    within the model's error inside the limit (re-measure)."""
     low, high = CISTERNA_MAGNA_LIMITS_MM
+    margin = CM_BORDERLINE_MM
     cm = values.get("cisterna_magna_mm")
     rules = (
-        ("cisterna_magna_enlarged", f"cisterna magna > {high:g} mm"),
-        ("cisterna_magna_small", f"cisterna magna < {low:g} mm"),
+        (
+            "cisterna_magna_enlarged",
+            f"cisterna magna > {high:g} mm; borderline {high - margin:g}-{high:g} mm (within the "
+            f"measurement's error of {high:g} mm: re-measure)",
+        ),
+        (
+            "cisterna_magna_small",
+            f"cisterna magna < {low:g} mm; borderline {low:g}-{low + margin:g} mm (within the "
+            f"measurement's error of {low:g} mm: re-measure)",
+        ),
     )
     if cm is None:
         reason = absent.get("cisterna_magna_mm", "not measured")
         return [_absent(f, "cisterna_magna_mm", r, reason) for f, r in rules]
+    enlarged, small = rules
+    near_high, near_low = high - margin <= cm <= high, low <= cm < low + margin
     return [
-        Hint(rules[0][0], cm > high, "cisterna_magna_mm", cm, rules[0][1]),
-        Hint(rules[1][0], cm < low, "cisterna_magna_mm", cm, rules[1][1]),
+        Hint(
+            enlarged[0] + ("_borderline" if near_high else ""),
+            cm >= high - margin,
+            "cisterna_magna_mm",
+            cm,
+            enlarged[1],
+        ),
+        Hint(
+            small[0] + ("_borderline" if near_low else ""),
+            cm < low + margin,
+            "cisterna_magna_mm",
+            cm,
+            small[1],
+        ),
     ]
 
 
