@@ -18,6 +18,7 @@ from neurosono.measure.structures import (
     CROP_PX,
     FOSSA_DEPTH,
     FOSSA_FALLBACK_CONFIDENCE,
+    FOSSA_FALLBACK_MIN_SUPPORT,
     FOSSA_FINE_BELOW,
     FOSSA_FINE_MARGIN,
     FOSSA_IN_VIEW,
@@ -159,19 +160,29 @@ def test_behind_a_cerebellum_stage_1_is_unsure_of_the_cisterna_magna_is_read_fro
     planes = {"tc": (image, 0.1)}
     unsure = box("cerebellum", "tc", (100, 100, 200, 160), confidence=FOSSA_FALLBACK_CONFIDENCE + 0.01)
     weaker = box("cerebellum", "tc", (10, 10, 60, 40), confidence=FOSSA_FALLBACK_CONFIDENCE)
-    found = measure_structures(fossa_model(0.2, 0.9), planes, [weaker, unsure], REGIONS)
+    # the rest of the TC plane, which stage 1 is sure of: an image it knows
+    known = [box("csp", "tc", (150, 40, 170, 60)), box("thalami", "tc", (130, 60, 190, 90))]
+    assert FOSSA_FALLBACK_MIN_SUPPORT <= 0.9
+    found = measure_structures(fossa_model(0.2, 0.9), planes, [weaker, unsure, *known], REGIONS)
     # the surest candidate's window, its confidence on record; the TCD needs a sure box
     assert found.values["cisterna_magna_mm"] == pytest.approx(0.2 * 100 * FOSSA_WINDOW_MARGIN * 0.1, abs=0.01)
     chosen = found.to_dict()["boxes"]["cisterna_magna_mm"]
     assert chosen["window"] == "posterior fossa" and chosen["confidence"] == pytest.approx(unsure.confidence)
     assert found.absent["tcd_mm"] == "cerebellum not found on the TC image"
     # still guarded by the in-view output
-    hidden = measure_structures(fossa_model(0.2, 0.2), planes, [unsure], REGIONS)
+    hidden = measure_structures(fossa_model(0.2, 0.2), planes, [unsure, *known], REGIONS)
     assert "not in the image" in hidden.absent["cisterna_magna_mm"]
     # below the fallback's confidence there is no candidate
     faint = box("cerebellum", "tc", (100, 100, 200, 160), confidence=FOSSA_FALLBACK_CONFIDENCE - 0.01)
-    none = measure_structures(fossa_model(0.2, 0.9), planes, [faint], REGIONS)
+    none = measure_structures(fossa_model(0.2, 0.9), planes, [faint, *known], REGIONS)
     assert none.absent["cisterna_magna_mm"] == "cisterna_magna not found on the TC image"
+    # nor on an image stage 1 does not know (its other regions unsure: a real scan, say)
+    vague = [box("csp", "tc", (150, 40, 170, 60), 0.5), box("thalami", "tc", (130, 60, 190, 90), 0.4)]
+    unknown = measure_structures(fossa_model(0.2, 0.9), planes, [unsure, *vague], REGIONS)
+    assert unknown.absent["cisterna_magna_mm"] == "cisterna_magna not found on the TC image"
+    # a sure cerebellum box needs no such support
+    sure = box("cerebellum", "tc", (100, 100, 200, 160), confidence=0.9)
+    assert "cisterna_magna_mm" in measure_structures(fossa_model(0.2, 0.9), planes, [sure], REGIONS).values
 
 
 def test_the_csp_is_measured_on_tc_when_tv_does_not_show_it():

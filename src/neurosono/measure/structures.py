@@ -50,6 +50,11 @@ MIN_CONFIDENCE = 0.25  # a region's box must reach this stage-1 confidence to be
 # confidence: the obliterated cisterna of Chiari II comes with a small, low "banana"
 # cerebellum that stage 1 is often unsure of, yet the in-view output still guards the read.
 FOSSA_FALLBACK_CONFIDENCE = 0.05
+# ... on an image stage 1 otherwise knows: the two surest of the TC plane's brain regions
+# average at least this (the pipeline answers from a support of 0.735, measured the same way
+# over both planes). On real scans, where stage 1's boxes mean little, no candidate is read.
+FOSSA_FALLBACK_MIN_SUPPORT = 0.7
+FOSSA_SUPPORT_REGIONS = ("csp", "thalami", "cerebellum", "cisterna_magna")
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,32 @@ def best_boxes(
     return best
 
 
+def plane_support(candidates: dict[tuple[str, str], StructureBox], plane: str) -> float:
+    """Mean confidence of the two surest of the TC plane's brain regions in ``plane``'s image
+    (``candidates``: each region's best box; one not found counts 0): how well stage 1 knows
+    the image."""
+    best = sorted(
+        (
+            candidates[(plane, r)].confidence if (plane, r) in candidates else 0.0
+            for r in FOSSA_SUPPORT_REGIONS
+        ),
+        reverse=True,
+    )
+    return float(np.mean(best[:2]))
+
+
+def _fossa_box(
+    found: dict[tuple[str, str], StructureBox], candidates: dict[tuple[str, str], StructureBox], plane: str
+) -> StructureBox | None:
+    """The cerebellum's box the posterior-fossa window is read round: stage 1's sure one, else
+    its best candidate on an image stage 1 otherwise knows."""
+    if (plane, FOSSA_REGION) in found:
+        return found[(plane, FOSSA_REGION)]
+    if plane_support(candidates, plane) >= FOSSA_FALLBACK_MIN_SUPPORT:
+        return candidates.get((plane, FOSSA_REGION))
+    return None
+
+
 @torch.no_grad()
 def measure_structures(
     model: StructureNet,
@@ -275,10 +306,9 @@ def measure_structures(
         boxes = [found[(p, spec.region)] for p in spaced if (p, spec.region) in found]
         margin, output = WINDOW_MARGIN, index
         if not boxes and spec.measurement == FOSSA_MEASUREMENT and model.reads_fossa:
-            # the cerebellum's box where stage 1 is sure of it, else its best candidate
             boxes = [
                 StructureBox(b.plane, b.box, b.confidence, b.region, "posterior fossa")
-                for b in (found.get((p, FOSSA_REGION), candidates.get((p, FOSSA_REGION))) for p in spaced)
+                for b in (_fossa_box(found, candidates, p) for p in spaced)
                 if b is not None
             ]
             margin, output = FOSSA_WINDOW_MARGIN, FOSSA_DEPTH
