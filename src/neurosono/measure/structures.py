@@ -275,6 +275,19 @@ def _fossa_box(
     return None
 
 
+def _unread_candidate(candidates: dict[tuple[str, str], StructureBox], planes: list[str]) -> str:
+    """Why a cerebellum candidate stage 1 did give was not read behind ('' where it gave none)."""
+    for plane in planes:
+        candidate = candidates.get((plane, FOSSA_REGION))
+        if candidate is not None:
+            return (
+                f" (a {FOSSA_REGION} candidate at confidence {candidate.confidence:.2f} on an image stage 1 "
+                f"is unsure of: support {plane_support(candidates, plane):.2f}, below "
+                f"{FOSSA_FALLBACK_MIN_SUPPORT})"
+            )
+    return ""
+
+
 @torch.no_grad()
 def measure_structures(
     model: StructureNet,
@@ -316,6 +329,8 @@ def measure_structures(
             absent[spec.measurement] = (
                 f"{spec.region} not found on the {' or '.join(p.upper() for p in spaced)} image"
             )
+            if spec.measurement == FOSSA_MEASUREMENT and model.reads_fossa:
+                absent[spec.measurement] += _unread_candidate(candidates, spaced)
             continue
         box = boxes[0]
         cx, cy, side = window(box.box, margin)
