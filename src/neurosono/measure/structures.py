@@ -249,41 +249,41 @@ def best_boxes(
     return best
 
 
-def plane_support(candidates: dict[tuple[str, str], StructureBox], plane: str) -> float:
-    """Mean confidence of the two surest of the TC plane's brain regions in ``plane``'s image
-    (``candidates``: each region's best box; one not found counts 0): how well stage 1 knows
-    the image."""
-    best = sorted(
-        (
-            candidates[(plane, r)].confidence if (plane, r) in candidates else 0.0
-            for r in FOSSA_SUPPORT_REGIONS
-        ),
-        reverse=True,
-    )
-    return float(np.mean(best[:2]))
+def plane_support(detections, region_names: list[str], plane: str) -> float:
+    """How well stage 1 knows ``plane``'s image: the pipeline's support (the mean confidence
+    of the surer half of the regions needed, one not found counting 0) over the TC plane's
+    brain regions in that image."""
+    from neurosono.classify.domain import stage1_support
+
+    mine = [d for d in detections if d.plane == plane]
+    return stage1_support(mine, region_names, {plane: FOSSA_SUPPORT_REGIONS}, [plane])
 
 
 def _fossa_box(
-    found: dict[tuple[str, str], StructureBox], candidates: dict[tuple[str, str], StructureBox], plane: str
+    found: dict[tuple[str, str], StructureBox],
+    candidates: dict[tuple[str, str], StructureBox],
+    supports: dict[str, float],
+    plane: str,
 ) -> StructureBox | None:
     """The cerebellum's box the posterior-fossa window is read round: stage 1's sure one, else
     its best candidate on an image stage 1 otherwise knows."""
     if (plane, FOSSA_REGION) in found:
         return found[(plane, FOSSA_REGION)]
-    if plane_support(candidates, plane) >= FOSSA_FALLBACK_MIN_SUPPORT:
+    if supports[plane] >= FOSSA_FALLBACK_MIN_SUPPORT:
         return candidates.get((plane, FOSSA_REGION))
     return None
 
 
-def _unread_candidate(candidates: dict[tuple[str, str], StructureBox], planes: list[str]) -> str:
+def _unread_candidate(
+    candidates: dict[tuple[str, str], StructureBox], supports: dict[str, float], planes: list[str]
+) -> str:
     """Why a cerebellum candidate stage 1 did give was not read behind ('' where it gave none)."""
     for plane in planes:
         candidate = candidates.get((plane, FOSSA_REGION))
         if candidate is not None:
             return (
                 f" (a {FOSSA_REGION} candidate at confidence {candidate.confidence:.2f} on an image stage 1 "
-                f"is unsure of: support {plane_support(candidates, plane):.2f}, below "
-                f"{FOSSA_FALLBACK_MIN_SUPPORT})"
+                f"is unsure of: support {supports[plane]:.2f}, below {FOSSA_FALLBACK_MIN_SUPPORT})"
             )
     return ""
 
@@ -300,6 +300,7 @@ def measure_structures(
     model.eval()
     found = best_boxes(detections, region_names)
     candidates = best_boxes(detections, region_names, FOSSA_FALLBACK_CONFIDENCE)
+    supports = {plane: plane_support(detections, region_names, plane) for plane in images}
     values: dict[str, float] = {}
     absent: dict[str, str] = {}
     chosen: dict[str, StructureBox] = {}
@@ -321,7 +322,7 @@ def measure_structures(
         if not boxes and spec.measurement == FOSSA_MEASUREMENT and model.reads_fossa:
             boxes = [
                 StructureBox(b.plane, b.box, b.confidence, b.region, "posterior fossa")
-                for b in (_fossa_box(found, candidates, p) for p in spaced)
+                for b in (_fossa_box(found, candidates, supports, p) for p in spaced)
                 if b is not None
             ]
             margin, output = FOSSA_WINDOW_MARGIN, FOSSA_DEPTH
@@ -330,7 +331,7 @@ def measure_structures(
                 f"{spec.region} not found on the {' or '.join(p.upper() for p in spaced)} image"
             )
             if spec.measurement == FOSSA_MEASUREMENT and model.reads_fossa:
-                absent[spec.measurement] += _unread_candidate(candidates, spaced)
+                absent[spec.measurement] += _unread_candidate(candidates, supports, spaced)
             continue
         box = boxes[0]
         cx, cy, side = window(box.box, margin)
