@@ -34,6 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from neurosono.classify.domain import stage1_support
+from neurosono.classify.inputs import DETECTION_CONF
+
 CROP_PX = 96
 WINDOW_MARGIN = 1.3
 FOSSA_WINDOW_MARGIN = 3.0  # the posterior-fossa window: the cerebellum box's longer side times this
@@ -46,10 +49,11 @@ FOSSA_FINE_TRAIN_BELOW = 6.0  # mm: depths the finer window is trained on (room 
 FORMAT = "neurosono-structures-1"  # the four region-window outputs only
 FORMAT_FOSSA = "neurosono-structures-2"  # and the posterior-fossa windows' depth and in-view outputs
 MIN_CONFIDENCE = 0.25  # a region's box must reach this stage-1 confidence to be measured in
-# The posterior-fossa window is read round a less sure cerebellum box too, from this
-# confidence: the obliterated cisterna of Chiari II comes with a small, low "banana"
-# cerebellum that stage 1 is often unsure of, yet the in-view output still guards the read.
-FOSSA_FALLBACK_CONFIDENCE = 0.05
+# The posterior-fossa window is read round a less sure cerebellum box too, from the
+# confidence the pipeline keeps stage 1's candidates at (0.05): the obliterated cisterna of
+# Chiari II comes with a small, low "banana" cerebellum that stage 1 is often unsure of, yet
+# the in-view output still guards the read.
+FOSSA_FALLBACK_CONFIDENCE = DETECTION_CONF
 # ... on an image stage 1 otherwise knows: the two surest of the TC plane's brain regions
 # average at least this (the pipeline answers from a support of 0.735, measured the same way
 # over both planes). On real scans, where stage 1's boxes mean little, no candidate is read.
@@ -253,8 +257,6 @@ def plane_support(detections, region_names: list[str], plane: str) -> float:
     """How well stage 1 knows ``plane``'s image: the pipeline's support (the mean confidence
     of the surer half of the regions needed, one not found counting 0) over the TC plane's
     brain regions in that image."""
-    from neurosono.classify.domain import stage1_support
-
     mine = [d for d in detections if d.plane == plane]
     return stage1_support(mine, region_names, {plane: FOSSA_SUPPORT_REGIONS}, [plane])
 
@@ -299,8 +301,6 @@ def measure_structures(
     stage 1's detections on them; absent ones say why."""
     model.eval()
     found = best_boxes(detections, region_names)
-    candidates = best_boxes(detections, region_names, FOSSA_FALLBACK_CONFIDENCE)
-    supports = {plane: plane_support(detections, region_names, plane) for plane in images}
     values: dict[str, float] = {}
     absent: dict[str, str] = {}
     chosen: dict[str, StructureBox] = {}
@@ -319,7 +319,11 @@ def measure_structures(
             continue
         boxes = [found[(p, spec.region)] for p in spaced if (p, spec.region) in found]
         margin, output = WINDOW_MARGIN, index
-        if not boxes and spec.measurement == FOSSA_MEASUREMENT and model.reads_fossa:
+        fossa = spec.measurement == FOSSA_MEASUREMENT and model.reads_fossa
+        if not boxes and fossa:
+            # only here are stage 1's less sure boxes and the images' support wanted
+            candidates = best_boxes(detections, region_names, FOSSA_FALLBACK_CONFIDENCE)
+            supports = {p: plane_support(detections, region_names, p) for p in spaced}
             boxes = [
                 StructureBox(b.plane, b.box, b.confidence, b.region, "posterior fossa")
                 for b in (_fossa_box(found, candidates, supports, p) for p in spaced)
@@ -330,7 +334,7 @@ def measure_structures(
             absent[spec.measurement] = (
                 f"{spec.region} not found on the {' or '.join(p.upper() for p in spaced)} image"
             )
-            if spec.measurement == FOSSA_MEASUREMENT and model.reads_fossa:
+            if fossa:
                 absent[spec.measurement] += _unread_candidate(candidates, supports, spaced)
             continue
         box = boxes[0]
