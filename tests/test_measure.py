@@ -543,3 +543,25 @@ def test_cisterna_magna_borderline_margin_is_the_shipped_structure_models_error(
     record = json.loads((PHANTOM_STRUCTURE_MODEL / "structures.json").read_text())
     mae = record["val_metrics"]["mae_mm"]["cisterna_magna_mm"]
     assert pytest.approx(mae, abs=0.05) == CM_BORDERLINE_MM
+
+
+def test_head_training_keeps_the_frames_asked_for_round_each_head(tiny_cohort):
+    from neurosono.measure.headnet import INPUT_SIZE
+    from neurosono.measure.train import _sample
+
+    dataset = Dataset.load(tiny_cohort)
+    truth = head_truth(dataset, dataset.cases[0])
+    rng = np.random.default_rng(0)
+    sample = _sample(truth, "g", False, rng, INPUT_SIZE, zoom_views=3, zoom_margin=(1.1, 1.2))
+    assert len(sample.views) == 4  # the whole image, then three frames round the head
+    for image, maps in sample.views[1:]:
+        assert image.shape == maps.shape[1:] == (INPUT_SIZE[1], INPUT_SIZE[0])
+        # a frame 1.1-1.2 times the head's box: the head spans 1/1.2 to 1/1.1 of the frame
+        # along the side it fills
+        rows, cols = np.nonzero(maps[0] > 0.5)
+        span = max((np.ptp(cols) + 1) / INPUT_SIZE[0], (np.ptp(rows) + 1) / INPUT_SIZE[1])
+        assert 1 / 1.2 - 0.03 < span < 1 / 1.1 + 0.03
+    assert len(_sample(truth, "g", False, rng, INPUT_SIZE, zoom_views=0).views) == 1
+    args = ["measure", "train", str(tiny_cohort), "--out", "x", "--zoom-margin", "0.9,1.2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--zoom-margin" in result.output

@@ -27,6 +27,12 @@ def train(
     widths: Annotated[str, typer.Option(help="the U-Net's channels at each level, comma-separated")] = (
         "8,16,32,64,64"
     ),
+    zoom_views: Annotated[
+        int, typer.Option(help="frames round the head kept per training image, beside the whole image")
+    ] = 1,
+    zoom_margin: Annotated[
+        str, typer.Option(help="range of those frames' margins, times the head's box: LOW,HIGH")
+    ] = "1.1,1.6",
     seed: Seed = 0,
 ) -> None:
     """Train the head model (skull outline segmentation, then an ellipse fit) on train, pick on val."""
@@ -37,9 +43,11 @@ def train(
     try:
         width, height = (int(v) for v in input_size.lower().split("x"))
         channels = tuple(int(v) for v in widths.split(","))
+        low, high = (float(v) for v in zoom_margin.split(","))
     except ValueError:
         raise fail(
-            f"--input-size {input_size!r} / --widths {widths!r}: give e.g. 192x144 and 8,16,32,64,64",
+            f"--input-size {input_size!r} / --widths {widths!r} / --zoom-margin {zoom_margin!r}: "
+            "give e.g. 192x144, 8,16,32,64,64 and 1.1,1.6",
             EXIT_BAD_INPUT,
         ) from None
     step = 2 ** (len(channels) - 1)  # each level halves the size
@@ -48,6 +56,12 @@ def train(
         raise fail(
             f"--input-size {input_size} / --widths {widths}: give two or more positive widths and a "
             f"size in multiples of {step} (each of the {len(channels) - 1} poolings halves it)",
+            EXIT_BAD_INPUT,
+        )
+    if zoom_views < 0 or not 1.0 <= low <= high:
+        raise fail(
+            f"--zoom-views {zoom_views} / --zoom-margin {zoom_margin}: give zero or more views and "
+            "margins LOW,HIGH with 1 <= LOW <= HIGH",
             EXIT_BAD_INPUT,
         )
     config = HeadTrainConfig(
@@ -60,6 +74,8 @@ def train(
         init_from=str(init) if init else None,
         input_size=(width, height),
         widths=channels,
+        zoom_views=zoom_views,
+        zoom_margin=(low, high),
     )
     try:
         record = train_head_model(datasets, out_dir, config)

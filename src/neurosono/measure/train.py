@@ -56,6 +56,10 @@ class HeadTrainConfig:
     init_from: str | None = None  # a head model (file or run) to start from instead of random weights
     input_size: tuple[int, int] = INPUT_SIZE  # (width, height) the network sees a framed image at
     widths: tuple[int, ...] = WIDTHS  # the U-Net's channels at each of its levels
+    # Frames round the head kept per training image (each a random margin and shift), beside
+    # the whole image; an epoch draws one of the image's views.
+    zoom_views: int = 1
+    zoom_margin: tuple[float, float] = (1.1, 1.6)  # the frames' margins, times the head's box
 
 
 @dataclass
@@ -84,13 +88,16 @@ def _sample(
     keep_truth: bool,
     rng: np.random.Generator,
     size: tuple[int, int] = INPUT_SIZE,
+    zoom_views: int = 1,
+    zoom_margin: tuple[float, float] = (1.1, 1.6),
 ) -> Sample:
-    """The image seen whole and through a frame round its head (as the second look sees it:
-    a random margin round the true head, a little off centre), at the network's input ``size``."""
+    """The image seen whole and through ``zoom_views`` frames round its head (as the second
+    look sees it: a random margin round the true head, a little off centre), at the network's
+    input ``size``."""
     frames = [Frame.whole(truth.image.shape, size)]
     ellipse = fit_mask_ellipse(truth.head)
-    if ellipse is not None:
-        diameter = max(ellipse.d1, ellipse.d2)
+    diameter = 0.0 if ellipse is None else max(ellipse.d1, ellipse.d2)
+    for _ in range(zoom_views if ellipse is not None else 0):
         shifted = type(ellipse)(
             ellipse.cx + rng.uniform(-0.05, 0.05) * diameter,
             ellipse.cy + rng.uniform(-0.05, 0.05) * diameter,
@@ -98,7 +105,7 @@ def _sample(
             ellipse.d2,
             ellipse.angle_deg,
         )
-        frames.append(Frame.zoom(shifted, rng.uniform(1.1, 1.6), size))
+        frames.append(Frame.zoom(shifted, rng.uniform(*zoom_margin), size))
     maps = [truth.head, truth.brain if truth.brain is not None else np.zeros_like(truth.head)]
     views = [
         (
@@ -118,6 +125,8 @@ def load_samples(
     progress: bool = True,
     seed: int = 0,
     size: tuple[int, int] = INPUT_SIZE,
+    zoom_views: int = 1,
+    zoom_margin: tuple[float, float] = (1.1, 1.6),
 ) -> list[Sample]:
     rng = np.random.default_rng(seed)
     samples = []
@@ -126,7 +135,8 @@ def load_samples(
         for case in track(cases, f"loading {dataset.spec.name} {split}", enabled=progress):
             truth = head_truth(dataset, case)
             if truth is not None:
-                samples.append(_sample(truth, f"{dataset.spec.name}/{case.group}", keep_truth, rng, size))
+                group = f"{dataset.spec.name}/{case.group}"
+                samples.append(_sample(truth, group, keep_truth, rng, size, zoom_views, zoom_margin))
     return samples
 
 
@@ -244,7 +254,16 @@ def train_head_model(
     """Train the head model; writes ``out``/head.pt and head.json. Returns the record."""
     datasets = [Dataset.load(p) for p in dataset_paths]
     size = tuple(config.input_size)
-    train = load_samples(datasets, "train", False, config.max_per_dataset, progress, size=size)
+    train = load_samples(
+        datasets,
+        "train",
+        False,
+        config.max_per_dataset,
+        progress,
+        size=size,
+        zoom_views=config.zoom_views,
+        zoom_margin=tuple(config.zoom_margin),
+    )
     val = load_samples(datasets, "val", True, config.max_val_per_dataset, progress, size=size)
     if not train or not val:
         names = ", ".join(str(d.root) for d in datasets)
