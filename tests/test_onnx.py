@@ -20,6 +20,7 @@ from neurosono.core.checkpoints import file_sha256
 from neurosono.core.images import read_image
 from neurosono.data.format import Dataset
 from neurosono.detect.env import cpu_cores
+from neurosono.measure.onnx import GRAPH_REVISION
 from neurosono.models import PHANTOM_STRUCTURE_MODEL, REAL_HEAD_MODEL
 from neurosono.phantom.cohort import CohortConfig, generate_cohort
 from neurosono.pipeline import export as deploy
@@ -326,3 +327,14 @@ def test_default_model_is_exported_once_into_the_cache(
     assert len(calls) == 1 and not messages
     assert pipeline.stage2.runner.get_session_options().intra_op_num_threads == 1
     assert pipeline.model_info["detector_sha256"] == file_sha256(default_model_dir() / "detector.pt")
+    # A cache written with an older graph of the same weights is written again, once.
+    folder = calls[0]
+    manifest = json.loads((folder / onnx_files.MANIFEST).read_text())
+    assert {e["graph_revision"] for e in manifest["biometry"].values()} == {GRAPH_REVISION}
+    for entry in manifest["biometry"].values():
+        del entry["graph_revision"]
+    (folder / onnx_files.MANIFEST).write_text(json.dumps(manifest))
+    Pipeline.load(runtime="onnx", notify=messages.append, threads=1)
+    assert len(calls) == 2 and messages and "exporting" in messages[0]
+    Pipeline.load(runtime="onnx", notify=messages.append, threads=1)
+    assert len(calls) == 2

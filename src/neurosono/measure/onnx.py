@@ -18,6 +18,9 @@ from neurosono.core.atomic import atomic_write_bytes
 from neurosono.measure.structures import CROP_PX, FOSSA_DEPTH
 
 OPSET = 17
+# Raised when the exported graphs change for the same weights (2: the head's upsampling has
+# constant scales), so cached exports of an older graph are written again.
+GRAPH_REVISION = 2
 HEAD_ONNX = "head.onnx"
 STRUCTURES_ONNX = "structures.onnx"
 

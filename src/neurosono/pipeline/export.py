@@ -175,7 +175,7 @@ def export_biometry_files(model_dir: Path, folder: Path) -> dict:
     """head.onnx and structures.onnx for the biometry models the folder's pipeline uses (its
     own, else the shipped ones): per file, its hash, its source's hash and its difference
     from torch. Empty when there is no head model."""
-    from neurosono.measure.onnx import HEAD_ONNX, STRUCTURES_ONNX, export_biometry
+    from neurosono.measure.onnx import GRAPH_REVISION, HEAD_ONNX, STRUCTURES_ONNX, export_biometry
     from neurosono.pipeline.bundle import load_biometry_models
 
     head, structures, hashes = load_biometry_models(model_dir)
@@ -188,6 +188,7 @@ def export_biometry_files(model_dir: Path, folder: Path) -> dict:
             "sha256": file_sha256(folder / file),
             "source_sha256": hashes[f"{name}_sha256"],
             "max_abs_diff_vs_torch": checks[file],
+            "graph_revision": GRAPH_REVISION,
         }
         for name, file in (("head", HEAD_ONNX), ("structures", STRUCTURES_ONNX))
         if file in checks

@@ -26,6 +26,7 @@ from neurosono.core.runtime import model_runner
 from neurosono.detect.env import config_dir, configure_ultralytics
 from neurosono.detect.model import Detector
 from neurosono.detect.predict import MAX_DET, NMS_IOU, OPERATING_CONF
+from neurosono.measure.onnx import GRAPH_REVISION
 from neurosono.pipeline.bundle import biometry_model_files, default_model_dir, model_files
 from neurosono.pipeline.export import export_onnx
 from neurosono.pipeline.onnx_files import MANIFEST, OnnxModelError, read_manifest
@@ -131,10 +132,12 @@ def cached_default_export(
         manifest = read_manifest(folder)
         sources = (manifest["detector"]["source_sha256"], manifest["hexanet"]["source_sha256"])
         biometry = {k: v["source_sha256"] for k, v in manifest.get("biometry", {}).items()}
+        revisions = {v.get("graph_revision") for v in manifest.get("biometry", {}).values()}
         current = (
             sources == (det_sha, cls_sha)
             and manifest["detector"].get("fixed_size") is False
             and biometry == {name: file_sha256(f) for name, f in biometry_model_files(None).items()}
+            and revisions <= {GRAPH_REVISION}
             and ("int8" in manifest) == int8
         )
         if current:
