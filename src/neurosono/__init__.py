@@ -1,6 +1,6 @@
 """neurosono: two-stage fetal neurosonography screening on TV/TC planes."""
 
-__version__ = "0.17.1"
+__version__ = "0.17.2"
 
 
 def __getattr__(name: str):
