@@ -18,7 +18,7 @@ from neurosono.data.format import Dataset
 from neurosono.detect.env import config_dir
 from neurosono.detect.evaluate import IOU_THRESHOLDS, ImageResult, coco_map, match, matched_ap
 from neurosono.detect.model import RegionMismatchError, load_detector
-from neurosono.detect.predict import detect_regions
+from neurosono.detect.predict import darkness, detect_regions, detector_input, stretched
 
 runner = CliRunner()
 
@@ -41,6 +41,12 @@ def test_run_folder_is_complete(tiny_run) -> None:
     assert record["seed"] == 0 and len(record["dataset"]["sha256_train_val"]) == 64
     assert {"torch", "ultralytics", "neurosono"} <= set(record["versions"])
     assert record["epochs_run"] == 8
+    # the darkness under which its input is stretched: its darkest 5% of training images
+    dark = record["input"]["dark_below"]
+    train = [c for c in Dataset.load(cohort).split("train")]
+    means = [darkness(Dataset.load(cohort).image_path(rel)) for c in train for _, rel in c.images()]
+    assert dark == pytest.approx(np.percentile(means, 5), abs=0.01)
+    assert load_detector(run).dark_below == dark
     assert "synthetic phantoms" in (run / "MODEL_CARD.md").read_text()
     # ultralytics' settings and font live in the folder neurosono controls, not in the home folder.
     assert list(config_dir().rglob("Arial.ttf"))
@@ -280,3 +286,29 @@ def test_a_region_never_detected_scores_zero_whether_or_not_others_are() -> None
     partial = coco_map(coco, without_region_0)["per_class_ap50"]
     assert partial[0] == 0.0
     assert partial[1] > 0.5 and partial[2] > 0.5
+
+
+def test_a_dark_image_reaches_the_detector_stretched_and_others_as_they_are(tmp_path: Path) -> None:
+    import cv2
+
+    from neurosono.core.images import read_image
+    from neurosono.models import DEFAULT_DETECTOR
+
+    rng = np.random.default_rng(0)
+    grey = np.zeros((120, 160), np.uint8)
+    grey[20:100, 30:130] = rng.integers(5, 40, (80, 100))  # a dim sector in black
+    path = tmp_path / "dim.png"
+    cv2.imwrite(str(path), grey)
+    assert darkness(path) == pytest.approx(grey[grey > 0].mean())
+    seen = detector_input(path, dark_below=30.0)
+    assert seen.shape == (120, 160, 3) and (seen[..., 0] == seen[..., 2]).all()
+    inside = seen[..., 0][grey > 0]
+    assert inside.max() == 255 and inside.mean() > 3 * grey[grey > 0].mean()
+    assert (seen[grey == 0] == 0).all()  # the black round the sector stays black
+    np.testing.assert_array_equal(seen, stretched(grey))
+    # brighter than the threshold, or no threshold: the image as it is
+    as_read = read_image(path).bgr()
+    np.testing.assert_array_equal(detector_input(path, dark_below=10.0), as_read)
+    np.testing.assert_array_equal(detector_input(read_image(path)), as_read)
+    # the shipped phantom detector carries its threshold in its record
+    assert 20 < load_detector(DEFAULT_DETECTOR).dark_below < 40

@@ -76,6 +76,10 @@ def test_export_writes_both_stages_and_a_manifest(export: Path, pipelines: tuple
     assert manifest["detector"]["source_sha256"] == file_sha256(detector_file)
     assert manifest["hexanet"]["source_sha256"] == file_sha256(classifier_file)
     assert manifest["detector"]["sha256"] == file_sha256(export / "detector.onnx")
+    # the darkness under which stage 1 stretches an image travels with the export
+    shipped_dark = pipelines[0].detector.dark_below
+    assert shipped_dark is not None and manifest["detector"]["dark_below"] == shipped_dark
+    assert pipelines[1].detector.dark_below == shipped_dark
     for name, model in (
         ("head", REAL_HEAD_MODEL / "head.pt"),
         ("structures", PHANTOM_STRUCTURE_MODEL / "structures.pt"),

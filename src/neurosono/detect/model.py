@@ -38,6 +38,9 @@ class Detector:
     path: Path | None = None
     sha256: str = ""
     record: dict = field(default_factory=dict)
+    # An image darker than this (mean grey of its non-zero pixels) has its grey range
+    # stretched before detection (None: never); see ``detect.predict.detector_input``.
+    dark_below: float | None = None
 
     def check_regions(self, dataset_regions: list[str], where: str) -> None:
         if list(dataset_regions) != list(self.regions):
@@ -87,12 +90,7 @@ def load_detector(path: str | Path) -> Detector:
     model.eval()
     yolo = YOLO(model.yaml.get("yaml_file") or "yolov5n.yaml", task="detect")
     yolo.model = model
-    record = {}
-    record_file = path.parent / "detector.json"
-    if record_file.exists():
-        import json
-
-        record = json.loads(record_file.read_text())
+    record = read_record(path)
     return Detector(
         yolo=yolo,
         regions=regions,
@@ -101,4 +99,19 @@ def load_detector(path: str | Path) -> Detector:
         path=path,
         sha256=file_sha256(path),
         record=record,
+        dark_below=dark_threshold(record),
     )
+
+
+def read_record(path: Path) -> dict:
+    """The run record (detector.json) beside a detector file; empty when there is none."""
+    import json
+
+    record_file = Path(path).parent / "detector.json"
+    return json.loads(record_file.read_text()) if record_file.exists() else {}
+
+
+def dark_threshold(record: dict) -> float | None:
+    """The darkness below which a detector's input is stretched, from its run record."""
+    value = record.get("input", {}).get("dark_below")
+    return None if value is None else float(value)

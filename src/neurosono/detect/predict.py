@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from neurosono.core.images import LoadedImage, read_image
@@ -40,6 +41,10 @@ ImageInput = Path | str | np.ndarray | LoadedImage
 Boxes = tuple[np.ndarray, np.ndarray, np.ndarray]  # classes [N], scores [N], xyxy boxes [N, 4]
 
 
+# The grey levels a dark image is stretched between: these percentiles of its non-zero pixels.
+STRETCH_PERCENTILES = (1.0, 99.5)
+
+
 def _bgr(image: ImageInput) -> np.ndarray:
     if isinstance(image, np.ndarray):
         return image
@@ -48,10 +53,73 @@ def _bgr(image: ImageInput) -> np.ndarray:
     return read_image(image).bgr()
 
 
-def _batches(images: Sequence[ImageInput], batch: int) -> Iterator[list[np.ndarray]]:
+def _grey(image: ImageInput) -> np.ndarray:
+    if isinstance(image, LoadedImage):
+        return image.pixels
+    if isinstance(image, np.ndarray):
+        return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return read_image(image).pixels
+
+
+def stretched(grey: np.ndarray) -> np.ndarray:
+    """``grey`` (uint8) with its non-zero pixels' 1st-99.5th percentiles stretched to 0-255
+    (black stays black), as a 3-channel BGR array."""
+    inside = grey[grey > 0]
+    lo, hi = np.percentile(inside, STRETCH_PERCENTILES) if inside.size else (0.0, 255.0)
+    out = np.clip((grey.astype(np.float32) - lo) / max(hi - lo, 1.0) * 255, 0, 255)
+    out[grey == 0] = 0
+    return np.repeat(out.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def detector_input(image: ImageInput, dark_below: float | None = None) -> np.ndarray:
+    """The BGR array the detector sees. An image darker than ``dark_below`` (mean grey of its
+    non-zero pixels: the sector, not the black round it) is seen with its grey range
+    stretched: a detector trained on a narrower range of machine looks finds the brain
+    regions of a much darker look less surely, and a case may go unanswered for it."""
+    if dark_below is None:
+        return _bgr(image)
+    if not isinstance(image, (np.ndarray, LoadedImage)):
+        image = read_image(image)
+    grey = _grey(image)
+    inside = grey[grey > 0]
+    if inside.size and float(inside.mean()) < dark_below:
+        return stretched(grey)
+    return _bgr(image)
+
+
+def darkness(image: ImageInput) -> float:
+    """Mean grey of an image's non-zero pixels (the sector, not the black round it)."""
+    grey = _grey(image if isinstance(image, (np.ndarray, LoadedImage)) else read_image(image))
+    inside = grey[grey > 0]
+    return float(inside.mean()) if inside.size else 0.0
+
+
+# Images darker than this share of a detector's training images are stretched before it.
+DARK_SHARE = 0.05
+
+
+def input_record(images: Sequence[ImageInput], share: float = DARK_SHARE) -> dict:
+    """The detector's input rule, from its training images: the mean grey under which the
+    darkest ``share`` of them lie."""
+    values = np.array([darkness(image) for image in images])
+    return {
+        "dark_below": round(float(np.percentile(values, 100 * share)), 2),
+        "rule": (
+            f"an image whose mean grey (non-zero pixels) is below that of the darkest {share:.0%} "
+            "of the training images is seen with its grey range stretched: the percentiles "
+            f"{STRETCH_PERCENTILES[0]:g} and {STRETCH_PERCENTILES[1]:g} of its non-zero pixels to 0 "
+            "and 255"
+        ),
+        "n_training_images": int(values.size),
+    }
+
+
+def _batches(
+    images: Sequence[ImageInput], batch: int, dark_below: float | None = None
+) -> Iterator[list[np.ndarray]]:
     """The images as BGR arrays, ``batch`` at a time (files are read one batch at a time)."""
     for start in range(0, len(images), batch):
-        yield [_bgr(image) for image in images[start : start + batch]]
+        yield [detector_input(image, dark_below) for image in images[start : start + batch]]
 
 
 def predict_images(
@@ -63,7 +131,7 @@ def predict_images(
 ) -> list[Boxes]:
     """(classes, scores, xyxy boxes) for each image, in order: files are read one batch at a time."""
     results = []
-    for chunk in _batches(images, batch):
+    for chunk in _batches(images, batch, detector.dark_below):
         for result in detector.yolo.predict(
             chunk, imgsz=detector.imgsz, conf=conf, iou=NMS_IOU, max_det=max_det, device="cpu", verbose=False
         ):

@@ -226,10 +226,13 @@ def train_detector(
 
         from neurosono.detect.evaluate import evaluate_detector
         from neurosono.detect.model import load_detector
+        from neurosono.detect.predict import input_record
 
-        metrics = evaluate_detector(
-            load_detector(run / WEIGHTS_NAME), dataset, "val", n_boot=200, seed=config.seed
-        )
+        train_images = [dataset.image_path(rel) for c in dataset.split("train") for _, rel in c.images()]
+        seen = input_record(train_images)  # how dark an image may be before it is stretched
+        detector = load_detector(run / WEIGHTS_NAME)
+        detector.dark_below = seen["dark_below"]
+        metrics = evaluate_detector(detector, dataset, "val", n_boot=200, seed=config.seed)
         atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=2))
         record = {
             "kind": "neurosono detector run",
@@ -237,6 +240,7 @@ def train_detector(
             "planes": planes,
             "config": asdict(config),
             "augmentation": ULTRASOUND_AUGMENTATION,
+            "input": seen,
             "init_from_sha256": init_sha256,
             "seed": config.seed,
             "dataset": {

@@ -139,6 +139,7 @@ def write_export(model_dir: Path, folder: Path, fixed_size: bool = False) -> dic
             "regions": list(detector.regions),  # what it finds (stage 2 reads the brain regions)
             "imgsz": detector.imgsz,
             "fixed_size": fixed_size,
+            "dark_below": detector.dark_below,  # darker images are stretched first (detect/predict.py)
             "input": {
                 "images": [DETECTOR_BATCH, 3, detector.imgsz, detector.imgsz]
                 if fixed_size

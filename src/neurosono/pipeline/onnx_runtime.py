@@ -24,7 +24,7 @@ from neurosono.core.atomic import OutputExistsError
 from neurosono.core.checkpoints import file_sha256
 from neurosono.core.runtime import model_runner
 from neurosono.detect.env import config_dir, configure_ultralytics
-from neurosono.detect.model import Detector
+from neurosono.detect.model import Detector, dark_threshold, read_record
 from neurosono.detect.predict import MAX_DET, NMS_IOU, OPERATING_CONF
 from neurosono.measure.onnx import GRAPH_REVISION
 from neurosono.pipeline.bundle import biometry_model_files, default_model_dir, model_files
@@ -98,6 +98,7 @@ def load_onnx_detector(
         imgsz=imgsz,
         path=path,
         sha256=manifest["detector"]["source_sha256"],
+        dark_below=manifest["detector"].get("dark_below"),
     )
 
 
@@ -136,6 +137,7 @@ def cached_default_export(
         current = (
             sources == (det_sha, cls_sha)
             and manifest["detector"].get("fixed_size") is False
+            and manifest["detector"].get("dark_below") == dark_threshold(read_record(detector_file))
             and biometry == {name: file_sha256(f) for name, f in biometry_model_files(None).items()}
             and revisions <= {GRAPH_REVISION}
             and ("int8" in manifest) == int8
