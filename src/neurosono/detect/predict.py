@@ -61,14 +61,39 @@ def _grey(image: ImageInput) -> np.ndarray:
     return read_image(image).pixels
 
 
+def _histogram(grey: np.ndarray) -> np.ndarray:
+    """Counts of grey levels 1-255 (index = level; black not counted)."""
+    counts = np.bincount(grey.ravel(), minlength=256)
+    counts[0] = 0
+    return counts
+
+
+def _percentiles(counts: np.ndarray, q: tuple[float, ...]) -> list[float]:
+    """``np.percentile(pixels, q)`` (linear) of the pixels a histogram counts, without sorting them."""
+    cumulative = np.cumsum(counts)
+    n = int(cumulative[-1])
+
+    def order(k: int) -> int:  # the k-th smallest pixel (from 0)
+        return int(np.searchsorted(cumulative, k, side="right"))
+
+    out = []
+    for value in q:
+        position = value / 100 * (n - 1)
+        below = int(np.floor(position))
+        above = min(below + 1, n - 1)
+        out.append(order(below) + (position - below) * (order(above) - order(below)))
+    return out
+
+
 def stretched(grey: np.ndarray) -> np.ndarray:
     """``grey`` (uint8) with its non-zero pixels' 1st-99.5th percentiles stretched to 0-255
     (black stays black), as a 3-channel BGR array."""
-    inside = grey[grey > 0]
-    lo, hi = np.percentile(inside, STRETCH_PERCENTILES) if inside.size else (0.0, 255.0)
-    out = np.clip((grey.astype(np.float32) - lo) / max(hi - lo, 1.0) * 255, 0, 255)
-    out[grey == 0] = 0
-    return np.repeat(out.astype(np.uint8)[..., None], 3, axis=2)
+    counts = _histogram(grey)
+    lo, hi = _percentiles(counts, STRETCH_PERCENTILES) if counts.any() else (0.0, 255.0)
+    levels = np.arange(256, dtype=np.float32)
+    table = np.clip((levels - np.float64(lo)) / max(hi - lo, 1.0) * 255, 0, 255).astype(np.uint8)
+    table[0] = 0
+    return np.repeat(table[grey][..., None], 3, axis=2)
 
 
 def detector_input(image: ImageInput, dark_below: float | None = None) -> np.ndarray:
@@ -81,8 +106,7 @@ def detector_input(image: ImageInput, dark_below: float | None = None) -> np.nda
     if not isinstance(image, (np.ndarray, LoadedImage)):
         image = read_image(image)
     grey = _grey(image)
-    inside = grey[grey > 0]
-    if inside.size and float(inside.mean()) < dark_below:
+    if darkness(grey) < dark_below:
         return stretched(grey)
     return _bgr(image)
 
@@ -90,8 +114,9 @@ def detector_input(image: ImageInput, dark_below: float | None = None) -> np.nda
 def darkness(image: ImageInput) -> float:
     """Mean grey of an image's non-zero pixels (the sector, not the black round it)."""
     grey = _grey(image if isinstance(image, (np.ndarray, LoadedImage)) else read_image(image))
-    inside = grey[grey > 0]
-    return float(inside.mean()) if inside.size else 0.0
+    counts = _histogram(grey)
+    n = counts.sum()
+    return float(counts @ np.arange(256) / n) if n else 0.0
 
 
 # Images darker than this share of a detector's training images are stretched before it.
