@@ -342,3 +342,9 @@ def test_default_model_is_exported_once_into_the_cache(
     assert len(calls) == 2 and messages and "exporting" in messages[0]
     Pipeline.load(runtime="onnx", notify=messages.append, threads=1)
     assert len(calls) == 2
+    # ... and so is one made before the detector's dark-image rule
+    manifest = json.loads((folder / onnx_files.MANIFEST).read_text())
+    manifest["detector"].pop("dark_below")
+    (folder / onnx_files.MANIFEST).write_text(json.dumps(manifest))
+    assert Pipeline.load(runtime="onnx", notify=messages.append, threads=1).detector.dark_below is not None
+    assert len(calls) == 3
