@@ -195,3 +195,26 @@ def test_an_image_far_outside_the_domain_is_indeterminate(tiny_run, model_dir: P
         assert json.loads(result.to_json())["decision"] == "indeterminate"
     cli = runner.invoke(app, ["predict", "--model", str(model), "--tv", str(tmp_path / "noise.png")])
     assert cli.exit_code == 0 and "indeterminate" in cli.output
+
+
+def test_a_dark_image_is_seen_stretched_and_the_result_says_so(
+    tiny_run, model_dir: Path, tmp_path: Path
+) -> None:
+    from neurosono.detect.predict import darkness
+
+    cohort, _, _ = tiny_run
+    case = Dataset.load(cohort).cases[0]
+    tv, tc = cohort / case.tv_image, cohort / case.tc_image
+    pipeline = Pipeline.load(model_dir)
+    dark_below = pipeline.detector.dark_below
+    grey = np.asarray(Image.open(tv).convert("L"))
+    dim = (grey.astype(np.float32) * (0.5 * dark_below / darkness(grey))).astype(np.uint8)
+    dark = tmp_path / "dark_tv.png"
+    Image.fromarray(dim).save(dark)
+    assert darkness(dark) < dark_below <= darkness(tc)
+    result = pipeline.predict(dark, tc)
+    assert result.inputs["tv"]["stage1_stretched"] is True
+    assert result.inputs["tc"]["stage1_stretched"] is False
+    cli = runner.invoke(app, ["predict", "--model", str(model_dir), "--tv", str(dark), "--tc", str(tc)])
+    assert cli.exit_code == 0, cli.output
+    assert "stage 1 saw the TV image with its grey range stretched" in " ".join(cli.output.split())

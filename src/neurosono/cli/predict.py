@@ -180,6 +180,13 @@ def _print_prediction(result, ga: float | None) -> None:
             out.print(f"  {region.region:18s} not found, attribution {region.attribution:+.3f}")
     if result.biometry is not None:
         _print_biometry(result.biometry)
+    stretched = [plane.upper() for plane, given in result.inputs.items() if given.get("stage1_stretched")]
+    if stretched:
+        images, their = ("image", "its") if len(stretched) == 1 else ("images", "their")
+        out.print(
+            f"note: stage 1 saw the {' and '.join(stretched)} {images} with {their} grey range stretched "
+            "(darker than the detector's training images)"
+        )
     for warning in result.warnings:
         out.print(f"[yellow]warning:[/] {escape(warning)}", markup=True)
     out.print(f"[bold]{escape(result.model['notice'])}[/]", markup=True)

@@ -21,7 +21,7 @@ from neurosono.classify.gestation import ga_scalars
 from neurosono.classify.inputs import DETECTION_CONF
 from neurosono.classify.regions import head_box_sizes, head_sizes, region_inputs, split_head
 from neurosono.core.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
-from neurosono.detect.predict import Detection, detect_planes
+from neurosono.detect.predict import Detection, darkness, detect_planes
 from neurosono.measure.case import biometry_for
 from neurosono.pipeline.bundle import default_model_dir, load_biometry_models, load_torch_parts
 from neurosono.pipeline.stage2 import drop_one_model, probabilities
@@ -249,7 +249,7 @@ class Pipeline:
             + plane_warnings(detections, images, regions, planes, results)
             + ga_warnings(self.meta, ga_weeks),
             model=self.model_info,
-            inputs=input_summary(images),
+            inputs=input_summary(images, self.detector.dark_below),
             ga_weeks=None if ga_weeks is None else round(float(ga_weeks), 3),
             support=round(support, 4),
             min_support=rule["min_support"] if rule else None,
@@ -283,14 +283,16 @@ def region_results(
     return results
 
 
-def input_summary(images: dict[str, LoadedImage]) -> dict:
-    """Per plane: the file, its kind, pixel spacing and size (what the prediction was made from)."""
+def input_summary(images: dict[str, LoadedImage], dark_below: float | None = None) -> dict:
+    """Per plane: the file, its kind, pixel spacing and size (what the prediction was made from),
+    and whether stage 1 saw it with its grey range stretched (darker than ``dark_below``)."""
     return {
         plane: {
             "path": str(im.path),
             "kind": im.kind,
             "pixel_spacing_mm": im.spacing_mm,
             "size": list(im.pixels.shape[::-1]),
+            "stage1_stretched": dark_below is not None and darkness(im) < dark_below,
         }
         for plane, im in images.items()
     }
