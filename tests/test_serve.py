@@ -271,6 +271,18 @@ def test_the_page_loads_nothing_from_outside_and_labels_its_controls(client, pha
     assert len(re.findall(r"<tr class=\"(found|missing)\">", panel.text)) == 6
     assert 'id="measurements"' in panel.text and "not for clinical use" in panel.text
     assert "No DICOM SR: an SR needs a DICOM TV image" in panel.text
+    assert "seen stretched by stage 1" not in panel.text
+
+
+def test_the_page_says_when_stage_1_saw_an_image_stretched(client, phantom_pair, tmp_path) -> None:
+    from PIL import Image
+
+    grey = np.asarray(Image.open(phantom_pair["tv"]).convert("L")).astype(np.float32)
+    dark = tmp_path / "dark_tv.png"
+    Image.fromarray((grey * 0.25).astype(np.uint8)).save(dark)
+    panel = client.post("/ui/case", files=_files({"tv": dark, "tc": phantom_pair["tc"]}))
+    assert panel.status_code == 200
+    assert panel.text.count("seen stretched by stage 1") == 1  # the TV image, not the TC one
 
 
 def test_the_access_log_is_one_structured_line_per_request(client, phantom_pair, caplog) -> None:
