@@ -101,14 +101,16 @@ def detector_input(image: ImageInput, dark_below: float | None = None) -> np.nda
     non-zero pixels: the sector, not the black round it) is seen with its grey range
     stretched: a detector trained on a narrower range of machine looks finds the brain
     regions of a much darker look less surely, and a case may go unanswered for it."""
-    if dark_below is None:
-        return _bgr(image)
     if not isinstance(image, (np.ndarray, LoadedImage)):
-        image = read_image(image)
-    grey = _grey(image)
-    if darkness(grey) < dark_below:
-        return stretched(grey)
+        image = read_image(image)  # once: both the darkness and the pixels come from it
+    if seen_stretched(image, dark_below):
+        return stretched(_grey(image))
     return _bgr(image)
+
+
+def seen_stretched(image: ImageInput, dark_below: float | None) -> bool:
+    """Whether a detector with this ``dark_below`` sees ``image`` with its grey range stretched."""
+    return dark_below is not None and darkness(image) < dark_below
 
 
 def darkness(image: ImageInput) -> float:

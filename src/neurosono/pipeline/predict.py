@@ -21,7 +21,7 @@ from neurosono.classify.gestation import ga_scalars
 from neurosono.classify.inputs import DETECTION_CONF
 from neurosono.classify.regions import head_box_sizes, head_sizes, region_inputs, split_head
 from neurosono.core.images import DEFAULT_MAX_PIXELS, LoadedImage, read_image
-from neurosono.detect.predict import Detection, darkness, detect_planes
+from neurosono.detect.predict import Detection, detect_planes, seen_stretched
 from neurosono.measure.case import biometry_for
 from neurosono.pipeline.bundle import default_model_dir, load_biometry_models, load_torch_parts
 from neurosono.pipeline.stage2 import drop_one_model, probabilities
@@ -292,7 +292,7 @@ def input_summary(images: dict[str, LoadedImage], dark_below: float | None = Non
             "kind": im.kind,
             "pixel_spacing_mm": im.spacing_mm,
             "size": list(im.pixels.shape[::-1]),
-            "stage1_stretched": dark_below is not None and darkness(im) < dark_below,
+            "stage1_stretched": seen_stretched(im, dark_below),
         }
         for plane, im in images.items()
     }
