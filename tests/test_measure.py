@@ -562,6 +562,14 @@ def test_head_training_keeps_the_frames_asked_for_round_each_head(tiny_cohort):
         span = max((np.ptp(cols) + 1) / INPUT_SIZE[0], (np.ptp(rows) + 1) / INPUT_SIZE[1])
         assert 1 / 1.2 - 0.03 < span < 1 / 1.1 + 0.03
     assert len(_sample(truth, "g", False, rng, INPUT_SIZE, zoom_views=0).views) == 1
+    # the CLI's default margins are the training code's own
+    import inspect
+
+    from neurosono.cli.measure_train import train as train_command
+    from neurosono.measure.train import ZOOM_MARGIN
+
+    default = inspect.signature(train_command).parameters["zoom_margin"].default
+    assert default == ",".join(f"{v:g}" for v in ZOOM_MARGIN)
     args = ["measure", "train", str(tiny_cohort), "--out", "x", "--zoom-margin", "0.9,1.2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "--zoom-margin" in result.output

@@ -40,6 +40,7 @@ from neurosono.measure.truth import HeadTruth, has_head_truth, head_truth
 
 RECORD_NAME = "head.json"
 WEIGHTS_NAME = "head.pt"
+ZOOM_MARGIN = (1.1, 1.6)  # the default range of a training frame's margin, times the head's box
 
 
 @dataclass
@@ -59,7 +60,7 @@ class HeadTrainConfig:
     # Frames round the head kept per training image (each a random margin and shift), beside
     # the whole image; an epoch draws one of the image's views.
     zoom_views: int = 1
-    zoom_margin: tuple[float, float] = (1.1, 1.6)  # the frames' margins, times the head's box
+    zoom_margin: tuple[float, float] = ZOOM_MARGIN  # the frames' margins
 
 
 @dataclass
@@ -89,7 +90,7 @@ def _sample(
     rng: np.random.Generator,
     size: tuple[int, int] = INPUT_SIZE,
     zoom_views: int = 1,
-    zoom_margin: tuple[float, float] = (1.1, 1.6),
+    zoom_margin: tuple[float, float] = ZOOM_MARGIN,
 ) -> Sample:
     """The image seen whole and through ``zoom_views`` frames round its head (as the second
     look sees it: a random margin round the true head, a little off centre), at the network's
@@ -126,7 +127,7 @@ def load_samples(
     seed: int = 0,
     size: tuple[int, int] = INPUT_SIZE,
     zoom_views: int = 1,
-    zoom_margin: tuple[float, float] = (1.1, 1.6),
+    zoom_margin: tuple[float, float] = ZOOM_MARGIN,
 ) -> list[Sample]:
     rng = np.random.default_rng(seed)
     samples = []
