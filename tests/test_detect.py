@@ -319,3 +319,27 @@ def test_a_dark_image_reaches_the_detector_stretched_and_others_as_they_are(tmp_
     np.testing.assert_array_equal(detector_input(read_image(path)), as_read)
     # the shipped phantom detector carries its threshold in its record
     assert 20 < load_detector(DEFAULT_DETECTOR).dark_below < 40
+
+
+def test_an_images_boxes_do_not_depend_on_the_images_batched_with_it(tiny_cohort: Path) -> None:
+    """A prediction detects one pair, an evaluation eight images at a time: grouped by size,
+    each image is letterboxed the same way in both, so both see the same boxes."""
+    import cv2
+
+    from neurosono.core.images import read_image
+    from neurosono.detect.predict import predict_images
+    from neurosono.models import DEFAULT_DETECTOR
+
+    detector = load_detector(DEFAULT_DETECTOR)
+    dataset = Dataset.load(tiny_cohort)
+    case = dataset.cases[0]
+    tv = read_image(dataset.image_path(case.tv_image)).bgr()
+    tc = read_image(dataset.image_path(case.tc_image)).bgr()
+    wide = cv2.resize(tc, (tc.shape[1] * 3 // 2, tc.shape[0]))  # another size in the same batch
+    alone = predict_images(detector, [tv])[0]
+    for batch, position in (([tv, wide], 0), ([wide, tv, tc], 1), ([tc, wide, wide, tv], 3)):
+        mixed = predict_images(detector, batch)[position]
+        assert len(alone[1]) == len(mixed[1]) > 0
+        np.testing.assert_array_equal(alone[0], mixed[0])
+        np.testing.assert_allclose(alone[1], mixed[1], atol=1e-5)
+        np.testing.assert_allclose(alone[2], mixed[2], atol=1e-3)

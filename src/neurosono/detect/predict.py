@@ -3,9 +3,11 @@
 Every image reaches the detector through the one image reader (``core.images``), as a
 3-channel BGR array, whether it comes from a file, a dataset or a prediction request, so
 training, evaluation and prediction give the detector the same pixels. Images go to the
-detector in batches of ``BATCH`` in the order given; ultralytics letterboxes a batch of
-images that share one size to a multiple of the stride, and a batch of mixed sizes to a
-full square.
+detector in batches of ``BATCH``, and each batch goes in as runs of images that share one
+size: ultralytics letterboxes a batch of one size to a multiple of the stride but a batch
+of mixed sizes to a full square, so an image's boxes would otherwise depend on the images
+it happened to be batched with. Grouped by size, an image gives the same boxes whether it
+is detected alone (a prediction), with its pair, or in a dataset's evaluation.
 """
 
 from __future__ import annotations
@@ -157,20 +159,36 @@ def predict_images(
     batch: int = BATCH,
 ) -> list[Boxes]:
     """(classes, scores, xyxy boxes) for each image, in order: files are read one batch at a time."""
-    results = []
+    results: list[Boxes] = []
     for chunk in _batches(images, batch, detector.dark_below):
-        for result in detector.yolo.predict(
-            chunk, imgsz=detector.imgsz, conf=conf, iou=NMS_IOU, max_det=max_det, device="cpu", verbose=False
-        ):
-            boxes = result.boxes
-            results.append(
-                (
+        chunk_results: list[Boxes | None] = [None] * len(chunk)
+        for positions in _same_size_runs(chunk):
+            outputs = detector.yolo.predict(
+                [chunk[i] for i in positions],
+                imgsz=detector.imgsz,
+                conf=conf,
+                iou=NMS_IOU,
+                max_det=max_det,
+                device="cpu",
+                verbose=False,
+            )
+            for i, result in zip(positions, outputs, strict=True):
+                boxes = result.boxes
+                chunk_results[i] = (
                     boxes.cls.numpy().astype(int),
                     boxes.conf.numpy().astype(float),
                     boxes.xyxy.numpy().astype(float),
                 )
-            )
+        results.extend(r for r in chunk_results if r is not None)
     return results
+
+
+def _same_size_runs(chunk: Sequence[np.ndarray]) -> list[list[int]]:
+    """The chunk's positions grouped by image size, each group in the chunk's order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(chunk):
+        groups.setdefault(image.shape, []).append(i)
+    return list(groups.values())
 
 
 def as_detections(plane: str, boxes: Boxes) -> list[Detection]:
