@@ -29,7 +29,7 @@ def test_two_processes_train_one_model_as_well_as_one_process(tmp_path: Path) ->
     double.mkdir()
     subprocess.run([sys.executable, str(SCRIPT), str(single)], check=True, timeout=300)
     done = _torchrun(str(SCRIPT), str(double), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-8000:]
     one = json.loads((single / "rank0.json").read_text())
     ranks = [json.loads((double / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert one["world_size"] == 1 and all(r["world_size"] == 2 for r in ranks)
@@ -56,7 +56,7 @@ def test_classify_train_under_torchrun_writes_one_complete_run(tmp_path: Path) -
         "--no-baseline",
     ]
     done = _torchrun(*args, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-8000:]
     record = json.loads((tmp_path / "run" / "classifier.json").read_text())
     assert record["distributed"] == {"world_size": 2, "backend": "gloo", "batch_per_process": 8}
     assert len(record["history"]) == 2 and 0 <= record["val_metrics"]["auc"]["value"] <= 1

@@ -104,8 +104,12 @@ def broadcast_buffers(model: torch.nn.Module, source: int = 0) -> None:
 
 
 def finish() -> None:
-    """Leave the process group (where one was started), as torch asks before exit."""
+    """Leave the process group (where one was started), as torch asks before exit.
+
+    Every process waits for the others first: with gloo, a process that tears its group down
+    while a peer is still in a collective closes the peer's connection, and the peer aborts."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
