@@ -259,3 +259,61 @@ def test_fine_tuning_starts_from_the_given_run_and_refuses_other_inputs(
     )
     assert refused.exit_code == 2 and "crop_scale 'box'" in refused.output
     assert not (tmp_path / "x").exists()
+
+
+def test_calibration_chooses_the_thresholds_again_through_another_stage_1(
+    tiny_run, tiny_hexanet: Path, tmp_path: Path
+) -> None:
+    from neurosono.classify.calibrate import calibrate_classifier
+    from neurosono.classify.kinds import load_classifier
+    from neurosono.models import DEFAULT_DETECTOR
+
+    cohort, detector_run, _ = tiny_run
+    trained = json.loads((tiny_hexanet / "classifier.json").read_text())
+    # Behind the detector it was trained with, on its own validation split, the two rules
+    # give back the thresholds training chose.
+    same = calibrate_classifier(tiny_hexanet, cohort, tmp_path / "same", detector_run, progress=False)
+    assert same["threshold"] == pytest.approx(trained["threshold"], abs=1e-5)
+    assert same["min_support"] == pytest.approx(trained["indeterminate"]["min_support"], abs=1e-4)
+    # Behind another detector they move, the weights do not, and the new run says from what.
+    result = runner.invoke(
+        app,
+        ["classify", "calibrate", str(tiny_hexanet), str(cohort), "--out", str(tmp_path / "cal"),
+         "--detector", str(DEFAULT_DETECTOR)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "support threshold" in result.output and "->" in result.output
+    record = json.loads((tmp_path / "cal" / "classifier.json").read_text())
+    shipped_sha = record["calibration"]["detector_sha256"]
+    assert record["detector_sha256"] == shipped_sha != trained["detector_sha256"]
+    assert record["calibration"]["from"]["threshold"] == trained["threshold"]
+    assert record["calibration"]["dataset"]["split"] == "val"
+    assert (record["threshold"], record["indeterminate"]["min_support"]) != (
+        trained["threshold"],
+        trained["indeterminate"]["min_support"],
+    )
+    before, after = load_classifier(tiny_hexanet), load_classifier(tmp_path / "cal")
+    assert after.threshold == record["threshold"]
+    assert after.meta["indeterminate"]["min_support"] == record["indeterminate"]["min_support"]
+    for name, tensor in before.model.state_dict().items():
+        assert torch.equal(tensor, after.model.state_dict()[name])
+    assert (tmp_path / "cal" / "baseline" / "baseline.pt").is_file()
+    # `classify eval` on the new run reads the detector it was calibrated behind
+    evaluated = runner.invoke(
+        app, ["classify", "eval", str(cohort), "--model", str(tmp_path / "cal"), "--split", "val",
+              "--json", str(tmp_path / "m.json")],
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads((tmp_path / "m.json").read_text())["detector_sha256"] == shipped_sha
+    # never on the test split, never over a folder, never a classifier without stage 1
+    for args, message in (
+        (["--split", "test", "--out", str(tmp_path / "t")], "never chosen on the test split"),
+        (["--out", str(tmp_path / "cal")], "already exists"),
+    ):
+        refused = runner.invoke(app, ["classify", "calibrate", str(tiny_hexanet), str(cohort), *args])
+        assert refused.exit_code != 0 and message in refused.output
+    refused = runner.invoke(
+        app,
+        ["classify", "calibrate", str(tiny_hexanet / "baseline"), str(cohort), "--out", str(tmp_path / "b")],
+    )
+    assert refused.exit_code != 0 and "not a HexaNet run folder" in refused.output

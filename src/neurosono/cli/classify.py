@@ -189,6 +189,59 @@ def evaluate(
     write_json(json_out, metrics)
 
 
+@app.command("calibrate")
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="HexaNet run folder (classifier.pt and classifier.json)")],
+    dataset: Annotated[Path, typer.Argument(help="dataset folder whose split chooses the thresholds")],
+    out_dir: Annotated[Path, typer.Option("--out", help="new run folder (the weights copied unchanged)")],
+    detector: Annotated[
+        Path | None,
+        typer.Option("--detector", help="the stage 1 to calibrate behind [default: the run's, else shipped]"),
+    ] = None,
+    split: Annotated[str, typer.Option(help="the cases that choose the thresholds (never test)")] = "val",
+    target_sensitivity: Annotated[
+        float | None,
+        typer.Option(help="choose the threshold for this sensitivity [default: the run's own rule]"),
+    ] = None,
+) -> None:
+    """Choose a HexaNet's decision and support thresholds again through another stage 1.
+
+    The same two rules as training (its threshold rule on the split's scores; the support
+    under the lowest 0.5% of the split's cases), the weights unchanged, into a new folder."""
+    from neurosono.classify.calibrate import calibrate_classifier
+    from neurosono.core.atomic import OutputExistsError
+    from neurosono.core.checkpoints import ModelFileError
+
+    if split == "test":
+        raise fail("thresholds are never chosen on the test split; use val (or train)", EXIT_BAD_INPUT)
+    try:
+        record = calibrate_classifier(
+            model, load_dataset(dataset).root, out_dir, detector, split, target_sensitivity
+        )
+    except (OutputExistsError, PermissionError) as exc:
+        raise fail(str(exc), EXIT_OUTPUT) from None
+    except (ModelFileError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    before, data, auc = record["from"], record["dataset"], record["metrics"]["auc"]
+    out.print(
+        f"calibrated on {data['name']}, split {data['split']} ({data['n_cases']} cases), "
+        f"detector {record['detector_sha256'][:12]}"
+    )
+    out.print(
+        f"threshold {before['threshold']:.4f} -> {record['threshold']:.4f} ({record['threshold_rule']})"
+    )
+    if before["min_support"] is not None:
+        out.print(f"support threshold {before['min_support']:.4f} -> {record['min_support']:.4f}")
+    else:
+        out.print(f"support threshold (none) -> {record['min_support']:.4f}")
+    metrics = record["metrics"]
+    out.print(
+        f"on those cases: AUC {auc['value']:.3f} (95% CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f}), "
+        f"sensitivity {metrics['sensitivity']['count']}, specificity {metrics['specificity']['count']}"
+    )
+    out.print(f"run: {out_dir}")
+
+
 @app.command("cv")
 def cv(
     dataset: Annotated[Path, typer.Argument(help="dataset folder")],
