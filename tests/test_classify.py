@@ -298,6 +298,7 @@ def test_calibration_chooses_the_thresholds_again_through_another_stage_1(
     for name, tensor in before.model.state_dict().items():
         assert torch.equal(tensor, after.model.state_dict()[name])
     assert (tmp_path / "cal" / "baseline" / "baseline.pt").is_file()
+    assert "**Calibrated** behind the detector" in (tmp_path / "cal" / "MODEL_CARD.md").read_text()
     # `classify eval` on the new run reads the detector it was calibrated behind
     evaluated = runner.invoke(
         app, ["classify", "eval", str(cohort), "--model", str(tmp_path / "cal"), "--split", "val",

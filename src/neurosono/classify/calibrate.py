@@ -51,7 +51,8 @@ def calibrate_classifier(
     progress: bool = True,
 ) -> dict:
     """Write ``out``: the run folder ``model`` with its two thresholds chosen again on the
-    ``split`` cases of ``dataset_path`` through ``detector`` (default: the shipped one).
+    ``split`` cases of ``dataset_path`` through ``detector`` (default: the run's, else the
+    shipped one).
 
     ``target_sensitivity``: the operating rule (None: the rule the run was trained with).
     Returns the calibration record (also under ``calibration`` in the new run's record)."""
@@ -64,8 +65,7 @@ def calibrate_classifier(
     record = json.loads((source / RECORD_NAME).read_text())
     dataset = checked_dataset(dataset_path)
     cases = dataset.split(split)
-    labels = {c.label for c in cases}
-    if labels != {"normal", "abnormal"}:
+    if {c.label for c in cases} != {"normal", "abnormal"}:
         raise ValueError(
             f"{dataset.root}: the {split} split needs normal and abnormal cases to choose a threshold"
         )
@@ -73,17 +73,35 @@ def calibrate_classifier(
     stage1 = load_detector(detector_path)
     stage1.check_regions(dataset.spec.regions, str(dataset.root / "dataset.yaml"))
     items = gather_cases(dataset, cases, stage1, None, progress=progress)
-
     if target_sensitivity is None:
         target_sensitivity = record.get("config", {}).get("target_sensitivity")
     classifier.config = replace(classifier.config, target_sensitivity=target_sensitivity)
+    calibration = _choose(classifier, items, dataset, split, stage1.sha256, source)
+    indeterminate = calibration.pop("indeterminate")
+    classifier.threshold = calibration["threshold"]
+    changed = {
+        "threshold": calibration["threshold"],
+        "threshold_rule": calibration["threshold_rule"],
+        "indeterminate": indeterminate,
+        "detector_sha256": stage1.sha256,
+    }
+    classifier.meta.update(
+        changed, calibration={k: calibration[k] for k in ("dataset", "detector_sha256", "from")}
+    )
+    record.update(changed, detector=str(detector_path.resolve()), calibration=calibration)
+    _write(source, out, classifier, record)
+    return calibration
+
+
+def _choose(classifier, items: list, dataset, split: str, detector_sha256: str, source: Path) -> dict:
+    """Both thresholds by the training rules on ``items``, and the record of the choice."""
     scores = classifier.scores(items)
-    y = labels_of(items)
-    threshold = choose_threshold(y, scores, target_sensitivity)
+    labels = labels_of(items)
+    threshold = choose_threshold(labels, scores, classifier.config.target_sensitivity)
     planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
     indeterminate = domain_rule(case_supports(items, classifier.regions, planes))
     groups = [i.case.group for i in items]
-    calibration = {
+    return {
         "dataset": {
             "name": dataset.spec.name,
             "split": split,
@@ -91,7 +109,7 @@ def calibrate_classifier(
             "n_groups": len(set(groups)),
             "sha256": dataset_hash(dataset, (split,)),
         },
-        "detector_sha256": stage1.sha256,
+        "detector_sha256": detector_sha256,
         "threshold_rule": threshold_rule(classifier.config),
         "from": {
             "classifier_sha256": file_sha256(source / WEIGHTS_NAME),
@@ -101,26 +119,15 @@ def calibrate_classifier(
         },
         "threshold": threshold,
         "min_support": indeterminate["min_support"],
-        "metrics": classification_metrics(y, scores, threshold, n_boot=1000, seed=0, groups=groups),
+        "indeterminate": indeterminate,
+        "metrics": classification_metrics(labels, scores, threshold, n_boot=1000, seed=0, groups=groups),
         "versions": package_versions(),
     }
 
-    classifier.threshold = threshold
-    classifier.meta.update(
-        threshold=threshold,
-        threshold_rule=calibration["threshold_rule"],
-        indeterminate=indeterminate,
-        detector_sha256=stage1.sha256,
-        calibration={k: calibration[k] for k in ("dataset", "detector_sha256", "from")},
-    )
-    record.update(
-        threshold=threshold,
-        threshold_rule=calibration["threshold_rule"],
-        indeterminate=indeterminate,
-        detector_sha256=stage1.sha256,
-        detector=str(detector_path.resolve()),
-        calibration=calibration,
-    )
+
+def _write(source: Path, out: str | Path, classifier, record: dict) -> None:
+    """The new run folder: everything of ``source`` but the weights file, record and card,
+    which are written again."""
     with staged_directory(out) as folder:
         for item in source.iterdir():
             if item.name in (WEIGHTS_NAME, RECORD_NAME, "MODEL_CARD.md"):
@@ -131,5 +138,17 @@ def calibrate_classifier(
                 shutil.copy2(item, folder / item.name)
         classifier.save(folder / WEIGHTS_NAME)
         atomic_write_text(folder / RECORD_NAME, json.dumps(record, indent=2))
-        atomic_write_text(folder / "MODEL_CARD.md", classifier.card(record))
-    return calibration
+        atomic_write_text(
+            folder / "MODEL_CARD.md", classifier.card(record) + _card_note(record["calibration"])
+        )
+
+
+def _card_note(calibration: dict) -> str:
+    data, before = calibration["dataset"], calibration["from"]
+    return (
+        f"\n**Calibrated** behind the detector `{calibration['detector_sha256'][:16]}...` on "
+        f"{data['name']} (split {data['split']}, {data['n_cases']} cases): threshold "
+        f"{before['threshold']:.4f} -> {calibration['threshold']:.4f}, support threshold "
+        f"{before['min_support']} -> {calibration['min_support']}; the weights are those of "
+        f"`{before['classifier_sha256'][:16]}...`. The validation figures above are training's.\n"
+    )

@@ -34,7 +34,7 @@ from neurosono.cli.common import (
     split_model_arg,
     write_json,
 )
-from neurosono.cli.tables import print_cross_validation
+from neurosono.cli.tables import print_calibration, print_cross_validation
 
 app = group("Stage 2: classifiers (HexaNet, whole-image, head crop): train, evaluate, cross-validate.")
 Epochs = Annotated[
@@ -222,23 +222,7 @@ def calibrate(
         raise fail(str(exc), EXIT_OUTPUT) from None
     except (ModelFileError, ValueError) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
-    before, data, auc = record["from"], record["dataset"], record["metrics"]["auc"]
-    out.print(
-        f"calibrated on {data['name']}, split {data['split']} ({data['n_cases']} cases), "
-        f"detector {record['detector_sha256'][:12]}"
-    )
-    out.print(
-        f"threshold {before['threshold']:.4f} -> {record['threshold']:.4f} ({record['threshold_rule']})"
-    )
-    if before["min_support"] is not None:
-        out.print(f"support threshold {before['min_support']:.4f} -> {record['min_support']:.4f}")
-    else:
-        out.print(f"support threshold (none) -> {record['min_support']:.4f}")
-    metrics = record["metrics"]
-    out.print(
-        f"on those cases: AUC {auc['value']:.3f} (95% CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f}), "
-        f"sensitivity {metrics['sensitivity']['count']}, specificity {metrics['specificity']['count']}"
-    )
+    print_calibration(record)
     out.print(f"run: {out_dir}")
 
 

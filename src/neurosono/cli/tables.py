@@ -96,3 +96,22 @@ def print_comparison(title: str, models: dict[str, dict], keys: tuple[str, ...])
     for key in keys:
         table.add_row(key, *[cell(m.get(key), count=True) for m in models.values()])
     out.print(table)
+
+
+def print_calibration(record: dict) -> None:
+    """What ``classify calibrate`` chose, against what the run had."""
+    before, data, metrics = record["from"], record["dataset"], record["metrics"]
+    auc = metrics["auc"]
+    out.print(
+        f"calibrated on {data['name']}, split {data['split']} ({data['n_cases']} cases), "
+        f"detector {record['detector_sha256'][:12]}"
+    )
+    out.print(
+        f"threshold {before['threshold']:.4f} -> {record['threshold']:.4f} ({record['threshold_rule']})"
+    )
+    old_support = "(none)" if before["min_support"] is None else f"{before['min_support']:.4f}"
+    out.print(f"support threshold {old_support} -> {record['min_support']:.4f}")
+    out.print(
+        f"on those cases: AUC {auc['value']:.3f} (95% CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f}), "
+        f"sensitivity {metrics['sensitivity']['count']}, specificity {metrics['specificity']['count']}"
+    )
