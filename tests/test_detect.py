@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,14 @@ runner = CliRunner()
 def test_training_makes_no_network_call(tiny_run) -> None:
     _, _, attempts = tiny_run
     assert attempts == []
+
+
+def test_ultralytics_runs_offline_without_its_integrations() -> None:
+    import ultralytics.utils as yolo_utils
+
+    assert os.environ["YOLO_OFFLINE"] == "1" and yolo_utils.SETTINGS["sync"] is False
+    for integration in ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb"):
+        assert yolo_utils.SETTINGS[integration] is False, integration
 
 
 def test_run_folder_is_complete(tiny_run) -> None:

@@ -22,7 +22,7 @@ def config_dir() -> Path:
 
 
 def configure_ultralytics() -> Path:
-    """Set the offline environment, install a font, turn settings sync off; idempotent."""
+    """Set the offline environment, install a font, turn settings sync and integrations off; idempotent."""
     folder = config_dir()
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_OFFLINE"] = "1"
@@ -44,7 +44,10 @@ def configure_ultralytics() -> Path:
         tmp = font.parent / f".Arial.{os.getpid()}.ttf"
         shutil.copyfile(source, tmp)
         os.replace(tmp, font)
-    yolo_utils.SETTINGS.update({"sync": False})
+    # No sync, and none of ultralytics' logging integrations: they would report to services
+    # (or, with ray installed, call Ray Tune's session and warn outside a tuning run).
+    integrations = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
+    yolo_utils.SETTINGS.update({"sync": False, **dict.fromkeys(integrations, False)})
     # ultralytics patches PIL's Image.open to pip-install HEIF support on the first file PIL
     # cannot identify; offline that turns "not an image" into ModuleNotFoundError. Mark the
     # plugins as registered so a bad file stays a clear UnidentifiedImageError.
