@@ -66,6 +66,11 @@ def test_export_writes_both_stages_and_a_manifest(export: Path, pipelines: tuple
     detector_file, classifier_file = model_files(default_model_dir())
     record = json.loads(classifier_file.with_suffix(".json").read_text())
     assert manifest["regions"] == record["regions"] and manifest["planes"] == record["planes"]
+    assert (
+        manifest["hexanet"]["detector_sha256"]
+        == record["detector_sha256"]
+        == manifest["detector"]["source_sha256"]
+    )
 
     def dims(value_info) -> list:
         return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
@@ -129,6 +134,7 @@ def test_onnx_pipeline_matches_torch(cohort: Path, pipelines: tuple[Pipeline, Pi
             if ra.found:
                 assert np.allclose(rb.box, ra.box, atol=1.0), (ra.box, rb.box)
         assert b.warnings == a.warnings and b.inputs == a.inputs
+        assert not [w for w in a.warnings if "classify calibrate" in w]  # thresholds chosen behind it
         assert {**b.model, "runtime": "torch"} == a.model and b.model["runtime"] == "onnx"
     assert decisions  # at least one case ran
 

@@ -50,6 +50,9 @@ def test_python_api_and_json_agree(tiny_run, model_dir: Path, tmp_path: Path) ->
     assert [r.region for r in result.regions] == brain_regions(Dataset.load(cohort).spec.regions)
     assert result.model["notice"] == "trained on synthetic phantoms; not for clinical use"
     assert len(result.model["detector_sha256"]) == 64
+    # this folder pairs the shipped detector with a HexaNet trained behind the tiny one
+    stale = [w for w in result.warnings if "classify calibrate" in w]
+    assert len(stale) == 1 and result.model["detector_sha256"][:12] in stale[0]
     out = tmp_path / "r.json"
     cli = runner.invoke(
         app,

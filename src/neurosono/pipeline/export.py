@@ -161,6 +161,8 @@ def write_export(model_dir: Path, folder: Path, fixed_size: bool = False) -> dic
             },
             "outputs": {"logit": ["batch"], "drop_one_logits": ["batch", shapes["n_regions"]]},
             "max_abs_diff_vs_torch": hexanet_check,
+            # the detector its thresholds were chosen behind (training or `classify calibrate`)
+            "detector_sha256": meta.get("detector_sha256"),
         },
         "biometry": export_biometry_files(model_dir, folder),
         "opset": OPSET,

@@ -224,6 +224,7 @@ def load_onnx_parts(
         "case_inputs": manifest.get("case_inputs", []),
         "ga_weeks_range": manifest.get("ga_weeks_range"),
         "indeterminate": manifest.get("indeterminate"),
+        "detector_sha256": manifest["hexanet"].get("detector_sha256"),
     }
     if classifier.n_case_scalars != N_GA_SCALARS * len(meta["case_inputs"]):
         raise OnnxModelError(

@@ -247,7 +247,8 @@ class Pipeline:
             regions=results,
             warnings=([reason] if reason else [])
             + plane_warnings(detections, images, regions, planes, results)
-            + ga_warnings(self.meta, ga_weeks),
+            + ga_warnings(self.meta, ga_weeks)
+            + stage1_warnings(self.meta, self.model_info),
             model=self.model_info,
             inputs=input_summary(images, self.detector.dark_below),
             ga_weeks=None if ga_weeks is None else round(float(ga_weeks), 3),
@@ -296,6 +297,19 @@ def input_summary(images: dict[str, LoadedImage], dark_below: float | None = Non
         }
         for plane, im in images.items()
     }
+
+
+def stage1_warnings(meta: dict, model_info: dict) -> list[str]:
+    """HexaNet's two thresholds hold behind the detector they were chosen behind; say so when
+    the pipeline's detector is another (a model folder assembled by hand, say)."""
+    chosen_behind, running = meta.get("detector_sha256"), model_info.get("detector_sha256")
+    if not chosen_behind or not running or chosen_behind == running:
+        return []
+    return [
+        f"HexaNet's thresholds were chosen behind another stage-1 detector ({chosen_behind[:12]}, this "
+        f"one is {running[:12]}): its decision and support thresholds may not hold; choose them again "
+        "with 'neurosono classify calibrate'"
+    ]
 
 
 def ga_warnings(meta: dict, ga_weeks: float | None) -> list[str]:
