@@ -117,7 +117,7 @@ def seen_stretched(image: ImageInput, dark_below: float | None) -> bool:
 
 def darkness(image: ImageInput) -> float:
     """Mean grey of an image's non-zero pixels (the sector, not the black round it)."""
-    grey = _grey(image if isinstance(image, (np.ndarray, LoadedImage)) else read_image(image))
+    grey = _grey(image)
     counts = _histogram(grey)
     n = counts.sum()
     return float(counts @ np.arange(256) / n) if n else 0.0
@@ -161,7 +161,7 @@ def predict_images(
     """(classes, scores, xyxy boxes) for each image, in order: files are read one batch at a time."""
     results: list[Boxes] = []
     for chunk in _batches(images, batch, detector.dark_below):
-        chunk_results: list[Boxes | None] = [None] * len(chunk)
+        chunk_results: dict[int, Boxes] = {}
         for positions in _same_size_runs(chunk):
             outputs = detector.yolo.predict(
                 [chunk[i] for i in positions],
@@ -179,7 +179,7 @@ def predict_images(
                     boxes.conf.numpy().astype(float),
                     boxes.xyxy.numpy().astype(float),
                 )
-        results.extend(r for r in chunk_results if r is not None)
+        results.extend(chunk_results[i] for i in range(len(chunk)))
     return results
 
 
