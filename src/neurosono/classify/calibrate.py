@@ -23,7 +23,7 @@ from neurosono.classify.domain import domain_rule
 from neurosono.classify.fit import labels_of
 from neurosono.classify.inputs import gather_cases
 from neurosono.classify.kinds import load_classifier
-from neurosono.classify.regions import brain_planes
+from neurosono.classify.regions import dataset_brain_planes
 from neurosono.classify.train import RECORD_NAME, case_supports, checked_dataset, training_detector
 from neurosono.core.atomic import atomic_write_text, staged_directory
 from neurosono.core.checkpoints import file_sha256
@@ -98,7 +98,7 @@ def _choose(classifier, items: list, dataset, split: str, detector_sha256: str, 
     scores = classifier.scores(items)
     labels = labels_of(items)
     threshold = choose_threshold(labels, scores, classifier.config.target_sensitivity)
-    planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
+    planes = dataset_brain_planes(dataset.spec)
     indeterminate = domain_rule(case_supports(items, classifier.regions, planes))
     groups = [i.case.group for i in items]
     return {

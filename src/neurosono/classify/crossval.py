@@ -25,7 +25,7 @@ import numpy as np
 from neurosono.classify.config import ClassifyTrainConfig, head_size_of
 from neurosono.classify.inputs import CaseInputs, gather_cases, is_single_image
 from neurosono.classify.kinds import kind_class
-from neurosono.classify.regions import brain_planes, brain_regions
+from neurosono.classify.regions import brain_regions, dataset_brain_planes
 from neurosono.classify.train import fine_tuning, load_detectors, start_from, training_detector
 from neurosono.core.checkpoints import file_sha256
 from neurosono.core.metrics import classification_metrics, point_metrics
@@ -232,7 +232,7 @@ def cross_validate(
             kind: {"file": start.file.name, "sha256": file_sha256(start.file)}
             for kind, start in starts.items()
         }
-    planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
+    planes = dataset_brain_planes(dataset.spec)
     rows: dict[str, list[dict]] = {c.kind: [] for c in classes}
     per_fold: dict[str, list[dict]] = {c.kind: [] for c in classes}
     for fold in track(list(table), f"{scheme} folds", total=len(table), enabled=progress):

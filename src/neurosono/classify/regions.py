@@ -75,6 +75,11 @@ def brain_planes(planes: dict[str, Sequence[str]]) -> dict[str, list[str]]:
     return {p: brain_regions(names) for p, names in planes.items() if p in ("tv", "tc")}
 
 
+def dataset_brain_planes(spec) -> dict[str, list[str]]:
+    """:func:`brain_planes` of a dataset's spec (``DatasetSpec``: its planes and their regions)."""
+    return brain_planes({name: plane.regions for name, plane in spec.planes.items()})
+
+
 def split_head(
     detections: list[Detection], detector_regions: Sequence[str], regions: Sequence[str]
 ) -> tuple[list[Detection], dict[str, tuple[float, float, float, float]]]:

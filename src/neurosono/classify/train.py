@@ -27,7 +27,7 @@ from neurosono.classify.head_crop import HEAD_DETECTOR_NAME
 from neurosono.classify.inputs import CaseInputs, gather_cases, is_single_image
 from neurosono.classify.kinds import BASELINE_NAME, kind_class
 from neurosono.classify.networks import count_parameters
-from neurosono.classify.regions import brain_planes, brain_regions
+from neurosono.classify.regions import brain_regions, dataset_brain_planes
 from neurosono.core.atomic import atomic_write_text, staged_directory
 from neurosono.core.checkpoints import file_sha256
 from neurosono.core.distributed import distributed, shared_work
@@ -130,7 +130,7 @@ def train_classifier(
     regions_detector, heads = load_detectors([cls], detector, head_detector)
     place.share_threads()  # after ultralytics has set torch to every core
     train_items, val_items = _gather_splits(dataset, regions_detector, heads, progress)
-    planes = brain_planes({name: spec.regions for name, spec in dataset.spec.planes.items()})
+    planes = dataset_brain_planes(dataset.spec)
     classifier = cls.create(config, brain_regions(dataset.spec.regions), planes)
     if start is not None:
         start_from(classifier, start)
