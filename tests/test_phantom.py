@@ -191,6 +191,8 @@ def test_cohort_is_identical_whatever_the_worker_count(tmp_path: Path) -> None:
     generate_cohort(tmp_path / "one", config, workers=1)
     generate_cohort(tmp_path / "two", config, workers=2)
     assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+    # a cohort drawn from other than the default nine centres says so in its source
+    assert "2 centres' machine looks" in Dataset.load(tmp_path / "one").spec.source
 
 
 def test_cohort_is_valid_and_records_truth(tiny_cohort: Path) -> None:

@@ -382,6 +382,8 @@ def generate_cohort(
                     on_case(case)
         cases = holdout(cases, seed=config.seed)
         look = "realistic look" if config.look == REALISTIC else "plain look"
+        if config.centers != CohortConfig.centers:
+            look += f", {config.centers} centres' machine looks"
         if config.zooms_custom:
             look += f", heads framed {config.zoom_range[0]:g}-{config.zoom_range[1]:g} of the width"
         if config.square_share:
