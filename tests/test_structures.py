@@ -14,8 +14,10 @@ from neurosono.cli import app
 from neurosono.data.format import DEFAULT_REGIONS
 from neurosono.detect.predict import Detection
 from neurosono.measure.biometry import assemble
+from neurosono.measure.case import csp_seen
 from neurosono.measure.structures import (
     CROP_PX,
+    CSP_MIN_CONFIDENCE,
     FOSSA_DEPTH,
     FOSSA_FALLBACK_CONFIDENCE,
     FOSSA_FALLBACK_MIN_SUPPORT,
@@ -23,6 +25,7 @@ from neurosono.measure.structures import (
     FOSSA_FINE_MARGIN,
     FOSSA_IN_VIEW,
     FOSSA_WINDOW_MARGIN,
+    MIN_CONFIDENCE,
     OUTPUTS,
     STRUCTURES,
     WINDOW_MARGIN,
@@ -197,6 +200,28 @@ def test_the_csp_is_measured_on_tc_when_tv_does_not_show_it():
         REGIONS,
     )
     assert found.boxes["csp_width_mm"].plane == "tc" and "csp_width_mm" in found.values
+
+
+def test_a_faint_csp_box_is_neither_measured_nor_counts_as_a_seen_csp():
+    # where there is no CSP stage 1 still gives faint CSP-like boxes; the CSP's width and
+    # the CSP-not-seen hint both start from the surer CSP_MIN_CONFIDENCE, so they agree
+    image = np.full((300, 400), 80, np.uint8)
+    planes = {"tv": (image, 0.2), "tc": (image, 0.2)}
+    for confidence, seen in ((CSP_MIN_CONFIDENCE - 0.1, False), (CSP_MIN_CONFIDENCE, True)):
+        detections = [
+            box("csp", "tv", (100, 100, 120, 110), confidence),
+            box("cerebellum", "tc", (90, 90, 150, 130)),
+        ]
+        found = measure_structures(constant_model(0.2), planes, detections, REGIONS)
+        assert ("csp_width_mm" in found.values) is seen
+        assert csp_seen(detections, REGIONS) == (seen, "")
+        hint = next(
+            h
+            for h in assemble(None, 21.0, csp_seen=seen, structures=found).hints
+            if h.finding == "csp_not_seen"
+        )
+        assert hint.present is (not seen)
+    assert MIN_CONFIDENCE < CSP_MIN_CONFIDENCE  # the other regions are measured from a fainter box
 
 
 def test_the_shipped_model_measures_unseen_phantoms_in_the_shipped_detectors_boxes(tmp_path):

@@ -15,6 +15,7 @@ from neurosono.measure.biometry import Biometry, assemble
 from neurosono.measure.head import HeadMeasurement, measure_image
 from neurosono.measure.headnet import load_head_model
 from neurosono.measure.structures import (
+    CSP_MIN_CONFIDENCE,
     FOSSA_FALLBACK_CONFIDENCE,
     MIN_CONFIDENCE,
     load_structure_model,
@@ -25,10 +26,8 @@ from neurosono.models import DEFAULT_DETECTOR, HEAD_REGION, PHANTOM_STRUCTURE_MO
 CSP_REGION = "csp"
 # Stage 1's head box frames the head model's look from this confidence on.
 HEAD_BOX_CONFIDENCE = 0.5
-# A region counts as seen (CSP hint) at the confidence it is measured in (structures).
-CSP_MIN_CONFIDENCE = MIN_CONFIDENCE
 # Stage 1 is asked for its boxes down to the least sure one any measurement reads.
-DETECTION_CONFIDENCE = min(CSP_MIN_CONFIDENCE, HEAD_BOX_CONFIDENCE, FOSSA_FALLBACK_CONFIDENCE)
+DETECTION_CONFIDENCE = min(MIN_CONFIDENCE, HEAD_BOX_CONFIDENCE, FOSSA_FALLBACK_CONFIDENCE)
 
 
 def csp_seen(detections: list[Detection], region_names: list[str]) -> tuple[bool | None, str]:

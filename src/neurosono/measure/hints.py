@@ -123,7 +123,10 @@ def small_tcd(values: dict, absent: dict, ga_weeks: float | None) -> Hint:
 
 
 def csp_not_seen(csp_seen: bool | None, reason: str = "") -> Hint:
-    rule = "no cavum septi pellucidi found on the TV or TC image (expected from 18 weeks)"
+    rule = (
+        "no cavum septi pellucidi found on the TV or TC image (stage-1 confidence 0.5; "
+        "expected from 18 weeks)"
+    )
     if csp_seen is None:
         return _absent("csp_not_seen", "csp_seen", rule, reason or "no detector output")
     return Hint("csp_not_seen", not csp_seen, "csp_seen", float(csp_seen), rule)
