@@ -15,9 +15,9 @@ from neurosono.data.format import DEFAULT_REGIONS
 from neurosono.detect.predict import Detection
 from neurosono.measure.biometry import assemble
 from neurosono.measure.case import csp_seen
+from neurosono.measure.hints import CSP_MIN_CONFIDENCE
 from neurosono.measure.structures import (
     CROP_PX,
-    CSP_MIN_CONFIDENCE,
     FOSSA_DEPTH,
     FOSSA_FALLBACK_CONFIDENCE,
     FOSSA_FALLBACK_MIN_SUPPORT,

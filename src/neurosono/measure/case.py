@@ -14,8 +14,8 @@ from neurosono.detect.predict import Detection, detect_planes
 from neurosono.measure.biometry import Biometry, assemble
 from neurosono.measure.head import HeadMeasurement, measure_image
 from neurosono.measure.headnet import load_head_model
+from neurosono.measure.hints import CSP_MIN_CONFIDENCE
 from neurosono.measure.structures import (
-    CSP_MIN_CONFIDENCE,
     FOSSA_FALLBACK_CONFIDENCE,
     MIN_CONFIDENCE,
     load_structure_model,

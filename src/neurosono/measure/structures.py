@@ -36,6 +36,7 @@ from torch import nn
 
 from neurosono.classify.domain import stage1_support
 from neurosono.classify.inputs import DETECTION_CONF
+from neurosono.measure.hints import CSP_MIN_CONFIDENCE
 
 CROP_PX = 96
 WINDOW_MARGIN = 1.3
@@ -49,10 +50,7 @@ FOSSA_FINE_TRAIN_BELOW = 6.0  # mm: depths the finer window is trained on (room 
 FORMAT = "neurosono-structures-1"  # the four region-window outputs only
 FORMAT_FOSSA = "neurosono-structures-2"  # and the posterior-fossa windows' depth and in-view outputs
 MIN_CONFIDENCE = 0.25  # a region's box must reach this stage-1 confidence to be measured in
-# The CSP counts as seen, and is measured, from a surer box: where there is no CSP stage 1
-# still gives faint CSP-like boxes (up to 0.38 on the selection cohort, seed 909), while a
-# CSP that is there is found at 0.66 and more but for two cases; chosen there, in that gap.
-CSP_MIN_CONFIDENCE = 0.5
+# The CSP is measured from the confidence at which its hint counts it as seen.
 REGION_MIN_CONFIDENCE = {"csp": CSP_MIN_CONFIDENCE}
 # The posterior-fossa window is read round a less sure cerebellum box too, from the
 # confidence the pipeline keeps stage 1's candidates at (0.05): the obliterated cisterna of
