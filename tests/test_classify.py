@@ -203,6 +203,7 @@ def test_cross_validation_can_fine_tune_every_fold_from_a_run(tiny_run, tiny_hex
     result = json.loads(cv_file.read_text())
     start = result["initialised_from"]["hexanet"]
     assert start["file"] == "classifier.pt" and len(start["sha256"]) == 64
+    assert result["detector_sha256"] == record["detector_sha256"]  # behind the run's own stage 1
     assert result["config"]["epochs"] == record["config"]["epochs"]
     assert sum(f["n"] for f in result["hexanet"]["per_fold"]) == 24
     mixed = runner.invoke(app, [*args, "--kind", "whole-image", "--init", str(tiny_hexanet)])

@@ -227,6 +227,8 @@ def cross_validate(
         "config": dataclasses.asdict(config),
         **_detection_summaries(items, dataset, regions_detector, heads),
     }
+    if regions_detector is not None:  # the stage 1 every fold's crops came from
+        result["detector_sha256"] = regions_detector.sha256
     if starts:
         result["initialised_from"] = {
             kind: {"file": start.file.name, "sha256": file_sha256(start.file)}
