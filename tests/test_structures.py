@@ -285,10 +285,12 @@ def test_structure_training_can_start_from_a_finished_run(structure_run, tiny_co
     result = runner.invoke(
         app,
         ["measure", "train-structures", str(tiny_cohort), "--out", str(tmp_path / "more"),
-         "--epochs", "1", "--batch", "8", "--lr", "1e-5", "--init", str(structure_run)],
+         "--epochs", "1", "--batch", "8", "--lr", "1e-5", "--init", str(structure_run),
+         "--balance-sizes", "0.5"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "more" / "structures.json").read_text())
+    assert record["config"]["balance_sizes"] == 0.5
     assert record["init_from_sha256"] == file_sha256(structure_run / "structures.pt")
     assert record["config"]["init_from"] == "given"
     assert isinstance(record["config"]["bf16"], bool)
@@ -341,3 +343,23 @@ def test_the_biometry_networks_run_the_same_on_onnxruntime(tmp_path):
     assert on_onnx.values.keys() == on_torch.values.keys() >= {"tcd_mm", "csp_width_mm"}
     for name, value in on_torch.values.items():
         assert on_onnx.values[name] == pytest.approx(value, abs=0.02)
+
+
+def test_size_balance_draws_the_rare_extremes_more_and_keeps_each_outputs_share():
+    from neurosono.measure.structures_train import StructureSample, size_balance_weights
+
+    rng = np.random.default_rng(0)
+    common = rng.normal(6.0, 1.0, 900)
+    extremes = np.concatenate([rng.uniform(10.5, 14.0, 50), rng.uniform(0.2, 1.8, 50)])
+    depth = [StructureSample(None, 0.1, (0, 0, 1, 1), 2, float(v), "g") for v in [*common, *extremes]]
+    atria = [StructureSample(None, 0.1, (0, 0, 1, 1), 0, float(v), "g") for v in rng.normal(7.0, 1.0, 300)]
+    weights = size_balance_weights(depth + atria)
+    share = weights / weights.sum()
+    # the extremes are a tenth of the depths but drawn clearly more often than that
+    assert share[900:1000].sum() / share[:1000].sum() > 0.2
+    # each output keeps its share of the draws (1000 depths, 300 atria)
+    assert share[:1000].sum() == pytest.approx(1000 / 1300)
+    assert np.all(weights > 0)
+    # the inverse density draws them more often still
+    inverse = size_balance_weights(depth + atria, power=1.0)
+    assert inverse[900:1000].sum() / inverse[:1000].sum() > weights[900:1000].sum() / weights[:1000].sum()

@@ -1,6 +1,6 @@
 """neurosono: two-stage fetal neurosonography screening on TV/TC planes."""
 
-__version__ = "0.18.1"
+__version__ = "0.19.0"
 
 
 def __getattr__(name: str):

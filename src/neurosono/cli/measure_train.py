@@ -104,6 +104,13 @@ def train_structures(
         Path | None,
         typer.Option(help="start from this structure model (file or run) instead of random weights"),
     ] = None,
+    balance_sizes: Annotated[
+        float,
+        typer.Option(
+            help="draw each window with weight density**-P of its true size (0: as they come, "
+            "0.5: square-root balance, 1: rare sizes as often as common ones)"
+        ),
+    ] = 0.0,
     seed: Seed = 0,
 ) -> None:
     """Train the structure model (atrium, TCD, cisterna magna, CSP width in stage 1's boxes) on
@@ -124,6 +131,7 @@ def train_structures(
         seed=seed,
         max_cases=max_cases,
         init_from=str(init) if init else None,
+        balance_sizes=balance_sizes,
     )
     try:
         record = train_structure_model(datasets, out_dir, config)

@@ -70,6 +70,9 @@ class StructureTrainConfig:
     size_jitter: float = 0.12  # box size change, log scale
     bf16: bool | None = None  # None: where the CPU computes bf16 natively
     init_from: str | None = None  # a structure model (file or run) to start from instead of random weights
+    # Draw training windows with weight density**-balance_sizes of their true size (0: uniform),
+    # so the rare extremes where the clinical limits lie are seen about as often as common sizes.
+    balance_sizes: float = 0.0
 
 
 @dataclass
@@ -150,6 +153,28 @@ def _output_name(sample: StructureSample) -> str:
     """The validation key of a sample's output: the finer posterior-fossa window apart."""
     name = OUTPUTS[sample.structure]
     return f"{name}_fine" if sample.margin == FOSSA_FINE_MARGIN else name
+
+
+def size_balance_weights(
+    samples: list[StructureSample], bin_mm: float = 0.5, smooth_mm: float = 1.0, power: float = 0.5
+) -> np.ndarray:
+    """Sampling weights, one per sample: the smoothed density of its true size among its output's
+    samples to the power -``power`` (label-distribution smoothing, Yang et al., ICML 2021; 0.5 the
+    square-root balance, 1 the inverse), scaled so each output keeps its share of the draws."""
+    weights = np.ones(len(samples))
+    keys = [_output_name(s) for s in samples]
+    for key in set(keys):
+        members = np.array([i for i, k in enumerate(keys) if k == key])
+        sizes = np.array([samples[i].true_mm for i in members])
+        edges = np.arange(sizes.min() - 3 * smooth_mm, sizes.max() + 3 * smooth_mm + bin_mm, bin_mm)
+        counts, _ = np.histogram(sizes, edges)
+        offsets = np.arange(-3 * smooth_mm, 3 * smooth_mm + bin_mm / 2, bin_mm)
+        kernel = np.exp(-0.5 * (offsets / smooth_mm) ** 2)
+        density = np.convolve(counts, kernel / kernel.sum(), mode="same")
+        where = np.clip(np.digitize(sizes, edges) - 1, 0, len(density) - 1)
+        w = np.maximum(density[where], 1e-9) ** -power
+        weights[members] = w / w.mean()
+    return weights
 
 
 def _augmented(sample: StructureSample, config: StructureTrainConfig, rng: np.random.Generator):
@@ -259,9 +284,10 @@ def train_structure_model(
         optimiser, config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.15
     )
     history, best, best_state, stale, started = [], math.inf, None, 0, time.time()
+    draw = size_balance_weights(train, power=config.balance_sizes) if config.balance_sizes else None
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = rng.permutation(len(train))
+        order = _epoch_order(rng, len(train), draw)
         losses = []
         for step in range(steps_per_epoch):
             x, index, side, true, in_view = _batch(
@@ -301,6 +327,11 @@ def train_structure_model(
         save_structure_model(staging / WEIGHTS_NAME, model, {"record": json.dumps(record)})
         atomic_write_text(staging / RECORD_NAME, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _epoch_order(rng: np.random.Generator, n: int, draw: np.ndarray | None) -> np.ndarray:
+    """An epoch's sample indices: a permutation, or ``n`` draws with the balance weights."""
+    return rng.permutation(n) if draw is None else rng.choice(n, n, p=draw / draw.sum())
 
 
 def _start_from(model: StructureNet, start: StructureNet) -> None:
