@@ -161,6 +161,8 @@ def size_balance_weights(
     """Sampling weights, one per sample: the smoothed density of its true size among its output's
     samples to the power -``power`` (label-distribution smoothing, Yang et al., ICML 2021; 0.5 the
     square-root balance, 1 the inverse), scaled so each output keeps its share of the draws."""
+    from scipy.ndimage import gaussian_filter1d
+
     weights = np.ones(len(samples))
     keys = [_output_name(s) for s in samples]
     for key in set(keys):
@@ -168,9 +170,7 @@ def size_balance_weights(
         sizes = np.array([samples[i].true_mm for i in members])
         edges = np.arange(sizes.min() - 3 * smooth_mm, sizes.max() + 3 * smooth_mm + bin_mm, bin_mm)
         counts, _ = np.histogram(sizes, edges)
-        offsets = np.arange(-3 * smooth_mm, 3 * smooth_mm + bin_mm / 2, bin_mm)
-        kernel = np.exp(-0.5 * (offsets / smooth_mm) ** 2)
-        density = np.convolve(counts, kernel / kernel.sum(), mode="same")
+        density = gaussian_filter1d(counts.astype(float), smooth_mm / bin_mm, mode="constant", truncate=3.0)
         where = np.clip(np.digitize(sizes, edges) - 1, 0, len(density) - 1)
         w = np.maximum(density[where], 1e-9) ** -power
         weights[members] = w / w.mean()
@@ -284,7 +284,7 @@ def train_structure_model(
         optimiser, config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.15
     )
     history, best, best_state, stale, started = [], math.inf, None, 0, time.time()
-    draw = size_balance_weights(train, power=config.balance_sizes) if config.balance_sizes else None
+    draw = _draw_probabilities(train, config.balance_sizes)
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = _epoch_order(rng, len(train), draw)
@@ -329,9 +329,17 @@ def train_structure_model(
     return record
 
 
+def _draw_probabilities(train: list[StructureSample], power: float) -> np.ndarray | None:
+    """Each sample's probability of a draw with size balance; None without (permutations)."""
+    if not power:
+        return None
+    weights = size_balance_weights(train, power=power)
+    return weights / weights.sum()
+
+
 def _epoch_order(rng: np.random.Generator, n: int, draw: np.ndarray | None) -> np.ndarray:
-    """An epoch's sample indices: a permutation, or ``n`` draws with the balance weights."""
-    return rng.permutation(n) if draw is None else rng.choice(n, n, p=draw / draw.sum())
+    """An epoch's sample indices: a permutation, or ``n`` draws with the balance probabilities."""
+    return rng.permutation(n) if draw is None else rng.choice(n, n, p=draw)
 
 
 def _start_from(model: StructureNet, start: StructureNet) -> None:
